@@ -1,0 +1,3 @@
+from grokbasin.cli import main
+
+main()

@@ -1,0 +1,332 @@
+"""Validated configuration: one pydantic model per stage, every default written out.
+
+A run's identity is the hash of the fields that change its training result (task, model, train);
+sampler settings are hashed separately so new LLC settings reuse the trained checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from grokbasin.errors import ConfigError
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    return all(n % k for k in range(2, math.isqrt(n) + 1))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(_Strict):
+    """Modular arithmetic c = a ∘ b mod p, split into train/validation by ``frac``."""
+
+    name: Literal["modular"] = "modular"
+    p: int = Field(23, description="prime modulus (>= 3)")
+    op: Literal["add", "sub", "mul", "div"] = "add"
+    frac: float = Field(0.4, description="training fraction, in (0, 1)")
+    data_seed: int | None = Field(
+        None, description="seed of the train/val split; None: each replica uses its own seed"
+    )
+
+    @field_validator("p")
+    @classmethod
+    def _prime(cls, p: int) -> int:
+        if p < 3 or not is_prime(p):
+            raise ValueError(f"must be a prime >= 3, got {p}")
+        return p
+
+    @field_validator("frac")
+    @classmethod
+    def _frac(cls, f: float) -> float:
+        if not 0.0 < f < 1.0:
+            raise ValueError(f"must lie strictly between 0 and 1, got {f}")
+        return f
+
+    @property
+    def n_pairs(self) -> int:
+        return self.p * (self.p - 1) if self.op == "div" else self.p * self.p
+
+    @property
+    def n_train(self) -> int:
+        return math.floor(self.frac * self.n_pairs)
+
+
+class ModelConfig(_Strict):
+    """Network architecture; ``width`` is the hidden size K."""
+
+    name: Literal["quadratic", "mlp"] = "quadratic"
+    width: int = Field(256, description="hidden units K (>= 1)")
+    embed_dim: int = Field(128, description="embedding size (mlp)")
+    activation: Literal["relu", "gelu"] = "relu"
+    init_scale: float = Field(1.0, description="multiplier on the PyTorch-default init")
+
+    @field_validator("width", "embed_dim")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("init_scale")
+    @classmethod
+    def _scale(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+
+class TrainConfig(_Strict):
+    """Optimisation; list-valued seeds/lr/weight_decay train every combination as replicas."""
+
+    loss: Literal["centred_mse", "cross_entropy"] = "centred_mse"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: list[float] = Field(default_factory=lambda: [1e-3])
+    weight_decay: list[float] = Field(default_factory=lambda: [1e-4])
+    momentum: float = Field(0.0, description="SGD momentum, in [0, 1)")
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    batch_size: int = Field(128, description="minibatch size; 0 means full batch")
+    epochs: int = Field(2500, description="epochs (>= 1)")
+    checkpoint_every: int = Field(100, description="epochs between checkpoints (>= 1)")
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    early_stop: bool = False
+    early_stop_patience: int = 10
+    early_stop_val_acc: float = 0.99
+
+    @field_validator("lr", "weight_decay", "seeds", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [s for s in v.replace(",", " ").split() if s]
+        return v if isinstance(v, list | tuple) else [v]
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v: list[float]) -> list[float]:
+        if not v or any(not x > 0 for x in v):
+            raise ValueError(f"every learning rate must be > 0, got {v}")
+        return v
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _wd(cls, v: list[float]) -> list[float]:
+        if not v or any(x < 0 for x in v):
+            raise ValueError(f"every weight decay must be >= 0, got {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must be a non-empty list of distinct integers, got {v}")
+        return v
+
+    @field_validator("epochs", "checkpoint_every", "early_stop_patience")
+    @classmethod
+    def _pos(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"must be >= 1, or 0 for full batch, got {v}")
+        return v
+
+    @field_validator("momentum")
+    @classmethod
+    def _mom(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"must lie in [0, 1), got {v}")
+        return v
+
+    def replicas(self) -> list[dict[str, float | int]]:
+        """Every (seed, lr, weight_decay) combination, in replica order."""
+        return [
+            {"seed": s, "lr": lr, "weight_decay": wd}
+            for s, lr, wd in itertools.product(self.seeds, self.lr, self.weight_decay)
+        ]
+
+
+class LLCConfig(_Strict):
+    """SGLD sampler and estimator settings (SPEC §3.3)."""
+
+    chains: int = Field(4, description="chains per checkpoint (>= 1)")
+    burnin: int = Field(200, description="burn-in steps (>= 0)")
+    draws: int = Field(400, description="draws kept after burn-in (>= 2)")
+    thin: int = Field(1, description="keep every thin-th draw (>= 1)")
+    step_size: float = Field(1e-4, description="SGLD step size epsilon (> 0)")
+    gamma: float = Field(5.0, description="localisation strength (>= 0)")
+    nbeta: float | Literal["auto", "n_over_log_n"] = Field(
+        "auto", description="n*beta; 'auto' = B/ln B (devinterp), 'n_over_log_n' = n/ln n"
+    )
+    nbetas: list[float] = Field(
+        default_factory=list, description="extra n*beta values for the temperature sweep"
+    )
+    weight_decay: float = 0.0
+    noise_level: float = 1.0
+    batch_size: int = Field(128, description="SGLD minibatch size (>= 1)")
+    seed: int = 0
+    baseline: Literal["full", "devinterp"] = Field(
+        "full", description="L_n(w*): full training loss, or devinterp's first-batch loss"
+    )
+    checkpoints: str = Field("all", description="'all', 'last' or comma-separated epochs")
+
+    @field_validator("chains", "draws", "thin", "batch_size")
+    @classmethod
+    def _pos(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("burnin")
+    @classmethod
+    def _nonneg(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"must be >= 0, got {v}")
+        return v
+
+    @field_validator("step_size")
+    @classmethod
+    def _eps(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+    @field_validator("gamma", "weight_decay", "noise_level")
+    @classmethod
+    def _nonnegf(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"must be >= 0, got {v}")
+        return v
+
+    @field_validator("nbeta")
+    @classmethod
+    def _nbeta(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not v > 0:
+            raise ValueError(f"must be > 0, 'auto' or 'n_over_log_n', got {v}")
+        return v
+
+    @field_validator("nbetas", mode="before")
+    @classmethod
+    def _nbetas(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [s for s in v.replace(",", " ").split() if s]
+        if isinstance(v, list | tuple) and any(float(x) <= 0 for x in v):
+            raise ValueError(f"every n*beta must be > 0, got {v}")
+        return v
+
+    def resolve_nbeta(self, n_train: int) -> float:
+        """The numeric n*beta for a training set of ``n_train`` samples."""
+        if self.nbeta == "auto":
+            b = min(self.batch_size, n_train)
+            return b / math.log(b)
+        if self.nbeta == "n_over_log_n":
+            return n_train / math.log(n_train)
+        return float(self.nbeta)
+
+    def sampler_hash(self) -> str:
+        """Short hash of every setting that changes an estimate (not which checkpoints)."""
+        return short_hash(self.model_dump(exclude={"checkpoints"}))
+
+
+class RunConfig(_Strict):
+    """Everything one `grokbasin run` needs."""
+
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    llc: LLCConfig = Field(default_factory=LLCConfig)
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        n = self.task.n_train
+        if n < 2:
+            raise ValueError(f"task.frac={self.task.frac} leaves {n} training samples; need >= 2")
+        if self.train.batch_size > n:
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size} exceeds the {n} training samples "
+                f"(p={self.task.p}, frac={self.task.frac}); use a batch <= {n}, or 0 for full batch"
+            )
+        return self
+
+    def run_hash(self) -> str:
+        """Identity of the trained run: everything that changes training, nothing else."""
+        return short_hash(self.model_dump(include={"task", "model", "train"}))
+
+
+def short_hash(obj: Any, n: int = 10) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: 'field.path: message'."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "literal_error":
+            msg = f"got {e.get('input')!r}; {msg.lower()}"
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines)
+
+
+def build_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Validate ``base`` (nested dict, e.g. from YAML) with dotted-key ``overrides`` applied."""
+    data: dict[str, Any] = json.loads(json.dumps(base or {}))
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{dotted}: cannot set inside a non-mapping value")
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config file; any problem becomes a one-line ConfigError."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p}: not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p}: unreadable ({e.__class__.__name__})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {p}: invalid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: top level must be a mapping of sections")
+    return data
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,25 @@
+"""Resolve the ``device`` setting to a usable torch device, or say clearly why not."""
+
+from __future__ import annotations
+
+import torch
+
+from grokbasin.errors import ConfigError
+
+
+def resolve(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device: {name!r} is not a device; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available here; use cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {name!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: {name!r} requested but MPS is not available here; use cpu or auto")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device: {name!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
+    return str(dev)

@@ -1,0 +1,32 @@
+"""Per-replica losses and accuracy on [R, n, outputs] predictions and [R, n] integer labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def centred_mse(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(1/(2n))·‖P⊥(Y − Ŷ)‖²_F per replica: residuals centred over the samples (SPEC §3.1)."""
+    resid = F.one_hot(labels, pred.shape[-1]).to(pred.dtype) - pred
+    resid = resid - resid.mean(dim=1, keepdim=True)
+    return resid.square().sum(dim=(1, 2)) / (2 * pred.shape[1])
+
+
+def cross_entropy(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per replica."""
+    R, n, c = pred.shape
+    return F.cross_entropy(pred.reshape(R * n, c), labels.reshape(R * n), reduction="none").view(R, n).mean(1)
+
+
+def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of argmax hits per replica."""
+    return (pred.argmax(dim=-1) == labels).to(pred.dtype).mean(dim=1)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "centred_mse": centred_mse,
+    "cross_entropy": cross_entropy,
+}

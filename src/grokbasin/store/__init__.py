@@ -1,0 +1,5 @@
+"""Run directories on disk and the results database over them."""
+
+from grokbasin.store.rundir import RunDir, atomic_write
+
+__all__ = ["RunDir", "atomic_write"]

@@ -1,0 +1,1 @@
+"""Replica-batched training: optimisers, the loop, and the resumable run driver."""

@@ -1,0 +1,106 @@
+"""The replica-batched training loop, free of file I/O.
+
+All replicas (seeds x learning rates x weight decays) share one forward/backward per step:
+parameters carry a leading replica axis, each replica's loss depends only on its own slice, so
+the gradient of the summed loss is every replica's own gradient. Shuffles come from each
+replica's counter-based stream keyed by (seed, epoch), so a resumed run replays exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from grokbasin import rng
+from grokbasin.config import RunConfig
+from grokbasin.losses import LOSSES, accuracy
+from grokbasin.models import Model, Params, build_model
+from grokbasin.tasks import ModularTask, make_modular_task
+from grokbasin.train import optim
+
+_INIT_TAG, _SHUFFLE_TAG = 0x1417, 0x5AFF
+
+
+@dataclass
+class Setup:
+    """Everything the loop needs, built once from a config."""
+
+    cfg: RunConfig
+    task: ModularTask
+    model: Model
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    hyper: optim.Hyper
+    keys: torch.Tensor  # [R] replica keys (from the seeds)
+    replicas: list[dict]
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.train.batch_size or self.task.n_train
+
+
+def make_setup(cfg: RunConfig) -> Setup:
+    reps = cfg.train.replicas()
+    dev = torch.device(cfg.device)
+    seeds = [int(r["seed"]) for r in reps]
+    task = make_modular_task(cfg.task, seeds, dev)
+    model = build_model(cfg.model, task.p, task.n_outputs)
+    t = cfg.train
+    hyper = optim.Hyper(
+        lr=torch.tensor([r["lr"] for r in reps], device=dev),
+        weight_decay=torch.tensor([r["weight_decay"] for r in reps], device=dev),
+        betas=tuple(t.betas),
+        eps=t.eps,
+        momentum=t.momentum,
+    )
+    return Setup(cfg, task, model, LOSSES[t.loss], hyper, rng.key(seeds, dev), reps)
+
+
+def init_params(s: Setup) -> Params:
+    return s.model.init(rng.fold_in(s.keys, _INIT_TAG))
+
+
+def batch_loss(s: Setup, params: Params, idx: torch.Tensor) -> torch.Tensor:
+    """Per-replica mean loss on dataset rows idx [R, B] -> [R]."""
+    return s.loss_fn(s.model.forward(params, s.task.x[idx]), s.task.y[idx])
+
+
+@torch.no_grad()
+def evaluate(s: Setup, params: Params, max_elems: int = 1 << 26) -> dict[str, torch.Tensor]:
+    """Train/val loss and accuracy per replica on the full split ([R] each)."""
+    R = s.keys.shape[0]
+    M, hidden = s.task.x.shape[0], s.cfg.model.width
+    chunk = max(1, max_elems // (M * max(hidden, s.task.n_outputs)))
+    parts = []
+    for lo in range(0, R, chunk):  # bounded memory; one chunk in the usual case
+        sl = slice(lo, lo + chunk)
+        p = {k: v[sl] for k, v in params.items()}
+        out = s.model.forward(p, s.task.x)  # [r, M, outputs]
+        res = {}
+        for name, idx in (("train", s.task.train_idx[sl]), ("val", s.task.val_idx[sl])):
+            pred = out.gather(1, idx[..., None].expand(-1, -1, out.shape[-1]))
+            res[f"{name}_loss"] = s.loss_fn(pred, s.task.y[idx])
+            res[f"{name}_acc"] = accuracy(pred, s.task.y[idx])
+        parts.append(res)
+    return {k: torch.cat([r[k] for r in parts]) for k in parts[0]}
+
+
+def epoch_batches(s: Setup, epoch: int) -> Iterator[torch.Tensor]:
+    """Dataset rows [R, B] of each minibatch of ``epoch`` (last one may be short)."""
+    n, b = s.task.n_train, s.batch_size
+    perm = rng.permutation(rng.fold_in(rng.fold_in(s.keys, _SHUFFLE_TAG), epoch), n)
+    rows = s.task.train_idx.gather(1, perm)
+    for lo in range(0, n, b):
+        yield rows[:, lo : lo + b]
+
+
+def train_epoch(s: Setup, params: Params, state: optim.State, epoch: int) -> tuple[Params, optim.State]:
+    """One pass over every replica's training set."""
+    name = s.cfg.train.optimizer
+    for idx in epoch_batches(s, epoch):
+        leaf = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        loss = batch_loss(s, leaf, idx).sum()
+        grads = dict(zip(leaf, torch.autograd.grad(loss, list(leaf.values())), strict=True))
+        params, state = optim.step(name, params, grads, state, s.hyper)
+    return params, state
