@@ -1,0 +1,549 @@
+"""Figures: the paper-Fig.-3 trajectory, SGLD trace plots, and small helpers for sweep figures.
+
+Figures are built on ``matplotlib.figure.Figure`` directly (Agg canvas, no pyplot state), so they
+are safe to make in worker processes and never open a window. Every figure states which LLC
+quantity it shows (SPEC §3.4 data-aware caveat): an SGLD estimate at given sampler settings, a
+localised Laplace prediction, a numeric rank(J)/2, or a closed form over generic inputs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from grokbasin.errors import GrokbasinError  # noqa: E402
+from grokbasin.store.rundir import atomic_write  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# Style shared by every grokbasin figure.
+
+COLORS: dict[str, str] = {
+    "train": "#0072B2",  # blue
+    "val": "#D55E00",  # vermilion
+    "llc": "#009E73",  # green
+    "laplace": "#CC79A7",  # purple-pink
+    "t_mem": "#555555",
+    "t_gen": "#E69F00",  # orange
+    "flag": "#C00000",
+    "fit": "#333333",
+}
+"""Named colours (Okabe–Ito, colour-blind safe) for the quantities that recur across figures."""
+
+PALETTE: tuple[str, ...] = (
+    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000",
+)
+"""Cycle for series in sweep figures (one colour per p, width, learning rate ...)."""
+
+THEORY_STYLES: tuple[Any, ...] = ("--", "-.", ":", (0, (5, 2, 1, 2)))
+"""Line styles for successive theory reference lines."""
+
+THEORY_COLORS: tuple[str, ...] = ("#000000", "#56B4E9", "#8C564B", "#7F7F7F")
+"""Colours for successive theory reference lines (distinct from the data and t_mem/t_gen)."""
+
+RC: dict[str, Any] = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "grid.linewidth": 0.6,
+    "lines.linewidth": 1.6,
+    "legend.frameon": True,
+    "legend.framealpha": 0.85,
+    "savefig.dpi": 150,
+}
+"""matplotlib rc settings applied to every grokbasin figure."""
+
+MARK_LABELS = {"t_mem": "$t_{mem}$ (train acc ≥ 0.99)", "t_gen": "$t_{gen}$ (val acc ≥ 0.95)"}
+BandKind = Literal["minmax", "std"]
+
+
+def style() -> Any:
+    """Context manager applying the house rc style; wrap a whole figure's construction in it."""
+    return matplotlib.rc_context(RC)
+
+
+def legend_outside(ax: Axes, **kw: Any) -> None:
+    """Legend to the right of the axes, so it never covers data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4,
+               row_height: float = 2.6, sharex: bool = False) -> tuple[Figure, np.ndarray]:
+    """A pyplot-free figure with the house style and a 2-D array of axes."""
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(width, row_height * nrows), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(nrows, ncols, sharex=sharex, squeeze=False)
+    for ax in axes.flat:
+        _apply_style(ax)
+    return fig, axes
+
+
+def _apply_style(ax: Axes) -> None:
+    """Apply the rc style to an axes made outside an rc_context."""
+    ax.spines["top"].set_visible(False)
+    ax.spines["right"].set_visible(False)
+    ax.grid(True, alpha=RC["grid.alpha"], linewidth=RC["grid.linewidth"])
+    ax.tick_params(labelsize=RC["xtick.labelsize"])
+    ax.xaxis.label.set_size(RC["axes.labelsize"])
+    ax.yaxis.label.set_size(RC["axes.labelsize"])
+    ax.title.set_size(RC["axes.titlesize"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure maths used by the plots.
+
+
+def band_stats(values: np.ndarray, kind: BandKind = "minmax") -> tuple[np.ndarray, ...]:
+    """Mean and lower/upper band over the last axis (chains), ignoring non-finite entries."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim == 1:
+        v = v[:, None]
+    finite = np.isfinite(v)
+    count = finite.sum(axis=-1)
+    safe = np.where(finite, v, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, safe.sum(-1) / np.maximum(count, 1), np.nan)
+        if kind == "minmax":
+            lo = np.where(count > 0, np.where(finite, v, np.inf).min(-1), np.nan)
+            hi = np.where(count > 0, np.where(finite, v, -np.inf).max(-1), np.nan)
+        elif kind == "std":
+            var = np.where(finite, (v - mean[..., None]) ** 2, 0.0).sum(-1) / np.maximum(count, 1)
+            sd = np.sqrt(var)
+            lo, hi = mean - sd, mean + sd
+        else:
+            raise ValueError(f"band kind must be 'minmax' or 'std', not {kind!r}")
+    return mean, lo, hi
+
+
+def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares slope, intercept and R² of y on x (finite pairs only)."""
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[ok], ya[ok]
+    if xa.size < 2 or np.ptp(xa) == 0:
+        return math.nan, math.nan, math.nan
+    slope, intercept = np.polyfit(xa, ya, 1)
+    resid = ya - (slope * xa + intercept)
+    ss_tot = float(((ya - ya.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    return float(slope), float(intercept), r2
+
+
+def split_theory(theory: Sequence[Mapping[str, Any]], lo: float, hi: float,
+                 factor: float = 3.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split theory values into those within ``factor``× of the range [lo, hi] and the rest."""
+    on, off = [], []
+    lo_ok, hi_ok = (lo / factor if lo > 0 else lo * factor), hi * factor
+    for t in theory:
+        v = float(t["value"])
+        fits = math.isfinite(v) and math.isfinite(lo) and math.isfinite(hi) and lo_ok <= v <= hi_ok
+        (on if fits else off).append(dict(t))
+    return on, off
+
+
+def running_llc(traces: np.ndarray, init_loss: np.ndarray | float, nbeta: float) -> np.ndarray:
+    """Running estimate nβ·(mean of draws 1..t − L(w*)) along the last axis of ``traces``."""
+    tr = np.asarray(traces, dtype=float)
+    base = np.asarray(init_loss, dtype=float)
+    while base.ndim < tr.ndim:
+        base = base[..., None]
+    steps = np.arange(1, tr.shape[-1] + 1)
+    return nbeta * (np.cumsum(tr, axis=-1) / steps - base)
+
+
+def fmt_num(v: float) -> str:
+    """Compact human format for annotation text (4 significant digits, no trailing zeros)."""
+    if not math.isfinite(v):
+        return str(v)
+    if v != 0 and (abs(v) >= 1e7 or abs(v) < 1e-2):
+        mant, exp = f"{v:.3e}".split("e")
+        return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reusable plotting helpers.
+
+
+def plot_band(ax: Axes, x: Sequence[float], values: np.ndarray, *, color: str, label: str,
+              kind: BandKind = "minmax", band_label: str | None = None, marker: str | None = "o",
+              alpha: float = 0.22) -> None:
+    """Mean line over the last axis of ``values`` [N, C] with a min–max or ±std band."""
+    mean, lo, hi = band_stats(values, kind)
+    x = np.asarray(x, dtype=float)
+    ax.plot(x, mean, color=color, label=label, marker=marker, markersize=3)
+    if np.asarray(values).ndim == 2 and np.asarray(values).shape[1] > 1:
+        default = "min–max over chains" if kind == "minmax" else "±1 std over chains"
+        ax.fill_between(x, lo, hi, color=color, alpha=alpha, linewidth=0,
+                        label=band_label or default)
+
+
+def plot_linear_fit(ax: Axes, x: Sequence[float], y: Sequence[float], *, color: str,
+                    label: str, yerr: Sequence[float] | None = None,
+                    marker: str = "o") -> tuple[float, float, float]:
+    """Scatter y vs x with its least-squares line; legend shows slope and R². Returns the fit."""
+    slope, intercept, r2 = linear_fit(x, y)
+    xa = np.asarray(x, dtype=float)
+    ax.errorbar(xa, np.asarray(y, dtype=float), yerr=yerr, fmt=marker, color=color,
+                markersize=4, capsize=2, linestyle="none")
+    if math.isfinite(slope):
+        xs = np.linspace(np.nanmin(xa), np.nanmax(xa), 50)
+        ax.plot(xs, slope * xs + intercept, color=color, linewidth=1.2,
+                label=f"{label}: slope {fmt_num(slope)}, $R^2$ = {r2:.3f}")
+    else:
+        ax.plot([], [], color=color, label=f"{label}: too few points to fit")
+    return slope, intercept, r2
+
+
+def mark_times(ax: Axes, marks: Mapping[str, float | None] | None, *, label: bool = True) -> None:
+    """Vertical lines at t_mem / t_gen (and any other named epochs) on one axes."""
+    for name, epoch in (marks or {}).items():
+        if epoch is None or not math.isfinite(float(epoch)):
+            continue
+        color = COLORS.get(name, COLORS["t_mem"])
+        style = ":" if name == "t_mem" else "--"
+        ax.axvline(float(epoch), color=color, linestyle=style, linewidth=1.2, zorder=1,
+                   label=(f"{MARK_LABELS.get(name, name)} = {fmt_num(float(epoch))}"
+                          if label else None))
+
+
+def add_caption(fig: Figure, text: str) -> None:
+    """A wrapped caption line under the axes saying what is plotted."""
+    fig.get_layout_engine().set(h_pad=0.06)
+    fig.supxlabel(text, fontsize=7.5, color="#333333", wrap=True, x=0.5, ha="center")
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper-Fig.-3 trajectory.
+
+
+def describe_sampler(settings: Mapping[str, Any] | None) -> str:
+    """One-line description of SGLD settings, e.g. 'nβ=26.4, ε=5e-4, γ=5, 3 chains × 500 draws'."""
+    if not settings:
+        return "sampler settings not given"
+    s = dict(settings)
+    parts = []
+    for key, sym in (("nbeta", "nβ"), ("step_size", "ε"), ("gamma", "γ")):
+        if s.get(key) is not None:
+            parts.append(f"{sym}={fmt_num(float(s[key]))}")
+    if s.get("chains") is not None and s.get("draws") is not None:
+        burn = f" after {s['burnin']} burn-in" if s.get("burnin") is not None else ""
+        parts.append(f"{s['chains']} chains × {s['draws']} draws{burn}")
+    if s.get("baseline") is not None:
+        parts.append(f"baseline {s['baseline']}")
+    return ", ".join(parts)
+
+
+def trajectory_figure(metrics: Mapping[str, Sequence[float]],
+                      llc: Mapping[str, Any] | None = None,
+                      theory: Sequence[Mapping[str, Any]] | None = None,
+                      marks: Mapping[str, float | None] | None = None,
+                      title: str | None = None, *, band: BandKind = "minmax",
+                      sampler: Mapping[str, Any] | None = None,
+                      theory_factor: float = 3.0) -> Figure:
+    """Loss, accuracy and LLC against epoch with t_mem/t_gen marked (paper A Fig. 3 style).
+
+    metrics: epoch, train_loss, val_loss, train_acc, val_acc (equal length, one replica).
+    llc: epoch [E], llc [E, C] per chain, optional llc_laplace [E], flagged [E] (bool),
+    sampler (dict as in :func:`describe_sampler`). theory: [{name, value}]; a value more than
+    ``theory_factor``× outside the plotted LLC range is listed as off scale instead of drawn.
+    """
+    with style():
+        return _trajectory_figure(metrics, llc, theory or [], marks, title, band, sampler,
+                                  theory_factor)
+
+
+def _trajectory_figure(metrics: Mapping[str, Sequence[float]], llc: Mapping[str, Any] | None,
+                       theory: Sequence[Mapping[str, Any]],
+                       marks: Mapping[str, float | None] | None, title: str | None,
+                       band: BandKind, sampler: Mapping[str, Any] | None,
+                       factor: float) -> Figure:
+    """Body of :func:`trajectory_figure`, run inside the house style."""
+    epoch = np.asarray(metrics["epoch"], dtype=float)
+    has_llc = llc is not None and len(llc.get("epoch", [])) > 0
+    fig, axes = new_figure(3 if has_llc else 2, 1, width=9.0, row_height=2.3, sharex=True)
+    ax_loss, ax_acc = axes[0, 0], axes[1, 0]
+    for split, name in (("train", "train"), ("val", "validation")):
+        loss = np.asarray(metrics[f"{split}_loss"], dtype=float)
+        ax_loss.plot(epoch, np.where(loss > 0, loss, np.nan), color=COLORS[split],
+                     label=f"{name} loss")
+        ax_acc.plot(epoch, np.asarray(metrics[f"{split}_acc"], dtype=float),
+                    color=COLORS[split], label=f"{name} accuracy")
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("loss (log scale)")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylim(-0.03, 1.03)
+    for ax in (ax_loss, ax_acc):
+        mark_times(ax, marks, label=ax is ax_acc)
+        legend_outside(ax)
+
+    if has_llc:
+        assert llc is not None
+        captions = _plot_llc_panel(axes[2, 0], llc, theory, marks, band,
+                                   sampler or llc.get("sampler"), factor)
+    else:
+        captions = ["No LLC estimates for this run."]
+        if theory:
+            captions.append("Theory: " + "; ".join(
+                f"{t['name']} = {fmt_num(float(t['value']))}" for t in theory) + ".")
+    axes[-1, 0].set_xlabel("epoch")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    add_caption(fig, "\n".join(captions))
+    return fig
+
+
+def _plot_llc_panel(ax: Axes, llc: Mapping[str, Any], theory: Sequence[Mapping[str, Any]],
+                    marks: Mapping[str, float | None] | None, band: BandKind,
+                    sampler: Mapping[str, Any] | None, factor: float) -> list[str]:
+    """Draw the LLC panel; returns caption lines saying which quantity is which."""
+    ep = np.asarray(llc["epoch"], dtype=float)
+    vals = np.asarray(llc["llc"], dtype=float)
+    if vals.ndim == 1:
+        vals = vals[:, None]
+    n_chains = vals.shape[1]
+    plot_band(ax, ep, vals, color=COLORS["llc"], kind=band,
+              label=f"SGLD $\\hat\\lambda$, mean of {n_chains} chain{'s' * (n_chains > 1)}")
+    shown = [vals[np.isfinite(vals)]]
+    lap = llc.get("llc_laplace")
+    if lap is not None and np.isfinite(np.asarray(lap, dtype=float)).any():
+        lap = np.asarray(lap, dtype=float)
+        ax.plot(ep, lap, color=COLORS["laplace"], marker="s", markersize=3, linewidth=1.3,
+                label="Laplace prediction $\\lambda_{Lap}$")
+        shown.append(lap[np.isfinite(lap)])
+    else:
+        lap = None
+    flagged = llc.get("flagged")
+    if flagged is not None and np.asarray(flagged, dtype=bool).any():
+        f = np.asarray(flagged, dtype=bool)
+        mean = band_stats(vals, band)[0]
+        ax.plot(ep[f], mean[f], linestyle="none", marker="x", color=COLORS["flag"],
+                markersize=7, mew=1.6, label="sampler health flag")
+    mark_times(ax, marks, label=False)
+
+    data = np.concatenate(shown)
+    lo, hi = (float(data.min()), float(data.max())) if data.size else (math.nan, math.nan)
+    on, off = split_theory(theory, lo, hi, factor)
+    for i, t in enumerate(on):
+        ax.axhline(float(t["value"]), color=THEORY_COLORS[i % len(THEORY_COLORS)],
+                   linestyle=THEORY_STYLES[i % len(THEORY_STYLES)], linewidth=1.2,
+                   label=f"{t['name']} = {fmt_num(float(t['value']))}")
+    for t in off:
+        ax.plot([], [], linestyle="none",
+                label=f"{t['name']} = {fmt_num(float(t['value']))} (off scale)")
+    ax.set_ylabel("LLC")
+    legend_outside(ax)
+    band_word = "min–max" if band == "minmax" else "±1 std"
+    lines = [f"LLC panel: SGLD estimate λ̂ = nβ·(E[L_B(w)] − L_n(w*)) from training data only; "
+             f"line = mean over chains, band = {band_word} over chains; "
+             f"{describe_sampler(sampler)}."]
+    extra = []
+    if lap is not None:
+        extra.append("λ_Lap = localised Laplace prediction at the same nβ and γ")
+    if theory:
+        extra.append("closed forms count identifiable coordinates over generic inputs, "
+                     "numeric rank(J)/2 counts what the data can resolve")
+    if off:
+        extra.append(f"values beyond {fmt_num(factor)}× the plotted range are listed, not drawn")
+    if extra:
+        lines.append("; ".join(extra) + ".")
+    return lines
+
+
+def trajectory_inputs(metrics: pa.Table, llc: pa.Table | None = None, *,
+                      replica: int | None = None, sampler_hash: str | None = None,
+                      nbeta: float | None = None) -> tuple[dict[str, np.ndarray],
+                                                           dict[str, Any] | None]:
+    """Select one replica / sampler_hash / nβ from run tables into trajectory_figure inputs.
+
+    Defaults: the lowest replica; the sampler_hash of the last llc row (the newest estimate);
+    the nβ with the most rows (the main estimate, not a temperature-sweep extra).
+    """
+    mcols = metrics.column_names
+    reps = sorted(set(metrics.column("replica").to_pylist())) if "replica" in mcols else [0]
+    rep = reps[0] if replica is None else replica
+    if rep not in reps:
+        raise GrokbasinError(f"replica {rep} not in metrics (have {reps})")
+    m = metrics.to_pydict()
+    keep = [i for i, r in enumerate(m.get("replica", [rep] * metrics.num_rows)) if r == rep]
+    order = sorted(keep, key=lambda i: m["epoch"][i])
+    out = {k: np.asarray([m[k][i] for i in order], dtype=float)
+           for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc")}
+    if llc is None or llc.num_rows == 0:
+        return out, None
+    return out, _select_llc(llc.to_pydict(), rep, sampler_hash, nbeta)
+
+
+def _select_llc(d: dict[str, list[Any]], rep: int, sampler_hash: str | None,
+                nbeta: float | None) -> dict[str, Any] | None:
+    """Pivot llc rows of one replica/sampler/nβ into epoch [E] and llc [E, C]."""
+    n = len(d["epoch"])
+    rows = [i for i in range(n) if d.get("replica", [rep] * n)[i] == rep]
+    if "sampler_hash" in d and rows:
+        h = sampler_hash if sampler_hash is not None else d["sampler_hash"][rows[-1]]
+        rows = [i for i in rows if d["sampler_hash"][i] == h]
+    if "nbeta" in d and rows:
+        if nbeta is None:
+            counts: dict[float, int] = {}
+            for i in rows:
+                counts[d["nbeta"][i]] = counts.get(d["nbeta"][i], 0) + 1
+            nbeta = max(counts, key=lambda k: counts[k])
+        rows = [i for i in rows if math.isclose(d["nbeta"][i], nbeta, rel_tol=1e-9)]
+    if not rows:
+        return None
+    epochs = sorted({d["epoch"][i] for i in rows})
+    chains = sorted({d.get("chain", [0] * n)[i] for i in rows})
+    e_at, c_at = {e: k for k, e in enumerate(epochs)}, {c: k for k, c in enumerate(chains)}
+    vals = np.full((len(epochs), len(chains)), np.nan)
+    flagged = np.zeros(len(epochs), dtype=bool)
+    lap = np.full(len(epochs), np.nan)
+    for i in rows:
+        e, c = e_at[d["epoch"][i]], c_at[d.get("chain", [0] * n)[i]]
+        vals[e, c] = d["llc"][i] if d["llc"][i] is not None else np.nan
+        if d.get("flags") and d["flags"][i]:
+            flagged[e] = True
+        for key in ("llc_laplace", "laplace"):
+            if key in d and d[key][i] is not None:
+                lap[e] = d[key][i]
+    out: dict[str, Any] = {"epoch": np.asarray(epochs, dtype=float), "llc": vals,
+                           "flagged": flagged}
+    if np.isfinite(lap).any():
+        out["llc_laplace"] = lap
+    if "nbeta" in d:
+        out["sampler"] = {"nbeta": d["nbeta"][rows[0]]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# SGLD trace figure (stationarity picture for `grokbasin llc`).
+
+
+def trace_figure(traces: np.ndarray, init_loss: np.ndarray | float, nbeta: float, *,
+                 epochs: Sequence[int] | None = None, burnin: int = 0,
+                 laplace: Sequence[float] | float | None = None,
+                 title: str | None = None, max_panels: int = 6) -> Figure:
+    """Running λ̂ per chain across SGLD steps, one panel per checkpoint.
+
+    traces: sampler losses [C, D] (one checkpoint) or [K, C, D]; init_loss: L_n(w*) scalar,
+    [K] or [K, C]; burnin: leading steps of ``traces`` that are burn-in (shaded, excluded from
+    the running mean). A flat running estimate is the stationarity check.
+    """
+    with style():
+        return _trace_figure(np.asarray(traces, dtype=float), init_loss, nbeta, epochs, burnin,
+                             laplace, title, max_panels)
+
+
+def _trace_figure(tr: np.ndarray, init_loss: np.ndarray | float, nbeta: float,
+                  epochs: Sequence[int] | None, burnin: int,
+                  laplace: Sequence[float] | float | None, title: str | None,
+                  max_panels: int) -> Figure:
+    """Body of :func:`trace_figure`, run inside the house style."""
+    if tr.ndim == 2:
+        tr = tr[None]
+    if tr.ndim != 3:
+        raise ValueError(f"traces must be [C, D] or [K, C, D], got shape {tr.shape}")
+    base = np.broadcast_to(np.asarray(init_loss, dtype=float).reshape(
+        (-1, 1) if np.ndim(init_loss) == 1 else np.shape(init_loss)), tr.shape[:2])
+    k = tr.shape[0]
+    pick = np.unique(np.linspace(0, k - 1, min(k, max_panels)).round().astype(int))
+    ncols = 2 if len(pick) == 4 else min(3, len(pick))
+    nrows = math.ceil(len(pick) / ncols)
+    fig, axes = new_figure(nrows, ncols, width=3.3 * ncols + 0.4, row_height=2.5)
+    lap = None if laplace is None else np.broadcast_to(np.asarray(laplace, dtype=float), (k,))
+    steps = np.arange(tr.shape[2])
+    for slot, ax in enumerate(axes.flat):
+        if slot >= len(pick):
+            ax.set_visible(False)
+            continue
+        i = pick[slot]
+        instant = nbeta * (tr[i] - base[i][:, None])
+        run = np.full_like(instant, np.nan)
+        run[:, burnin:] = running_llc(tr[i][:, burnin:], base[i], nbeta)
+        for c in range(tr.shape[1]):
+            color = PALETTE[c % len(PALETTE)]
+            ax.plot(steps, instant[c], color=color, alpha=0.18, linewidth=0.7)
+            ax.plot(steps, run[c], color=color, linewidth=1.5, label=f"chain {c}")
+        if burnin > 0:
+            ax.axvspan(0, burnin, color="#999999", alpha=0.12, linewidth=0, label="burn-in")
+        lo, hi = _clip_to_running(ax, instant, run)
+        name = f"epoch {epochs[i]}" if epochs is not None else f"checkpoint {i}"
+        head = f"{name}: final λ̂ = {fmt_num(float(np.nanmean(run[:, -1])))}"
+        if lap is not None and math.isfinite(lap[i]):
+            if split_theory([{"name": "lap", "value": lap[i]}], lo, hi)[0]:
+                ax.axhline(lap[i], color=COLORS["laplace"], linestyle="--", linewidth=1.2,
+                           label="$\\lambda_{Lap}$")
+                ax.set_ylim(min(lo, lap[i]), max(hi, lap[i]))
+                _pad(ax)
+            head += f"\nλ_Lap = {fmt_num(float(lap[i]))}" + (
+                "" if ax.get_ylim()[0] <= lap[i] <= ax.get_ylim()[1] else " (off scale)")
+        ax.set_title(head)
+        ax.set_xlabel("SGLD step")
+        ax.set_ylabel("λ̂")
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    add_caption(fig, f"Bold: running λ̂ = nβ·(mean loss over draws so far − L_n(w*)) per chain "
+                     f"(after burn-in); faint: per-step nβ·(L_B − L_n(w*)); nβ = {fmt_num(nbeta)}. "
+                     "A flat bold line at the end means the chain is stationary.")
+    return fig
+
+
+def _clip_to_running(ax: Axes, instant: np.ndarray, run: np.ndarray) -> tuple[float, float]:
+    """Keep noisy per-step values from squashing the running estimates' scale; returns range."""
+    vals = np.concatenate([run[np.isfinite(run)], np.percentile(
+        instant[np.isfinite(instant)], [2, 98]) if np.isfinite(instant).any() else []])
+    if not vals.size:
+        return math.nan, math.nan
+    lo, hi = float(vals.min()), float(vals.max())
+    ax.set_ylim(lo, hi)
+    _pad(ax)
+    return lo, hi
+
+
+def _pad(ax: Axes, frac: float = 0.08) -> None:
+    """Widen the y-limits by a fraction of their span."""
+    lo, hi = ax.get_ylim()
+    pad = frac * (hi - lo or abs(hi) or 1.0)
+    ax.set_ylim(lo - pad, hi + pad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output.
+
+
+def figure_png(fig: Figure, dpi: int = 150) -> bytes:
+    """Render a figure to PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    return buf.getvalue()
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = 150) -> bytes:
+    """Write a figure as PNG atomically (temp file + rename); returns the bytes for embedding."""
+    data = figure_png(fig, dpi)
+    atomic_write(Path(path), data)
+    return data
