@@ -1,0 +1,118 @@
+"""Where a sweep's independent groups run: inline, in local processes, or on a Ray cluster.
+
+Every backend calls one picklable top-level function on each job and reports each result as it
+arrives; results come back in job order. Jobs write into run directories themselves, so a Ray
+cluster needs a root on a filesystem shared by its nodes (or a single node).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from typing import Any, TypeVar
+
+from grokbasin.errors import ConfigError, GrokbasinError
+
+J = TypeVar("J")
+R = TypeVar("R")
+OnResult = Callable[[int, Any], None]
+BACKENDS = ("local", "ray")
+
+
+def _threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _init_worker(threads: int) -> None:
+    """Give each process its share of the cores, so workers do not oversubscribe the CPU."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_local(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1,
+              on_result: OnResult | None = None) -> list[R]:
+    """Inline for one worker; otherwise a spawn-based process pool of ``workers``."""
+    out: list[Any] = [None] * len(jobs)
+    if workers <= 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            out[i] = fn(job)
+            if on_result:
+                on_result(i, out[i])
+        return out
+    n = min(workers, len(jobs))
+    with ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(_threads_per_worker(n),)) as pool:
+        futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                i = futures[f]
+                out[i] = f.result()  # re-raises a worker's error here; the pool is shut down
+                if on_result:
+                    on_result(i, out[i])
+    return out
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise GrokbasinError(
+            "the Ray backend needs Ray: pip install 'grokbasin[ray]' (or pip install ray)"
+        ) from None
+    return ray
+
+
+def run_ray(fn: Callable[[J], R], jobs: Sequence[J], address: str | None = None,
+            workers: int | None = None, on_result: OnResult | None = None) -> list[R]:
+    """Each job a Ray task (1 CPU). ``address``: a cluster ('auto', 'ray://host:10001'); None
+    starts a local instance with ``workers`` CPUs, shut down again afterwards."""
+    ray = _import_ray()
+    started = False
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {"address": address, "include_dashboard": False,
+                              "log_to_driver": False, "configure_logging": False}
+        if address is None:
+            kw["num_cpus"] = workers or os.cpu_count() or 1
+        ray.init(**kw)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=1)(fn)
+        refs = [remote.remote(job) for job in jobs]
+        index = {ref: i for i, ref in enumerate(refs)}
+        out: list[Any] = [None] * len(jobs)
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                i = index[ref]
+                out[i] = ray.get(ref)
+                if on_result:
+                    on_result(i, out[i])
+        return out
+    finally:
+        if started:
+            ray.shutdown()
+            time.sleep(0.1)
+
+
+def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], backend: str = "local", workers: int = 1,
+             address: str | None = None, on_result: OnResult | None = None) -> list[R]:
+    """Run ``fn`` over ``jobs`` on the named backend; results in job order."""
+    if not jobs:
+        return []
+    if backend == "local":
+        if address:
+            raise ConfigError("--address: only used with --backend ray")
+        return run_local(fn, jobs, workers, on_result)
+    if backend == "ray":
+        return run_ray(fn, jobs, address, workers if workers > 1 else None, on_result)
+    raise ConfigError(f"backend: got {backend!r}; use one of {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "run_jobs", "run_local", "run_ray"]
