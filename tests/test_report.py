@@ -179,6 +179,10 @@ def test_trajectory_inputs_select_replica_sampler_nbeta():
     _, old = trajectory_inputs(pa.Table.from_pylist(metrics_rows),
                                pa.Table.from_pylist(llc_rows), sampler_hash="old")
     assert old is not None and old["llc"][0, 0] == 1026.0
+    m_all, ll_all = trajectory_inputs(pa.Table.from_pylist(metrics_rows),
+                                      pa.Table.from_pylist(llc_rows), replica="all")
+    np.testing.assert_allclose(m_all["train_loss"], [0.6, 0.6])  # mean of 0.1 and 1.1
+    assert ll_all is not None and ll_all["llc"].shape == (2, 4)  # 2 replicas x 2 chains
 
 
 def test_format_value():
@@ -243,3 +247,12 @@ def test_markdown_report_links_pngs(tmp_path: Path, fig_png: bytes):
     path = write_markdown(tmp_path / "rep" / "report.md", "t",
                           [Section("Figs", figures=[fig_png])])
     assert (path.parent / "figures" / "figure-1.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_health_lines_group_flags():
+    from grokbasin.report.html import health_lines
+
+    rows = [{"replica": 0, "epoch": 100, "nbeta": 26.4, "chain": 0, "flags": ["rhat"]},
+            {"replica": 0, "epoch": 100, "nbeta": 26.4, "chain": 1, "flags": "low_ess,rhat"},
+            {"replica": 0, "epoch": 200, "nbeta": 26.4, "chain": 0, "flags": []}]
+    assert health_lines(rows) == ["replica 0, epoch 100, nβ 26.4: low_ess, rhat"]

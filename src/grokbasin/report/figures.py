@@ -371,34 +371,44 @@ def _plot_llc_panel(ax: Axes, llc: Mapping[str, Any], theory: Sequence[Mapping[s
 
 
 def trajectory_inputs(metrics: pa.Table, llc: pa.Table | None = None, *,
-                      replica: int | None = None, sampler_hash: str | None = None,
+                      replica: int | Literal["all"] | None = None,
+                      sampler_hash: str | None = None,
                       nbeta: float | None = None) -> tuple[dict[str, np.ndarray],
                                                            dict[str, Any] | None]:
     """Select one replica / sampler_hash / nβ from run tables into trajectory_figure inputs.
 
     Defaults: the lowest replica; the sampler_hash of the last llc row (the newest estimate);
     the nβ with the most rows (the main estimate, not a temperature-sweep extra).
+    replica="all": metrics averaged over replicas per epoch, every (replica, chain) a chain.
     """
-    mcols = metrics.column_names
-    reps = sorted(set(metrics.column("replica").to_pylist())) if "replica" in mcols else [0]
-    rep = reps[0] if replica is None else replica
-    if rep not in reps:
-        raise GrokbasinError(f"replica {rep} not in metrics (have {reps})")
     m = metrics.to_pydict()
-    keep = [i for i, r in enumerate(m.get("replica", [rep] * metrics.num_rows)) if r == rep]
-    order = sorted(keep, key=lambda i: m["epoch"][i])
-    out = {k: np.asarray([m[k][i] for i in order], dtype=float)
-           for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc")}
+    n = metrics.num_rows
+    reps = sorted(set(m["replica"])) if "replica" in m else [0]
+    rep = reps[0] if replica is None else replica
+    if rep != "all" and rep not in reps:
+        raise GrokbasinError(f"replica {rep} not in metrics (have {reps})")
+    keep = [i for i in range(n) if rep == "all" or m.get("replica", [rep] * n)[i] == rep]
+    epochs = sorted({m["epoch"][i] for i in keep})
+    at = {e: k for k, e in enumerate(epochs)}
+    out: dict[str, np.ndarray] = {"epoch": np.asarray(epochs, dtype=float)}
+    count = np.zeros(len(epochs))
+    np.add.at(count, [at[m["epoch"][i]] for i in keep], 1.0)
+    for k in ("train_loss", "val_loss", "train_acc", "val_acc"):
+        total = np.zeros(len(epochs))
+        np.add.at(total, [at[m["epoch"][i]] for i in keep],
+                  [np.nan if m[k][i] is None else m[k][i] for i in keep])
+        out[k] = total / np.maximum(count, 1)
     if llc is None or llc.num_rows == 0:
         return out, None
-    return out, _select_llc(llc.to_pydict(), rep, sampler_hash, nbeta)
+    return out, _select_llc(llc.to_pydict(), None if rep == "all" else rep, sampler_hash, nbeta)
 
 
-def _select_llc(d: dict[str, list[Any]], rep: int, sampler_hash: str | None,
+def _select_llc(d: dict[str, list[Any]], rep: int | None, sampler_hash: str | None,
                 nbeta: float | None) -> dict[str, Any] | None:
-    """Pivot llc rows of one replica/sampler/nβ into epoch [E] and llc [E, C]."""
+    """Pivot llc rows of one replica (None: all)/sampler/nβ into epoch [E] and llc [E, C]."""
     n = len(d["epoch"])
-    rows = [i for i in range(n) if d.get("replica", [rep] * n)[i] == rep]
+    replicas = d.get("replica", [0] * n)
+    rows = [i for i in range(n) if rep is None or replicas[i] == rep]
     if "sampler_hash" in d and rows:
         h = sampler_hash if sampler_hash is not None else d["sampler_hash"][rows[-1]]
         rows = [i for i in rows if d["sampler_hash"][i] == h]
@@ -411,24 +421,26 @@ def _select_llc(d: dict[str, list[Any]], rep: int, sampler_hash: str | None,
         rows = [i for i in rows if math.isclose(d["nbeta"][i], nbeta, rel_tol=1e-9)]
     if not rows:
         return None
+    chain_of = [(replicas[i], d.get("chain", [0] * n)[i]) for i in range(n)]
     epochs = sorted({d["epoch"][i] for i in rows})
-    chains = sorted({d.get("chain", [0] * n)[i] for i in rows})
+    chains = sorted({chain_of[i] for i in rows})
     e_at, c_at = {e: k for k, e in enumerate(epochs)}, {c: k for k, c in enumerate(chains)}
     vals = np.full((len(epochs), len(chains)), np.nan)
     flagged = np.zeros(len(epochs), dtype=bool)
-    lap = np.full(len(epochs), np.nan)
+    lap_sum, lap_n = np.zeros(len(epochs)), np.zeros(len(epochs))
+    lap_key = next((k for k in ("llc_laplace", "laplace") if k in d), None)
     for i in rows:
-        e, c = e_at[d["epoch"][i]], c_at[d.get("chain", [0] * n)[i]]
+        e, c = e_at[d["epoch"][i]], c_at[chain_of[i]]
         vals[e, c] = d["llc"][i] if d["llc"][i] is not None else np.nan
         if d.get("flags") and d["flags"][i]:
             flagged[e] = True
-        for key in ("llc_laplace", "laplace"):
-            if key in d and d[key][i] is not None:
-                lap[e] = d[key][i]
+        if lap_key and d[lap_key][i] is not None and math.isfinite(d[lap_key][i]):
+            lap_sum[e] += d[lap_key][i]
+            lap_n[e] += 1
     out: dict[str, Any] = {"epoch": np.asarray(epochs, dtype=float), "llc": vals,
                            "flagged": flagged}
-    if np.isfinite(lap).any():
-        out["llc_laplace"] = lap
+    if lap_n.any():
+        out["llc_laplace"] = np.where(lap_n > 0, lap_sum / np.maximum(lap_n, 1), np.nan)
     if "nbeta" in d:
         out["sampler"] = {"nbeta": d["nbeta"][rows[0]]}
     return out
