@@ -158,3 +158,20 @@ def test_process_pool_matches_inline(tmp_path):
         lx = [r["train_loss"] for r in read_parquet(x.metrics).to_pylist()]
         ly = [r["train_loss"] for r in read_parquet(y.metrics).to_pylist()]
         assert lx == pytest.approx(ly, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ray_backend_gives_the_same_results_as_local(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'grokbasin[ray]')")
+    spec = sw.sweep_from_dict({"base": BASE, "grid": {"model.width": [8, 16]}, "seeds": [0]})
+    a = sw.run_sweep(spec, tmp_path / "local", progress=False)
+    b = sw.run_sweep(spec, tmp_path / "ray", backend="ray", workers=2, progress=False)
+    assert a.trained == b.trained == 2
+    for x, y in zip(a.runs, b.runs, strict=True):
+        assert x.path.name == y.path.name
+        # same kernels in another process: equal to 1e-6
+        lx = [(r["epoch"], r["train_loss"]) for r in read_parquet(x.metrics).to_pylist()]
+        ly = [(r["epoch"], r["train_loss"]) for r in read_parquet(y.metrics).to_pylist()]
+        assert [e for e, _ in lx] == [e for e, _ in ly]
+        assert [v for _, v in lx] == pytest.approx([v for _, v in ly], abs=1e-6)
+    assert sw.run_sweep(spec, tmp_path / "ray", backend="ray", progress=False).did_nothing
