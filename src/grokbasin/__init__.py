@@ -4,8 +4,23 @@ Replica-batched training of small networks on algorithmic tasks, LLC estimation 
 every chain and checkpoint at once, and the closed-form theory to hold the estimates against.
 """
 
-from grokbasin.config import LLCConfig, ModelConfig, RunConfig, TaskConfig, TrainConfig, build_config
+from grokbasin.config import (
+    LLCConfig,
+    ModelConfig,
+    RunConfig,
+    TaskConfig,
+    TrainConfig,
+    build_config,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["LLCConfig", "ModelConfig", "RunConfig", "TaskConfig", "TrainConfig", "build_config", "__version__"]
+__all__ = [
+    "LLCConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "build_config",
+    "__version__",
+]

@@ -279,17 +279,19 @@ def format_validation_error(err: ValidationError) -> str:
     """One line per problem: 'field.path: message'."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        loc = ".".join(str(x) for x in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif e["type"] == "literal_error":
             msg = f"got {e.get('input')!r}; {msg.lower()}"
-        lines.append(f"{loc}: {msg}")
+        lines.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(lines)
 
 
-def build_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+def build_config(
+    base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
+) -> RunConfig:
     """Validate ``base`` (nested dict, e.g. from YAML) with dotted-key ``overrides`` applied."""
     data: dict[str, Any] = json.loads(json.dumps(base or {}))
     for dotted, value in (overrides or {}).items():

@@ -13,13 +13,21 @@ def resolve(name: str) -> str:
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"device: {name!r} is not a device; use cpu, cuda, cuda:N, mps or auto") from None
+        raise ConfigError(
+            f"device: {name!r} is not a device; use cpu, cuda, cuda:N, mps or auto"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available here; use cpu or auto")
+        raise ConfigError(
+            f"device: {name!r} requested but CUDA is not available here; use cpu or auto"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device: {name!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+        raise ConfigError(
+            f"device: {name!r} does not exist ({torch.cuda.device_count()} CUDA devices)"
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device: {name!r} requested but MPS is not available here; use cpu or auto")
+        raise ConfigError(
+            f"device: {name!r} requested but MPS is not available here; use cpu or auto"
+        )
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device: {name!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
     return str(dev)

@@ -18,7 +18,11 @@ def centred_mse(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def cross_entropy(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy per replica."""
     R, n, c = pred.shape
-    return F.cross_entropy(pred.reshape(R * n, c), labels.reshape(R * n), reduction="none").view(R, n).mean(1)
+    return (
+        F.cross_entropy(pred.reshape(R * n, c), labels.reshape(R * n), reduction="none")
+        .view(R, n)
+        .mean(1)
+    )
 
 
 def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

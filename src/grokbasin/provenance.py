@@ -32,7 +32,11 @@ def collect(device: str, **extra: Any) -> dict[str, Any]:
         version = metadata.version("grokbasin")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    dev_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
+    dev_name = (
+        torch.cuda.get_device_name(device)
+        if device.startswith("cuda")
+        else platform.processor() or "cpu"
+    )
     return {
         "grokbasin": version,
         "git_commit": git_commit(),

@@ -38,7 +38,9 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 16)
 
 
-def key(seeds: torch.Tensor | list[int] | int, device: torch.device | str | None = None) -> torch.Tensor:
+def key(
+    seeds: torch.Tensor | list[int] | int, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Keys [R] from integer seeds (any Python int; folded to 32 bits first)."""
     s = torch.as_tensor(seeds, dtype=torch.int64, device=device).reshape(-1)
     lo, hi = _to_i32(s & 0xFFFFFFFF), _to_i32((s >> 32) & 0xFFFFFFFF)

@@ -36,7 +36,9 @@ def build_model(cfg: ModelConfig, n_tokens: int, n_outputs: int) -> Model:
         act = {"relu": torch.relu, "gelu": torch.nn.functional.gelu}[cfg.activation]
         return Model(
             "mlp",
-            lambda keys: mlp.init(keys, n_tokens, n_outputs, cfg.embed_dim, cfg.width, cfg.init_scale),
+            lambda keys: mlp.init(
+                keys, n_tokens, n_outputs, cfg.embed_dim, cfg.width, cfg.init_scale
+            ),
             lambda params, x: mlp.forward(params, x, act),
         )
     raise ValueError(f"unknown model {cfg.name!r}")

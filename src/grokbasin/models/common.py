@@ -9,7 +9,9 @@ import torch
 from grokbasin import rng
 
 
-def linear_init(keys: torch.Tensor, tag: int, shape: tuple[int, ...], fan_in: int, scale: float) -> torch.Tensor:
+def linear_init(
+    keys: torch.Tensor, tag: int, shape: tuple[int, ...], fan_in: int, scale: float
+) -> torch.Tensor:
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) * scale: the ``nn.Linear`` default, per replica."""
     u = rng.uniform(rng.fold_in(keys, tag), shape)
     return (2.0 * u - 1.0) * (scale / math.sqrt(fan_in))

@@ -15,7 +15,12 @@ from grokbasin.models.common import linear_init, rows
 
 
 def init(
-    keys: torch.Tensor, n_tokens: int, n_outputs: int, embed_dim: int, width: int, scale: float = 1.0
+    keys: torch.Tensor,
+    n_tokens: int,
+    n_outputs: int,
+    embed_dim: int,
+    width: int,
+    scale: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     d_in = 2 * embed_dim
     return {
@@ -27,7 +32,9 @@ def init(
     }
 
 
-def forward(params: dict[str, torch.Tensor], x: torch.Tensor, act: Callable = torch.relu) -> torch.Tensor:
+def forward(
+    params: dict[str, torch.Tensor], x: torch.Tensor, act: Callable = torch.relu
+) -> torch.Tensor:
     E = params["E"]
     e = torch.cat([rows(E, x[..., 0]), rows(E, x[..., 1])], dim=-1)  # [R, n, 2D]
     h = act(torch.baddbmm(params["b1"][:, None, :], e, params["W1"]))

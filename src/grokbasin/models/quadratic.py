@@ -11,7 +11,9 @@ import torch
 from grokbasin.models.common import linear_init, rows
 
 
-def init(keys: torch.Tensor, n_tokens: int, n_outputs: int, width: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
+def init(
+    keys: torch.Tensor, n_tokens: int, n_outputs: int, width: int, scale: float = 1.0
+) -> dict[str, torch.Tensor]:
     d = 2 * n_tokens
     return {
         "W": linear_init(keys, 1, (d, width), fan_in=d, scale=scale),

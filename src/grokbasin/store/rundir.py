@@ -4,7 +4,7 @@
                   provenance.json        versions, device, seeds, times, finished flag
                   metrics.parquet        one row per checkpoint x replica
                   checkpoints/epoch_<E>.safetensors   params, replica axis first
-                  checkpoints/state.safetensors       params + optimiser state of the last checkpoint
+                  checkpoints/state.safetensors       params + optimiser state, last checkpoint
                   llc.parquet            one row per checkpoint x replica x chain (x n*beta)
                   figures/, report.html
 
@@ -85,12 +85,18 @@ class RunDir:
         found = (_EPOCH_FILE.match(f.name) for f in self.checkpoints.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
 
-    def save_tensors(self, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                    metadata={k: json.dumps(v) for k, v in meta.items()})
+    def save_tensors(
+        self, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+    ) -> None:
+        blob = save(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+            metadata={k: json.dumps(v) for k, v in meta.items()},
+        )
         atomic_write(path, blob)
 
-    def load_tensors(self, path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def load_tensors(
+        self, path: Path, device: str | torch.device = "cpu"
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and metadata; a truncated or foreign file raises CorruptFileError."""
         try:
             tensors = load_file(path, device=str(device))
@@ -102,7 +108,9 @@ class RunDir:
             raise CorruptFileError(f"{path}: unreadable checkpoint ({e})") from None
         return tensors, meta
 
-    def load_checkpoint(self, epoch: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    def load_checkpoint(
+        self, epoch: int, device: str | torch.device = "cpu"
+    ) -> dict[str, torch.Tensor]:
         path = self.checkpoint(epoch)
         if not path.exists():
             raise CorruptFileError(f"{path}: no checkpoint for epoch {epoch}")

@@ -56,17 +56,23 @@ def all_pairs(p: int, op: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([a, b], dim=1), c
 
 
-def split_indices(n_pairs: int, n_train: int, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def split_indices(
+    n_pairs: int, n_train: int, seeds: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Train/val index rows, one seeded permutation per replica (sorted within each part)."""
     perm = rng.permutation(rng.fold_in(rng.key(seeds), _SPLIT_TAG), n_pairs)
     train, val = perm[:, :n_train], perm[:, n_train:]
     return train.sort(dim=1).values, val.sort(dim=1).values
 
 
-def make_modular_task(cfg: TaskConfig, replica_seeds: list[int], device: str | torch.device = "cpu") -> ModularTask:
+def make_modular_task(
+    cfg: TaskConfig, replica_seeds: list[int], device: str | torch.device = "cpu"
+) -> ModularTask:
     """Build the task for replicas with the given seeds (``cfg.data_seed`` overrides them)."""
     x, y = all_pairs(cfg.p, cfg.op)
-    seeds = [cfg.data_seed] * len(replica_seeds) if cfg.data_seed is not None else list(replica_seeds)
+    seeds = (
+        [cfg.data_seed] * len(replica_seeds) if cfg.data_seed is not None else list(replica_seeds)
+    )
     train_idx, val_idx = split_indices(len(y), cfg.n_train, seeds)
     return ModularTask(
         p=cfg.p,

@@ -9,7 +9,7 @@ replica's counter-based stream keyed by (seed, epoch), so a resumed run replays 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -25,26 +25,48 @@ _INIT_TAG, _SHUFFLE_TAG = 0x1417, 0x5AFF
 
 @dataclass
 class Setup:
-    """Everything the loop needs, built once from a config."""
+    """Everything the loop needs for one batch of replicas, built once."""
 
-    cfg: RunConfig
+    cfg: RunConfig  # shared settings (task, model, optimiser); lr/wd/seeds come from replicas
     task: ModularTask
     model: Model
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     hyper: optim.Hyper
     keys: torch.Tensor  # [R] replica keys (from the seeds)
-    replicas: list[dict]
+    replicas: list[dict]  # per replica: seed, lr, weight_decay
 
     @property
     def batch_size(self) -> int:
         return self.cfg.train.batch_size or self.task.n_train
 
+    def subset(self, idx: list[int]) -> Setup:
+        """The same setup restricted to some replicas (for members that stop early)."""
+        sel = torch.tensor(idx, device=self.keys.device)
+        task = replace(
+            self.task, train_idx=self.task.train_idx[sel], val_idx=self.task.val_idx[sel]
+        )
+        hyper = replace(
+            self.hyper, lr=self.hyper.lr[sel], weight_decay=self.hyper.weight_decay[sel]
+        )
+        return replace(
+            self,
+            task=task,
+            hyper=hyper,
+            keys=self.keys[sel],
+            replicas=[self.replicas[i] for i in idx],
+        )
 
-def make_setup(cfg: RunConfig) -> Setup:
-    reps = cfg.train.replicas()
+
+def make_setup(
+    cfg: RunConfig, replicas: list[dict] | None = None, data_seeds: list[int] | None = None
+) -> Setup:
+    """Setup for ``cfg``'s replicas, or for an explicit replica list (several runs batched)."""
+    reps = replicas if replicas is not None else cfg.train.replicas()
     dev = torch.device(cfg.device)
     seeds = [int(r["seed"]) for r in reps]
-    task = make_modular_task(cfg.task, seeds, dev)
+    if data_seeds is None:
+        data_seeds = [cfg.task.data_seed if cfg.task.data_seed is not None else s for s in seeds]
+    task = make_modular_task(cfg.task.model_copy(update={"data_seed": None}), data_seeds, dev)
     model = build_model(cfg.model, task.p, task.n_outputs)
     t = cfg.train
     hyper = optim.Hyper(
@@ -95,7 +117,9 @@ def epoch_batches(s: Setup, epoch: int) -> Iterator[torch.Tensor]:
         yield rows[:, lo : lo + b]
 
 
-def train_epoch(s: Setup, params: Params, state: optim.State, epoch: int) -> tuple[Params, optim.State]:
+def train_epoch(
+    s: Setup, params: Params, state: optim.State, epoch: int
+) -> tuple[Params, optim.State]:
     """One pass over every replica's training set."""
     name = s.cfg.train.optimizer
     for idx in epoch_batches(s, epoch):

@@ -1,23 +1,27 @@
-"""Train a config into its run directory, resuming a killed run and skipping a finished one.
+"""Train configs into their run directories: batched, resumable, and never twice.
+
+``train_group`` trains several run configs that differ only in seeds, learning rates and weight
+decays as ONE replica-batched computation; each config still gets its own run directory holding
+only its replicas. A member that early-stops is written out and dropped from the batch, so every
+run's result is what it would be alone.
 
 Order of writes at each checkpoint: epoch file, metrics, then the resume state. The state is the
 commit point: on restart, anything recorded after the state's epoch is discarded and replayed,
-which gives bit-identical results because all randomness is keyed by (seed, epoch).
+which gives identical results because all randomness is keyed by (seed, epoch).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from grokbasin import provenance
 from grokbasin.config import RunConfig, dump_yaml
 from grokbasin.device import resolve
-from grokbasin.errors import CorruptFileError
+from grokbasin.errors import ConfigError, CorruptFileError
 from grokbasin.progress import make_progress
-from grokbasin.store.rundir import RunDir, read_parquet, write_parquet
+from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, write_parquet
 from grokbasin.train import optim
 from grokbasin.train.loop import Setup, evaluate, init_params, make_setup, train_epoch
 
@@ -29,98 +33,216 @@ class TrainResult:
     final_epoch: int
 
 
-def _metric_rows(s: Setup, epoch: int, step: int, ev: dict[str, torch.Tensor]) -> list[dict]:
-    vals = {k: v.tolist() for k, v in ev.items()}
-    return [
-        {"epoch": epoch, "step": step, "replica": r, **rep, **{k: vals[k][r] for k in vals}}
-        for r, rep in enumerate(s.replicas)
-    ]
+@dataclass
+class _Member:
+    """One run config inside a batch: its directory, replicas and history."""
+
+    cfg: RunConfig
+    run: RunDir
+    start_epoch: int = 0
+    start_step: int = 0
+    rows: list[dict] = field(default_factory=list)
+    status: str = "trained"
+    prov: dict = field(default_factory=dict)
+
+    @property
+    def n_replicas(self) -> int:
+        return len(self.cfg.train.replicas())
 
 
-def _should_stop(s: Setup, rows: list[dict]) -> bool:
-    """SPEC §3.9 early stop: every replica had ``patience`` consecutive evals above threshold."""
-    t = s.cfg.train
-    if not t.early_stop:
-        return False
-    R = len(s.replicas)
-    recent = rows[-R * t.early_stop_patience :]
-    if len(recent) < R * t.early_stop_patience:
-        return False
-    return all(row["val_acc"] >= t.early_stop_val_acc for row in recent)
-
-
-def _resume(run: RunDir, s: Setup, dev: str):
-    state_t, meta = run.load_tensors(run.state, dev)
-    params = {k.removeprefix("param."): v for k, v in state_t.items() if k.startswith("param.")}
-    opt = {k.removeprefix("opt."): v for k, v in state_t.items() if k.startswith("opt.")}
-    opt["step"] = opt["step"].cpu()
-    epoch, step = int(meta["epoch"]), int(meta["step"])
-    if not run.metrics.exists():
-        raise CorruptFileError(f"{run.metrics}: missing although {run.state} exists")
-    rows = [r for r in read_parquet(run.metrics).to_pylist() if r["epoch"] <= epoch]
-    for e in run.checkpoint_epochs():
-        if e > epoch:
-            run.checkpoint(e).unlink()
-    expected = {k: v.shape for k, v in init_params(s).items()}
-    if {k: v.shape for k, v in params.items()} != expected:
-        raise CorruptFileError(f"{run.state}: parameter shapes do not match the config")
-    return params, opt, epoch, step, rows
+def _batch_key(cfg: RunConfig) -> str:
+    """Configs with equal keys can share one batched training."""
+    per_member = {
+        "seeds",
+        "lr",
+        "weight_decay",
+        "epochs",
+        "checkpoint_every",
+        "early_stop",
+        "early_stop_patience",
+        "early_stop_val_acc",
+    }
+    t = cfg.train.model_dump(exclude=per_member)
+    return repr((cfg.task.model_dump(exclude={"data_seed"}), cfg.model.model_dump(), t, cfg.device))
 
 
 def train(cfg: RunConfig, root: str | Path = "runs", progress: bool = True) -> TrainResult:
     """Train ``cfg`` under ``root/<run hash>``; returns where and what was done."""
-    dev = resolve(cfg.device)
-    cfg = cfg.model_copy(update={"device": dev})
-    run = RunDir(Path(root) / cfg.run_hash())
-    if run.is_trained():
-        return TrainResult(run, "cached", int(run.read_provenance().get("final_epoch", -1)))
-    s = make_setup(cfg)
-    t = cfg.train
+    return train_group([cfg], root, progress)[0]
+
+
+def train_group(
+    cfgs: list[RunConfig], root: str | Path = "runs", progress: bool = True
+) -> list[TrainResult]:
+    """Train compatible configs as one replica batch; results in the order of ``cfgs``."""
+    cfgs = [c.model_copy(update={"device": resolve(c.device)}) for c in cfgs]
+    if len({_batch_key(c) for c in cfgs}) > 1:
+        raise ConfigError(
+            "train_group: configs differ in more than seeds, lr, weight decay, "
+            "data seed, epochs, checkpointing or early stopping"
+        )
+    runs = [RunDir(Path(root) / c.run_hash()) for c in cfgs]
+    pending: dict[str, _Member] = {}
+    for cfg, run in zip(cfgs, runs, strict=True):
+        if not run.is_trained() and run.path.name not in pending:
+            pending[run.path.name] = _open_member(cfg, run)
+    by_epoch: dict[int, list[_Member]] = defaultdict(list)
+    for m in pending.values():
+        by_epoch[m.start_epoch].append(m)
+    for members in by_epoch.values():
+        _train_batch(members, progress)
+    out = []
+    for run in runs:
+        prov = run.read_provenance()
+        status = pending[run.path.name].status if run.path.name in pending else "cached"
+        out.append(TrainResult(run, status, int(prov.get("final_epoch", -1))))
+    return out
+
+
+def _open_member(cfg: RunConfig, run: RunDir) -> _Member:
+    """A fresh member, or one resumed from its last committed checkpoint."""
+    m = _Member(cfg, run)
     if run.state.exists():
-        params, state, epoch, step, rows = _resume(run, s, dev)
-        status, prov = "resumed", run.read_provenance() or provenance.collect(dev)
-    else:
-        run.path.mkdir(parents=True, exist_ok=True)
-        from grokbasin.store.rundir import atomic_write
+        meta = run.load_tensors(run.state)[1]
+        m.start_epoch, m.start_step, m.status = int(meta["epoch"]), int(meta["step"]), "resumed"
+        if not run.metrics.exists():
+            raise CorruptFileError(f"{run.metrics}: missing although {run.state} exists")
+        m.rows = [r for r in read_parquet(run.metrics).to_pylist() if r["epoch"] <= m.start_epoch]
+        m.prov = run.read_provenance()
+        for e in run.checkpoint_epochs():
+            if e > m.start_epoch:
+                run.checkpoint(e).unlink()
+    return m
 
-        atomic_write(run.config, dump_yaml(cfg.model_copy(update={"llc": type(cfg.llc)()})).encode())
-        prov = provenance.collect(dev, seeds=t.seeds, replicas=s.replicas, finished=False)
-        run.write_provenance(prov)
-        params, epoch, step, status = init_params(s), 0, 0, "trained"
-        state = optim.init_state(t.optimizer, params)
-        rows = []
-        _checkpoint(run, s, params, state, 0, 0, rows)
 
+def _train_batch(members: list[_Member], progress: bool) -> None:
+    """Train members that stand at the same epoch as one batch until each is finished."""
+    base = members[0].cfg
+    reps = [r for m in members for r in m.cfg.train.replicas()]
+    data_seeds = [
+        m.cfg.task.data_seed if m.cfg.task.data_seed is not None else int(r["seed"])
+        for m in members
+        for r in m.cfg.train.replicas()
+    ]
+    s = make_setup(base, reps, data_seeds)
+    params = init_params(s)
+    state = optim.init_state(base.train.optimizer, params)
+    epoch, step = members[0].start_epoch, members[0].start_step
+    offsets = _offsets(members)
+    for m, (lo, hi) in zip(members, offsets, strict=True):
+        if m.status == "resumed":
+            _load_member_state(m, params, state, lo, hi, s)
+        else:
+            _create(m, s, params, state, lo, hi)
     steps_per_epoch = -(-s.task.n_train // s.batch_size)
+    total = max(m.cfg.train.epochs for m in members)
     with make_progress(progress) as bar:
-        task = bar.add_task(_acc_text(rows, len(s.replicas)), total=t.epochs, completed=epoch, stage="train")
-        while epoch < t.epochs and not _should_stop(s, rows):
+        task = bar.add_task(_acc_text(members), total=total, completed=epoch, stage="train")
+        while members:
+            done = [
+                i for i, m in enumerate(members) if epoch >= m.cfg.train.epochs or _should_stop(m)
+            ]
+            if done:
+                for i in done:
+                    _finish(members[i], epoch)
+                keep = [i for i in range(len(members)) if i not in done]
+                idx = [r for i in keep for r in range(*_offsets(members)[i])]
+                members = [members[i] for i in keep]
+                if not members:
+                    break
+                s = s.subset(idx)
+                params = {k: v[idx] for k, v in params.items()}
+                state = {k: (v if k == "step" else v[idx]) for k, v in state.items()}
             params, state = train_epoch(s, params, state, epoch)
             epoch, step = epoch + 1, step + steps_per_epoch
-            if epoch % t.checkpoint_every == 0 or epoch == t.epochs:
-                _checkpoint(run, s, params, state, epoch, step, rows)
-                bar.update(task, description=_acc_text(rows, len(s.replicas)))
+            due = [_due(m, epoch) for m in members]
+            if any(due):
+                ev = evaluate(s, params)
+                for m, (lo, hi), d in zip(members, _offsets(members), due, strict=True):
+                    if d:
+                        _checkpoint(m, s, params, state, ev, lo, hi, epoch, step)
+                bar.update(task, description=_acc_text(members))
             bar.update(task, completed=epoch)
-        if epoch % t.checkpoint_every and epoch != t.epochs:  # early stop between checkpoints
-            _checkpoint(run, s, params, state, epoch, step, rows)
-    run.write_provenance({**prov, "finished": True, "final_epoch": epoch, "ended": provenance.now()})
-    return TrainResult(run, status, epoch)
 
 
-def _checkpoint(run: RunDir, s: Setup, params, state, epoch: int, step: int, rows: list[dict]) -> None:
-    ev = evaluate(s, params)
-    rows.extend(_metric_rows(s, epoch, step, ev))
+def _due(m: _Member, epoch: int) -> bool:
+    t = m.cfg.train
+    return epoch % t.checkpoint_every == 0 or epoch == t.epochs
+
+
+def _offsets(members: list[_Member]) -> list[tuple[int, int]]:
+    out, lo = [], 0
+    for m in members:
+        out.append((lo, lo + m.n_replicas))
+        lo += m.n_replicas
+    return out
+
+
+def _create(m: _Member, s: Setup, params, state, lo: int, hi: int) -> None:
+    """Write a fresh member's config, provenance and epoch-0 checkpoint."""
+    m.run.path.mkdir(parents=True, exist_ok=True)
+    cfg = m.cfg.model_copy(update={"llc": type(m.cfg.llc)()})
+    atomic_write(m.run.config, dump_yaml(cfg).encode())
+    reps = m.cfg.train.replicas()
+    m.prov = provenance.collect(
+        m.cfg.device, seeds=m.cfg.train.seeds, replicas=reps, finished=False
+    )
+    m.run.write_provenance(m.prov)
+    _checkpoint(m, s, params, state, evaluate(s, params), lo, hi, 0, 0)
+
+
+def _load_member_state(m: _Member, params, state, lo: int, hi: int, s: Setup) -> None:
+    """Overwrite the member's replica slice with its saved params and optimiser state."""
+    tensors, _ = m.run.load_tensors(m.run.state, params[next(iter(params))].device)
+    for k, v in params.items():
+        saved = tensors.get(f"param.{k}")
+        if saved is None or saved.shape != v[lo:hi].shape:
+            raise CorruptFileError(f"{m.run.state}: parameter {k!r} does not match the config")
+        v[lo:hi] = saved
+    for k, v in state.items():
+        if k == "step":
+            state[k] = tensors["opt.step"].cpu()
+        else:
+            v[lo:hi] = tensors[f"opt.{k}"]
+
+
+def _checkpoint(
+    m: _Member, s: Setup, params, state, ev, lo: int, hi: int, epoch: int, step: int
+) -> None:
+    reps = s.replicas[lo:hi]
+    vals = {k: v[lo:hi].tolist() for k, v in ev.items()}
+    m.rows.extend(
+        {"epoch": epoch, "step": step, "replica": r, **rep, **{k: vals[k][r] for k in vals}}
+        for r, rep in enumerate(reps)
+    )
+    mine = {k: v[lo:hi] for k, v in params.items()}
     meta = {"epoch": epoch, "step": step}
-    run.save_tensors(run.checkpoint(epoch), params, meta)
-    write_parquet(run.metrics, rows)
-    tensors = {f"param.{k}": v for k, v in params.items()} | {f"opt.{k}": v for k, v in state.items()}
-    run.save_tensors(run.state, tensors, meta)
+    m.run.save_tensors(m.run.checkpoint(epoch), mine, meta)
+    write_parquet(m.run.metrics, m.rows)
+    opt = {f"opt.{k}": (v if k == "step" else v[lo:hi]) for k, v in state.items()}
+    m.run.save_tensors(m.run.state, {f"param.{k}": v for k, v in mine.items()} | opt, meta)
 
 
-def _acc_text(rows: list[dict], R: int) -> str:
-    if not rows:
+def _finish(m: _Member, epoch: int) -> None:
+    m.run.write_provenance(
+        {**m.prov, "finished": True, "final_epoch": epoch, "ended": provenance.now()}
+    )
+
+
+def _should_stop(m: _Member) -> bool:
+    """SPEC §3.9 early stop: every replica had ``patience`` consecutive evals above threshold."""
+    t = m.cfg.train
+    if not t.early_stop:
+        return False
+    need = m.n_replicas * t.early_stop_patience
+    recent = m.rows[-need:]
+    return len(recent) == need and all(r["val_acc"] >= t.early_stop_val_acc for r in recent)
+
+
+def _acc_text(members: list[_Member]) -> str:
+    last = [r for m in members for r in m.rows[-m.n_replicas :]]
+    if not last:
         return ""
-    last = rows[-R:]
-    tr = sum(r["train_acc"] for r in last) / R
-    va = sum(r["val_acc"] for r in last) / R
+    tr = sum(r["train_acc"] for r in last) / len(last)
+    va = sum(r["val_acc"] for r in last) / len(last)
     return f"train acc {tr:.3f}  val acc {va:.3f}"

@@ -1,0 +1,150 @@
+"""The command line: a thin layer that turns flags into configs and calls the Python API.
+
+Every user-facing problem (bad config, missing file, corrupt checkpoint) is a GrokbasinError,
+printed as one line on stderr with exit code 2; nothing is written before validation passes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from grokbasin.config import RunConfig, build_config, load_yaml
+from grokbasin.errors import GrokbasinError
+from grokbasin.presets import PRESETS, preset
+from grokbasin.progress import console
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Grokking and phase transitions through Singular Learning Theory.",
+    pretty_exceptions_enable=False,
+)
+
+Opt = typer.Option
+OutOpt = Annotated[Path, Opt("--out", help="root folder of run directories")]
+
+
+def _train_overrides(**flags: Any) -> dict[str, Any]:
+    """CLI flags → dotted config keys (None means 'not given')."""
+    keys = {
+        "p": "task.p", "op": "task.op", "frac": "task.frac", "data_seed": "task.data_seed",
+        "model": "model.name", "width": "model.width", "embed_dim": "model.embed_dim",
+        "activation": "model.activation",
+        "loss": "train.loss", "optimizer": "train.optimizer", "lr": "train.lr",
+        "weight_decay": "train.weight_decay", "momentum": "train.momentum",
+        "batch_size": "train.batch_size", "epochs": "train.epochs",
+        "checkpoint_every": "train.checkpoint_every", "seeds": "train.seeds",
+        "early_stop": "train.early_stop", "device": "device",
+    }  # fmt: skip
+    return {keys[k]: v for k, v in flags.items() if k in keys and v is not None}
+
+
+def _resolve_config(
+    config: Path | None, preset_name: str | None, overrides: dict[str, Any]
+) -> RunConfig:
+    base = preset(preset_name) if preset_name else {}
+    if config is not None:
+        base = _deep_merge(base, load_yaml(config))
+    return build_config(base, overrides)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+# Shared training flags (typer needs them spelled out per command).
+P = Annotated[int | None, Opt(help="prime modulus p")]
+OP = Annotated[str | None, Opt(help="add | sub | mul | div")]
+FRAC = Annotated[float | None, Opt(help="training fraction in (0, 1)")]
+WIDTH = Annotated[int | None, Opt(help="hidden units K")]
+MODEL = Annotated[str | None, Opt(help="quadratic | mlp")]
+LOSS = Annotated[str | None, Opt(help="centred_mse | cross_entropy")]
+OPTIM = Annotated[str | None, Opt(help="adam | adamw | sgd")]
+LR = Annotated[str | None, Opt(help="learning rate(s), comma-separated: one replica each")]
+WD = Annotated[str | None, Opt("--weight-decay", help="weight decay(s), comma-separated")]
+BATCH = Annotated[int | None, Opt(help="minibatch size (0 = full batch)")]
+EPOCHS = Annotated[int | None, Opt(help="training epochs")]
+CKPT = Annotated[int | None, Opt(help="epochs between checkpoints")]
+SEEDS = Annotated[str | None, Opt(help="seeds, comma-separated: one replica each")]
+DEVICE = Annotated[str | None, Opt(help="cpu | cuda | cuda:N | mps | auto")]
+CONFIG = Annotated[Path | None, Opt("--config", help="YAML config file (flags override it)")]
+JSON = Annotated[bool, Opt("--json", help="print a machine-readable summary")]
+QUIET = Annotated[bool, Opt("--quiet", help="no progress bars")]
+
+
+@app.command()
+def train(
+    config: CONFIG = None,
+    p: P = None,
+    op: OP = None,
+    frac: FRAC = None,
+    width: WIDTH = None,
+    model: MODEL = None,
+    loss: LOSS = None,
+    optimizer: OPTIM = None,
+    lr: LR = None,
+    weight_decay: WD = None,
+    batch_size: BATCH = None,
+    epochs: EPOCHS = None,
+    checkpoint_every: CKPT = None,
+    seeds: SEEDS = None,
+    early_stop: Annotated[bool | None, Opt("--early-stop/--no-early-stop")] = None,
+    device: DEVICE = None,
+    out: OutOpt = Path("runs"),
+    as_json: JSON = False,
+    quiet: QUIET = False,
+) -> None:
+    """Train a model (all seed x lr x weight-decay replicas batched); prints the run directory."""
+    from grokbasin.train.runner import train as train_run
+
+    overrides = _train_overrides(**locals())
+    cfg = _resolve_config(config, None, overrides)
+    result = train_run(cfg, out, progress=not quiet)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(result.run.path),
+                    "status": result.status,
+                    "final_epoch": result.final_epoch,
+                    "hash": result.run.path.name,
+                }
+            )
+        )
+        return
+    if result.status == "cached":
+        console.print(f"already trained (final epoch {result.final_epoch}); nothing to do")
+    print(result.run.path)
+
+
+@app.command("presets")
+def list_presets() -> None:
+    """List the named presets usable with `grokbasin run --preset NAME`."""
+    for name, (desc, _) in PRESETS.items():
+        print(f"{name:<14} {desc}")
+
+
+def main() -> None:
+    """Console entry point: one clean line for user errors, never a traceback."""
+    try:
+        app()  # standalone: typer/click print usage errors themselves and exit 2
+    except GrokbasinError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted: re-run the same command to resume where it stopped")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

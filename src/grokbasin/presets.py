@@ -1,0 +1,64 @@
+"""Named configurations: the CPU default and the papers' settings (SPEC §3.3, §3.9)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from grokbasin.errors import ConfigError
+
+# Paper A, authors' code: SGLD eps 5e-4, gamma 5, n*beta 26.4, 3 chains, 100 burn-in, 500 draws,
+# batch 128 (SPEC §3.3).
+_AUTHORS_SAMPLER = {
+    "step_size": 5e-4, "gamma": 5.0, "nbeta": 26.4, "chains": 3, "burnin": 100, "draws": 500,
+    "batch_size": 128,
+}  # fmt: skip
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("CPU default: p=23, K=256 quadratic net, groks in ~2500 epochs (minutes)", {}),
+    "paper-fig3": (
+        "paper A Fig. 3: p=53, K=1024, Adam lr 1e-4 wd 1e-4, authors' sampler (GPU)",
+        {
+            "task": {"p": 53, "frac": 0.4, "data_seed": 0},
+            "model": {"name": "quadratic", "width": 1024},
+            "train": {
+                "optimizer": "adam",
+                "lr": [1e-4],
+                "weight_decay": [1e-4],
+                "batch_size": 128,
+                "epochs": 100_000,
+                "checkpoint_every": 100,
+                "seeds": [0],
+                "early_stop": True,
+            },
+            "llc": _AUTHORS_SAMPLER,
+            "device": "cuda",
+        },
+    ),
+    "paper-baseline": (
+        "paper A baseline: as paper-fig3 with weight decay 1e-5 (v3 text)",
+        {
+            "task": {"p": 53, "frac": 0.4, "data_seed": 0},
+            "model": {"name": "quadratic", "width": 1024},
+            "train": {
+                "optimizer": "adam",
+                "lr": [1e-4],
+                "weight_decay": [1e-5],
+                "batch_size": 128,
+                "epochs": 100_000,
+                "checkpoint_every": 100,
+                "seeds": [0],
+                "early_stop": True,
+            },
+            "llc": _AUTHORS_SAMPLER,
+            "device": "cuda",
+        },
+    ),
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A deep copy of the preset's nested config dict."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown {name!r}; available: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name][1])
