@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from grokbasin.config import RunConfig, build_config, load_yaml
-from grokbasin.errors import GrokbasinError
+from grokbasin.errors import ConfigError, GrokbasinError
 from grokbasin.presets import PRESETS, preset
 from grokbasin.progress import console
 
@@ -125,6 +125,32 @@ def train(
     if result.status == "cached":
         console.print(f"already trained (final epoch {result.final_epoch}); nothing to do")
     print(result.run.path)
+
+
+@app.command()
+def theory(
+    p: Annotated[int, Opt(help="prime modulus p (outputs default to p, input dim d to 2p)")],
+    width: Annotated[int, Opt(help="hidden units K")],
+    d: Annotated[int | None, Opt(help="input dimension (default 2p)")] = None,
+    outputs: Annotated[int | None, Opt(help="output dimension (default p)")] = None,
+    as_json: JSON = False,
+) -> None:
+    """Closed-form LLCs of the quadratic network for one configuration (SPEC §3.4)."""
+    from rich.console import Console
+
+    from grokbasin.theory.closed_form import render_theory_table, theory_table
+
+    try:
+        rows = theory_table(p, width, d, outputs)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    title = f"Closed-form LLCs, p={p}, K={width}, d={d or 2 * p}, outputs={outputs or p}"
+    Console(width=None if sys.stdout.isatty() else 160).print(
+        render_theory_table(rows, title=title)
+    )
 
 
 @app.command("presets")
