@@ -1,0 +1,303 @@
+"""The LLC estimator: run a sampler for every replica at once and turn loss traces into λ̂.
+
+λ̂ = nβ·(mean draw loss − L_n(w*)) per chain (SPEC §3.3), where the draw losses are the minibatch
+losses the sampler sees after burn-in (every ``thin``-th step) and L_n(w*) is the full training
+loss at the centre (``baseline='full'``) or, to match devinterp 1.3.2, the chain's first
+minibatch loss at w* (``baseline='devinterp'``).
+
+Replica layout used by :func:`estimate_llc` and the trajectory: r = (g·B + b)·C + c for group g
+(one centre w*: a checkpoint × training replica), temperature b (of B n·β values) and chain c (of
+C). A chain's random streams depend on (seed, group id, chain) only, not on b: the temperatures
+of one chain share noise and minibatches (common random numbers), which makes the temperature
+regression far less noisy, and no replica's trace depends on what else was batched with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from grokbasin import rng
+from grokbasin.llc import sgld
+from grokbasin.llc.targets import Target
+
+
+@dataclass
+class SampleResult:
+    """Per-replica output of :func:`sample` (numpy arrays, replica axis first)."""
+
+    n: int
+    nbeta: np.ndarray  # [R]
+    traces: np.ndarray  # [R, D] draw losses (NaN after a chain diverged)
+    init_loss: np.ndarray  # [R] the baseline L_n(w*) used
+    full_init_loss: np.ndarray  # [R] full training loss at w*
+    first_batch_loss: np.ndarray  # [R] loss of the chain's first minibatch at w*
+    diverged: np.ndarray  # [R] bool: a non-finite loss was met (chain frozen at w* afterwards)
+    norms: dict[str, np.ndarray] | None = None  # name -> [R, steps]
+    mala_accept: np.ndarray | None = None  # [R] mean MALA acceptance probability over all steps
+
+    @property
+    def mean_loss(self) -> np.ndarray:
+        return self.traces.mean(axis=1)
+
+    @property
+    def llc(self) -> np.ndarray:
+        """λ̂ per replica: nβ·(mean draw loss − L_n(w*)); NaN for a diverged chain."""
+        return self.nbeta * (self.mean_loss - self.init_loss)
+
+    @property
+    def running(self) -> np.ndarray:
+        """[R, D] online estimate after each draw: nβ·(running mean loss − L_n(w*))."""
+        D = self.traces.shape[1]
+        cum = np.cumsum(self.traces, axis=1) / np.arange(1, D + 1)
+        return self.nbeta[:, None] * (cum - self.init_loss[:, None])
+
+    @property
+    def wbic(self) -> np.ndarray:
+        """n·(mean draw loss) per replica: WBIC when nβ = n/ln n (β = 1/ln n), as devinterp 2.0."""
+        return self.n * self.mean_loss
+
+
+def sample(
+    target: Target,
+    hyper: sgld.Hyper,
+    keys: torch.Tensor,
+    burnin: int,
+    draws: int,
+    thin: int = 1,
+    method: str = "sgld",
+    baseline: str = "full",
+    record_norms: bool = False,
+    mala: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> SampleResult:
+    """Run burn-in + draws·thin sampler steps for all R replicas together; record draw losses.
+
+    The loss at step t is the minibatch loss at the pre-step parameters (as devinterp records it).
+    A chain whose loss turns non-finite is reset to w* and frozen; its later draws are NaN and the
+    other chains continue untouched.
+    """
+    if baseline not in ("full", "devinterp"):
+        raise ValueError(f"baseline must be 'full' or 'devinterp', got {baseline!r}")
+    if mala and method != "sgld":
+        raise ValueError("MALA acceptance is defined for the plain SGLD sampler only")
+    R = target.replicas
+    center = {k: v.detach() for k, v in target.params0.items()}
+    params = {k: v.clone() for k, v in center.items()}
+    dev = next(iter(params.values())).device
+    batches = target.batcher(keys)
+    state = sgld.init_state(method, {k: params[k] for k in target.names}, keys, hyper)
+    total = burnin + draws * thin
+    traces = torch.full((R, draws), float("nan"), device=dev)
+    alive = torch.ones(R, dtype=torch.bool, device=dev)
+    norms: dict[str, list[torch.Tensor]] = {k: [] for k in sgld.NORM_NAMES} if record_norms else {}
+    acc_sum = torch.zeros(R, device=dev)
+    prev = None
+    with torch.no_grad():
+        full0 = target.full_loss(center).float()
+    first = torch.zeros(R, device=dev)
+    for t in range(total):
+        loss, grads = target.loss_and_grad(params, batches(t))
+        loss = loss.detach().float()
+        bad = ~torch.isfinite(loss) & alive
+        if bool(bad.any()):  # freeze diverged chains at w*; the others never see them
+            alive &= ~bad
+            params = {k: torch.where(_bview(alive, v), v, center[k]) for k, v in params.items()}
+            grads = {
+                k: torch.where(_bview(alive, g), g, torch.zeros_like(g)) for k, g in grads.items()
+            }
+        if t == 0:
+            first = loss.clone()
+        if t >= burnin and (t - burnin) % thin == 0:
+            traces[:, (t - burnin) // thin] = torch.where(alive, loss, torch.nan)
+        with torch.no_grad():
+            if mala:
+                u = sgld.potential(loss, {k: params[k] for k in target.names}, center, hyper)
+                gu = sgld.potential_grad(grads, params, center, hyper)
+                if prev is not None:
+                    la = sgld.mala_log_accept(prev[0], prev[1], prev[2], u, gu, params, hyper)
+                    acc_sum += torch.nan_to_num(la.exp(), nan=0.0)
+                prev = (u, gu, {k: params[k] for k in target.names})
+            new, state, nrm = sgld.step(
+                method, params, grads, center, state, hyper, keys, t, target.masks, record_norms
+            )
+            frozen = ~alive
+            if bool(frozen.any()):
+                new = {k: torch.where(_bview(alive, v), v, center[k]) for k, v in new.items()}
+            params = new
+        if nrm is not None:
+            for k, v in nrm.items():
+                norms[k].append(v)
+        if on_step is not None:
+            on_step(1)
+    init = full0 if baseline == "full" else first
+    return SampleResult(
+        n=target.n,
+        nbeta=hyper.nbeta.double().cpu().numpy(),
+        traces=traces.double().cpu().numpy(),
+        init_loss=init.double().cpu().numpy(),
+        full_init_loss=full0.double().cpu().numpy(),
+        first_batch_loss=first.double().cpu().numpy(),
+        diverged=(~alive).cpu().numpy(),
+        norms={k: torch.stack(v, 1).cpu().numpy() for k, v in norms.items()}
+        if record_norms
+        else None,
+        mala_accept=(acc_sum / max(total - 1, 1)).cpu().numpy() if mala else None,
+    )
+
+
+def _bview(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def chain_keys(
+    seed: int,
+    group_ids: Sequence[Sequence[int]],
+    nbetas: int,
+    chains: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Keys [G·B·C] in replica order; each depends on (seed, group id ints, chain) only."""
+    base = rng.key([seed], device)
+    out = []
+    for ids in group_ids:
+        k = base
+        for i in ids:
+            k = rng.fold_in(k, int(i))
+        ks = torch.cat([rng.fold_in(k, c) for c in range(chains)])  # [C]
+        out.append(ks.repeat(nbetas))  # same chain keys at every temperature
+    return torch.cat(out)
+
+
+def temperature_regression(
+    mean_loss: np.ndarray, init_loss: np.ndarray, nbeta: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slope and intercept of n·(Ē_β − L_n(w*)) against 1/β over the last axis (temperatures).
+
+    Here n is the training-set size and β the inverse temperature, so nβ is the sampler's n·β and
+    1/β = n/(nβ). Theory: n(E_β[L_n] − L_n(w*)) ≈ λ/β + c, so the slope estimates λ free of the
+    O(1) term c that biases the plain estimate nβ(Ē − L*) = λ + c·nβ/n. Arrays [..., B].
+    """
+    x = n / np.asarray(nbeta, dtype=float)
+    y = n * (np.asarray(mean_loss, float) - np.asarray(init_loss, float))
+    x = np.broadcast_to(x, y.shape)
+    xm, ym = x.mean(-1, keepdims=True), y.mean(-1, keepdims=True)
+    slope = ((x - xm) * (y - ym)).sum(-1) / ((x - xm) ** 2).sum(-1)
+    return slope, (ym[..., 0] - slope * xm[..., 0])
+
+
+@dataclass
+class Estimate:
+    """Grouped LLC estimates: arrays shaped [G, B, C] (groups, temperatures, chains)."""
+
+    result: SampleResult
+    groups: int
+    nbetas: np.ndarray  # [B]
+    chains: int
+    diagnostics: list[dict] = field(default_factory=list)  # per (g, b), row-major
+
+    def _gbc(self, a: np.ndarray) -> np.ndarray:
+        return a.reshape(self.groups, len(self.nbetas), self.chains, *a.shape[1:])
+
+    @property
+    def llc(self) -> np.ndarray:
+        return self._gbc(self.result.llc)
+
+    @property
+    def llc_mean(self) -> np.ndarray:
+        """[G, B] mean over healthy (finite) chains."""
+        return np.nanmean(self.llc, axis=-1)
+
+    @property
+    def llc_std(self) -> np.ndarray:
+        return (
+            np.nanstd(self.llc, axis=-1, ddof=1)
+            if self.chains > 1
+            else np.zeros_like(self.llc_mean)
+        )
+
+    @property
+    def regressed(self) -> np.ndarray | None:
+        """[G, C] temperature-regression λ per chain (None with fewer than two temperatures)."""
+        if len(self.nbetas) < 2:
+            return None
+        ml = np.moveaxis(self._gbc(self.result.mean_loss), 1, -1)  # [G, C, B]
+        il = np.moveaxis(self._gbc(self.result.init_loss), 1, -1)
+        return temperature_regression(ml, il, self.nbetas, self.result.n)[0]
+
+
+def estimate_llc(
+    target: Target,
+    *,
+    groups: int = 1,
+    chains: int = 4,
+    nbetas: Sequence[float] | None = None,
+    step_size: float | Sequence[float] = 1e-4,
+    gamma: float | Sequence[float] = 5.0,
+    weight_decay: float = 0.0,
+    noise_level: float = 1.0,
+    burnin: int = 200,
+    draws: int = 400,
+    thin: int = 1,
+    seed: int = 0,
+    method: str = "sgld",
+    baseline: str = "full",
+    record_norms: bool = False,
+    mala: bool = False,
+    group_ids: Sequence[Sequence[int]] | None = None,
+    diagnose: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> Estimate:
+    """λ̂ for a target laid out as groups × temperatures × chains, in one batched sampler run.
+
+    ``nbetas`` default: [B/ln B] with B the target's batch size (devinterp). step_size and gamma
+    may be per-replica sequences (an ε×γ grid laid out by the caller). Diagnostics from
+    ``grokbasin.llc.diagnostics.diagnose`` are attached per (group, temperature).
+    """
+    nb = np.asarray(
+        nbetas if nbetas is not None else [sgld.default_nbeta(max(2, target.batch_size))],
+        dtype=float,
+    )
+    B = len(nb)
+    R = groups * B * chains
+    if target.replicas != R:
+        raise ValueError(
+            f"target has {target.replicas} replicas; expected groups·nbetas·chains = {R}"
+        )
+    dev = next(iter(target.params0.values())).device
+    per_rep_nb = torch.tensor(np.tile(np.repeat(nb, chains), groups), dtype=torch.float32)
+    hyper = sgld.make_hyper(
+        R, _vec(step_size), per_rep_nb, _vec(gamma), weight_decay, noise_level, device=dev
+    )
+    keys = chain_keys(seed, group_ids or [[g] for g in range(groups)], B, chains, dev)
+    res = sample(
+        target, hyper, keys, burnin, draws, thin, method, baseline, record_norms, mala, on_step
+    )
+    est = Estimate(res, groups, nb, chains)
+    if diagnose:
+        est.diagnostics = run_diagnostics(res, groups * B, chains)
+    return est
+
+
+def _vec(v: float | Sequence[float]) -> float | torch.Tensor:
+    return v if isinstance(v, int | float) else torch.tensor(list(v), dtype=torch.float32)
+
+
+def run_diagnostics(res: SampleResult, n_groups: int, chains: int) -> list[dict]:
+    """A2's ``diagnose`` on traces reshaped to [groups, chains, draws]."""
+    from grokbasin.llc.diagnostics import diagnose
+
+    D = res.traces.shape[1]
+    traces = res.traces.reshape(n_groups, chains, D)
+    init = res.init_loss.reshape(n_groups, chains)
+    nbeta = res.nbeta.reshape(n_groups, chains)[:, 0]
+    return diagnose(traces, init, nbeta)
+
+
+def nbeta_n_over_log_n(n: int) -> float:
+    """The theory's nβ = n/ln n (β* = 1/ln n)."""
+    return n / math.log(n)

@@ -1,0 +1,272 @@
+"""LLC trajectories: every selected checkpoint × training replica × chain × nβ of one or more runs
+sampled in ONE batched sampler call, written to RUN_DIR/llc.parquet (SPEC §5, paper Fig. 3).
+
+Rows are keyed by (sampler_hash, epoch); a re-run computes only checkpoints that lack rows for
+its sampler hash and keeps every other row. Loss traces go to
+RUN_DIR/llc_traces/<sampler_hash>.safetensors as ``epoch_<E>`` -> [train replicas, nβ, chains,
+draws] so figures and ArviZ export can reuse them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grokbasin.config import LLCConfig, RunConfig, build_config, load_yaml
+from grokbasin.errors import ConfigError, CorruptFileError
+from grokbasin.llc.diagnostics import GROUP_FLAGS
+from grokbasin.llc.estimate import Estimate, estimate_llc
+from grokbasin.llc.targets import from_modular, modular_train_rows
+from grokbasin.progress import make_progress
+from grokbasin.store.rundir import RunDir, read_parquet, write_parquet
+
+COLUMNS = (
+    "epoch",
+    "replica",
+    "chain",
+    "nbeta",
+    "llc",
+    "llc_regressed",
+    "init_loss",
+    "mean_loss",
+    "rhat",
+    "ess",
+    "trend",
+    "flags",
+    "sampler_hash",
+    "sampler_config",
+)
+
+
+@dataclass
+class RunLLC:
+    """What :func:`estimate_runs` did for one run directory."""
+
+    run: RunDir
+    computed: list[int] = field(default_factory=list)  # epochs sampled now
+    cached: list[int] = field(default_factory=list)  # epochs that already had rows
+
+
+def select_epochs(run: RunDir, spec: str) -> list[int]:
+    """The checkpoint epochs named by 'all', 'last' or 'E1,E2' (ConfigError if one is missing)."""
+    have = run.checkpoint_epochs()
+    if not have:
+        raise CorruptFileError(f"{run.path}: no checkpoints found")
+    if spec == "all":
+        return have
+    if spec == "last":
+        return have[-1:]
+    try:
+        want = sorted({int(s) for s in spec.replace(" ", "").split(",") if s})
+    except ValueError:
+        raise ConfigError(
+            f"llc.checkpoints: {spec!r} is not 'all', 'last' or comma-separated epochs"
+        ) from None
+    missing = [e for e in want if e not in have]
+    if missing:
+        raise ConfigError(
+            f"llc.checkpoints: no checkpoint for epochs {missing} in {run.path}; have {have}"
+        )
+    return want
+
+
+def run_config(run: RunDir) -> RunConfig:
+    """The resolved config of a run directory."""
+    if not run.config.exists():
+        raise CorruptFileError(f"{run.path}: no config.yaml (not a grokbasin run directory)")
+    return build_config(load_yaml(run.config))
+
+
+def nbeta_values(llc_cfg: LLCConfig, n: int) -> list[float]:
+    """The main nβ followed by the extra temperature-sweep values (duplicates dropped)."""
+    vals = [llc_cfg.resolve_nbeta(n)] + [float(v) for v in llc_cfg.nbetas]
+    return list(dict.fromkeys(vals))
+
+
+def _done_epochs(run: RunDir, shash: str) -> set[int]:
+    if not run.llc.exists():
+        return set()
+    t = read_parquet(run.llc)
+    if "sampler_hash" not in t.column_names:
+        raise CorruptFileError(f"{run.llc}: no sampler_hash column")
+    d = t.select(["epoch", "sampler_hash"]).to_pylist()
+    return {int(r["epoch"]) for r in d if r["sampler_hash"] == shash}
+
+
+def _compat_key(cfg: RunConfig) -> str:
+    """Runs with equal keys share data shapes, model and loss, so they batch together."""
+    return json.dumps(
+        [cfg.task.model_dump(exclude={"data_seed"}), cfg.model.model_dump(), cfg.train.loss],
+        sort_keys=True,
+    )
+
+
+def estimate_run(
+    run_dir: str | Path,
+    llc_cfg: LLCConfig,
+    device: str = "cpu",
+    progress: bool = True,
+    method: str = "sgld",
+) -> RunLLC:
+    """LLC trajectory of one run directory (see :func:`estimate_runs`)."""
+    return estimate_runs([run_dir], llc_cfg, device, progress, method)[0]
+
+
+def estimate_runs(
+    run_dirs: Sequence[str | Path],
+    llc_cfg: LLCConfig,
+    device: str = "cpu",
+    progress: bool = True,
+    method: str = "sgld",
+) -> list[RunLLC]:
+    """Sample the selected checkpoints of all runs in one batched call per compatible run set.
+
+    Writes/updates each RUN_DIR/llc.parquet (one row per checkpoint × training replica × chain ×
+    nβ) and the traces file; checkpoints that already have rows for this sampler hash are skipped.
+    """
+    shash = llc_cfg.sampler_hash()
+    results, todo = [], {}
+    for rd in run_dirs:
+        run = RunDir(rd)
+        cfg = run_config(run)
+        epochs = select_epochs(run, llc_cfg.checkpoints)
+        done = _done_epochs(run, shash)
+        res = RunLLC(run, [e for e in epochs if e not in done], [e for e in epochs if e in done])
+        results.append(res)
+        if res.computed:
+            todo.setdefault(_compat_key(cfg), []).append((res, cfg))
+    for batch in todo.values():
+        _sample_batch(batch, llc_cfg, shash, device, progress, method)
+    return results
+
+
+def _sample_batch(
+    batch: list[tuple[RunLLC, RunConfig]],
+    llc_cfg: LLCConfig,
+    shash: str,
+    device: str,
+    progress: bool,
+    method: str,
+) -> None:
+    """One sampler call over every (run, epoch, training replica) group of compatible runs."""
+    params, rows, ids, where = [], [], [], []
+    for res, cfg in batch:
+        train_rows = modular_train_rows(cfg)  # [R_train, n]
+        run_id = int(res.run.path.name[:7], 16) if _is_hex(res.run.path.name[:7]) else 0
+        for e in res.computed:
+            ck = res.run.load_checkpoint(e, device)
+            r_train = next(iter(ck.values())).shape[0]
+            if r_train != train_rows.shape[0]:
+                raise CorruptFileError(
+                    f"{res.run.checkpoint(e)}: {r_train} replicas, config says "
+                    f"{train_rows.shape[0]}"
+                )
+            params.append(ck)
+            rows.append(train_rows)
+            ids += [[run_id, e, r] for r in range(r_train)]
+            where += [(res, e, r) for r in range(r_train)]
+    cfg0 = batch[0][1]
+    try:
+        p0 = {k: torch.cat([p[k] for p in params]).to(device) for k in params[0]}
+    except (RuntimeError, KeyError):
+        raise CorruptFileError("checkpoints of these runs do not share parameter shapes") from None
+    G, n = len(ids), rows[0].shape[1]
+    nbetas = nbeta_values(llc_cfg, n)
+    B, C = len(nbetas), llc_cfg.chains
+    copies = B * C
+    p_rep = {k: v.repeat_interleave(copies, 0) for k, v in p0.items()}
+    row_rep = torch.cat(rows).repeat_interleave(copies, 0)
+    target = from_modular(cfg0, p_rep, row_rep, min(llc_cfg.batch_size, n))
+    total = llc_cfg.burnin + llc_cfg.draws * llc_cfg.thin
+    with make_progress(progress) as bar:
+        task = bar.add_task(
+            f"{G} checkpoints×replicas × {C} chains × {B} nβ", total=total, stage="llc"
+        )
+        est = estimate_llc(
+            target,
+            groups=G,
+            chains=C,
+            nbetas=nbetas,
+            step_size=llc_cfg.step_size,
+            gamma=llc_cfg.gamma,
+            weight_decay=llc_cfg.weight_decay,
+            noise_level=llc_cfg.noise_level,
+            burnin=llc_cfg.burnin,
+            draws=llc_cfg.draws,
+            thin=llc_cfg.thin,
+            seed=llc_cfg.seed,
+            method=method,
+            baseline=llc_cfg.baseline,
+            group_ids=ids,
+            on_step=lambda k: bar.update(task, advance=k),
+        )
+    _write(est, where, llc_cfg, shash, method)
+
+
+def _is_hex(s: str) -> bool:
+    return bool(s) and all(ch in "0123456789abcdef" for ch in s)
+
+
+def _rows_for(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str, method: str) -> dict:
+    """llc.parquet rows per run, from the grouped estimate."""
+    res = est.result
+    B, C = len(est.nbetas), est.chains
+    llc, init, mean = est.llc, est._gbc(res.init_loss), est._gbc(res.mean_loss)
+    reg = est.regressed
+    scfg = json.dumps(
+        {**llc_cfg.model_dump(mode="json", exclude={"checkpoints"}), "method": method},
+        sort_keys=True,
+    )
+    out: dict[Path, list[dict]] = {}
+    for g, (run_res, epoch, rep) in enumerate(where):
+        for b in range(B):
+            diag = est.diagnostics[g * B + b] if est.diagnostics else {}
+            group_flags = [f for f in diag.get("flags", []) if f in GROUP_FLAGS]
+            for c in range(C):
+                chain_flags = diag.get("chain_flags", [[]] * C)[c]
+                out.setdefault(run_res.run.path, []).append(
+                    {
+                        "epoch": int(epoch),
+                        "replica": int(rep),
+                        "chain": c,
+                        "nbeta": float(est.nbetas[b]),
+                        "llc": float(llc[g, b, c]),
+                        "llc_regressed": float(reg[g, c]) if reg is not None else float("nan"),
+                        "init_loss": float(init[g, b, c]),
+                        "mean_loss": float(mean[g, b, c]),
+                        "rhat": float(diag.get("rhat", float("nan"))),
+                        "ess": float(diag.get("ess", float("nan"))),
+                        "trend": float(diag.get("trend", float("nan"))),
+                        "flags": ",".join(sorted(set(chain_flags) | set(group_flags))),
+                        "sampler_hash": shash,
+                        "sampler_config": scfg,
+                    }
+                )
+    return out
+
+
+def _write(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str, method: str) -> None:
+    """Merge new rows into each run's llc.parquet and traces file, atomically."""
+    new = _rows_for(est, where, llc_cfg, shash, method)
+    traces = est._gbc(est.result.traces)  # [G, B, C, D]
+    for path, rows in new.items():
+        run = RunDir(path)
+        fresh = {(r["sampler_hash"], r["epoch"]) for r in rows}
+        old = read_parquet(run.llc).to_pylist() if run.llc.exists() else []
+        keep = [r for r in old if (r["sampler_hash"], int(r["epoch"])) not in fresh]
+        write_parquet(run.llc, keep + rows)
+        tpath = run.path / "llc_traces" / f"{shash}.safetensors"
+        tensors = run.load_tensors(tpath)[0] if tpath.exists() else {}
+        for e in sorted({r["epoch"] for r in rows}):
+            gs = [g for g, (rr, ee, _) in enumerate(where) if rr.run.path == path and ee == e]
+            tensors[f"epoch_{e}"] = torch.from_numpy(np.ascontiguousarray(traces[gs])).float()
+        run.save_tensors(
+            tpath,
+            tensors,
+            {"nbetas": [float(v) for v in est.nbetas], "layout": "replica,nbeta,chain,draw"},
+        )
