@@ -142,10 +142,12 @@ def test_running_llc_matches_definition():
 def test_trace_figure_and_png_written(tmp_path: Path):
     rng = np.random.default_rng(1)
     traces = 0.01 + 0.001 * rng.standard_normal((3, 2, 120))  # [K, C, D]
+    traces[1, 1, 90:] = np.nan  # chain 1 of checkpoint 1 diverged at draw 90
     fig = trace_figure(traces, np.full(3, 0.005), 26.4, epochs=[0, 100, 200], burnin=20,
                        laplace=[0.1, 0.1, 1e6])
     assert len([a for a in fig.get_axes() if a.get_visible()]) == 3
     assert "(off scale)" in _all_text(fig)  # λ_Lap 1e6 is far from λ̂ ≈ 0.13
+    assert "chain diverged (NaN loss)" in _all_text(fig)
     path = tmp_path / "figs" / "trace.png"
     data = save_png(fig, path)
     assert path.read_bytes() == data and data[:8] == PNG_MAGIC
@@ -256,3 +258,11 @@ def test_health_lines_group_flags():
             {"replica": 0, "epoch": 100, "nbeta": 26.4, "chain": 1, "flags": "low_ess,rhat"},
             {"replica": 0, "epoch": 200, "nbeta": 26.4, "chain": 0, "flags": []}]
     assert health_lines(rows) == ["replica 0, epoch 100, nβ 26.4: low_ess, rhat"]
+
+
+def test_merge_equal_theory_values():
+    from grokbasin.report.figures import merge_equal
+
+    out = merge_equal([{"name": "a", "value": 8704}, {"name": "b", "value": 2415.0},
+                       {"name": "c", "value": 8704.0}])
+    assert out == [{"name": "a, c", "value": 8704.0}, {"name": "b", "value": 2415.0}]

@@ -161,6 +161,19 @@ def split_theory(theory: Sequence[Mapping[str, Any]], lo: float, hi: float,
     return on, off
 
 
+def merge_equal(theory: Sequence[Mapping[str, Any]], rel: float = 1e-9) -> list[dict[str, Any]]:
+    """Join theory entries with equal values into one ('a, b = v'), keeping first-seen order."""
+    out: list[dict[str, Any]] = []
+    for t in theory:
+        v = float(t["value"])
+        same = next((o for o in out if math.isclose(o["value"], v, rel_tol=rel)), None)
+        if same is None:
+            out.append({"name": str(t["name"]), "value": v})
+        else:
+            same["name"] += f", {t['name']}"
+    return out
+
+
 def running_llc(traces: np.ndarray, init_loss: np.ndarray | float, nbeta: float) -> np.ndarray:
     """Running estimate nβ·(mean of draws 1..t − L(w*)) along the last axis of ``traces``."""
     tr = np.asarray(traces, dtype=float)
@@ -337,13 +350,14 @@ def _plot_llc_panel(ax: Axes, llc: Mapping[str, Any], theory: Sequence[Mapping[s
     if flagged is not None and np.asarray(flagged, dtype=bool).any():
         f = np.asarray(flagged, dtype=bool)
         mean = band_stats(vals, band)[0]
-        ax.plot(ep[f], mean[f], linestyle="none", marker="x", color=COLORS["flag"],
-                markersize=7, mew=1.6, label="sampler health flag")
+        ax.plot(ep[f], mean[f], linestyle="none", marker="o", markerfacecolor="none",
+                markeredgecolor=COLORS["flag"], markersize=7, mew=1.2,
+                label=f"health flag ({int(f.sum())} of {len(f)} checkpoints)")
     mark_times(ax, marks, label=False)
 
     data = np.concatenate(shown)
     lo, hi = (float(data.min()), float(data.max())) if data.size else (math.nan, math.nan)
-    on, off = split_theory(theory, lo, hi, factor)
+    on, off = split_theory(merge_equal(theory), lo, hi, factor)
     for i, t in enumerate(on):
         ax.axhline(float(t["value"]), color=THEORY_COLORS[i % len(THEORY_COLORS)],
                    linestyle=THEORY_STYLES[i % len(THEORY_STYLES)], linewidth=1.2,
@@ -495,6 +509,11 @@ def _trace_figure(tr: np.ndarray, init_loss: np.ndarray | float, nbeta: float,
             color = PALETTE[c % len(PALETTE)]
             ax.plot(steps, instant[c], color=color, alpha=0.18, linewidth=0.7)
             ax.plot(steps, run[c], color=color, linewidth=1.5, label=f"chain {c}")
+            bad = ~np.isfinite(tr[i, c])
+            if bad.any() and np.isfinite(run[c]).any():
+                last = int(np.flatnonzero(np.isfinite(run[c]))[-1])
+                ax.plot([steps[last]], [run[c, last]], linestyle="none", marker="X",
+                        color=COLORS["flag"], markersize=7, label="chain diverged (NaN loss)")
         if burnin > 0:
             ax.axvspan(0, burnin, color="#999999", alpha=0.12, linewidth=0, label="burn-in")
         lo, hi = _clip_to_running(ax, instant, run)

@@ -271,6 +271,10 @@ def render_run_report(title: str, sections: Sequence[Section], subtitle: str | N
     )
 
 
+render_report = render_run_report
+"""Alias: the renderer is not specific to runs (sweeps and experiments use it too)."""
+
+
 def write_report(path: str | Path, title: str, sections: Sequence[Section],
                  subtitle: str | None = None) -> Path:
     """Render and write an HTML report atomically; returns the path."""
