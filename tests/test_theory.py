@@ -143,6 +143,8 @@ def test_rank_threshold_and_gap():
     assert res.rank.tolist() == [2, 3]
     assert res.gap[0].item() == pytest.approx(1e9, rel=1e-9)  # 1e-3 / 1e-12
     assert torch.isinf(res.gap[1])  # full rank: nothing dropped
+    assert res.profile[0].tolist() == [1, 1, 1, 2, 2]  # s_i > s_max·{1e-1..1e-5}, strict
+    assert res.as_dicts()[0]["rank_rel_1e-04"] == 2
 
 
 def test_effective_width_relative_and_absolute():

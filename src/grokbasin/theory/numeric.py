@@ -25,6 +25,8 @@ import torch
 
 Params = dict[str, torch.Tensor]
 F32_EPS = float(torch.finfo(torch.float32).eps)
+# s_i / s_max cut-offs for rank profiles; 1e-5 stays above the float64 Gram noise (~1e-6 at n = 1e4)
+PROFILE_LEVELS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class RankResult:
     sv_last_kept: torch.Tensor  # [R] s_rank (smallest counted)
     sv_first_dropped: torch.Tensor  # [R] s_rank+1 (0 when the rank is full)
     shape: tuple[int, int]  # (rows, cols) of the matrix whose rank this is
+    profile: torch.Tensor  # [R, len(PROFILE_LEVELS)] #{s_i > s_max·level}: how sharp the rank is
 
     @property
     def gap(self) -> torch.Tensor:
@@ -53,14 +56,18 @@ class RankResult:
                 "sv_last_kept": float(k),
                 "sv_first_dropped": float(d),
                 "gap": float(g),
+                **{
+                    f"rank_rel_{lv:.0e}": int(c) for lv, c in zip(PROFILE_LEVELS, prof, strict=True)
+                },
             }
-            for r, t, m, k, d, g in zip(
+            for r, t, m, k, d, g, prof in zip(
                 self.rank,
                 self.tol,
                 self.sv_max,
                 self.sv_last_kept,
                 self.sv_first_dropped,
                 self.gap,
+                self.profile.tolist(),
                 strict=True,
             )
         ]
@@ -78,7 +85,9 @@ def rank_from_singular_values(
     pad = torch.cat([sv, sv.new_zeros(sv.shape[0], 1)], dim=1)
     kept = pad.gather(1, (rank - 1).clamp_min(0)[:, None])[:, 0]
     dropped = pad.gather(1, rank[:, None])[:, 0]
-    return RankResult(rank, tol, top, kept, dropped, shape)
+    levels = torch.tensor(PROFILE_LEVELS, dtype=sv.dtype, device=sv.device)
+    profile = (sv[:, None, :] > top[:, None, None] * levels[None, :, None]).sum(-1)
+    return RankResult(rank, tol, top, kept, dropped, shape, profile)
 
 
 def rank_from_gram(
@@ -210,7 +219,8 @@ def quadratic_jacobian_rank(
             torch.cat([getattr(p, f) for p in parts])
             for f in ("rank", "tol", "sv_max", "sv_last_kept", "sv_first_dropped")
         ),
-        (rows, cols),
+        shape=(rows, cols),
+        profile=torch.cat([p.profile for p in parts]),
     )
 
 
