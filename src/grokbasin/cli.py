@@ -127,6 +127,101 @@ def train(
     print(result.run.path)
 
 
+CHAINS = Annotated[int | None, Opt(help="SGLD chains per checkpoint")]
+DRAWS = Annotated[int | None, Opt(help="SGLD draws kept after burn-in")]
+BURNIN = Annotated[int | None, Opt(help="SGLD burn-in steps")]
+THIN = Annotated[int | None, Opt(help="keep every n-th draw")]
+STEP = Annotated[float | None, Opt(help="SGLD step size epsilon")]
+GAMMA = Annotated[float | None, Opt(help="localisation strength gamma")]
+NBETA = Annotated[str | None, Opt(help="n*beta: a number, auto (B/ln B) or n_over_log_n")]
+LLC_BATCH = Annotated[int | None, Opt("--llc-batch-size", help="SGLD minibatch size")]
+LLC_SEED = Annotated[int | None, Opt("--llc-seed", help="sampler seed")]
+CKPTS = Annotated[str | None, Opt(help="checkpoints to estimate: all, last or E1,E2,...")]
+
+
+def _llc_overrides(**flags: Any) -> dict[str, Any]:
+    keys = {
+        "chains": "chains",
+        "draws": "draws",
+        "burnin": "burnin",
+        "thin": "thin",
+        "step_size": "step_size",
+        "gamma": "gamma",
+        "nbeta": "nbeta",
+        "llc_batch_size": "batch_size",
+        "llc_seed": "seed",
+        "checkpoints": "checkpoints",
+    }
+    out = {f"llc.{keys[k]}": v for k, v in flags.items() if k in keys and v is not None}
+    nb = out.get("llc.nbeta")
+    if nb is not None and nb not in ("auto", "n_over_log_n"):
+        try:
+            out["llc.nbeta"] = float(nb)
+        except ValueError:
+            raise ConfigError(
+                f"llc.nbeta: got {nb!r}; use a number, auto or n_over_log_n"
+            ) from None
+    return out
+
+
+@app.command()
+def run(
+    preset_name: Annotated[
+        str | None, Opt("--preset", help="named preset (grokbasin presets)")
+    ] = None,
+    config: CONFIG = None,
+    p: P = None,
+    op: OP = None,
+    frac: FRAC = None,
+    width: WIDTH = None,
+    model: MODEL = None,
+    loss: LOSS = None,
+    optimizer: OPTIM = None,
+    lr: LR = None,
+    weight_decay: WD = None,
+    batch_size: BATCH = None,
+    epochs: EPOCHS = None,
+    checkpoint_every: CKPT = None,
+    seeds: SEEDS = None,
+    chains: CHAINS = None,
+    draws: DRAWS = None,
+    burnin: BURNIN = None,
+    step_size: STEP = None,
+    gamma: GAMMA = None,
+    nbeta: NBETA = None,
+    device: DEVICE = None,
+    out: OutOpt = Path("runs"),
+    as_json: JSON = False,
+    quiet: QUIET = False,
+) -> None:
+    """The main job: train, LLC at every checkpoint, theory, grokking metrics, figure, report."""
+    from grokbasin.pipeline import print_summary
+    from grokbasin.pipeline import run as run_pipeline
+
+    flags = dict(locals())
+    overrides = _train_overrides(**flags) | _llc_overrides(**flags)
+    cfg = _resolve_config(config, preset_name or "default", overrides)
+    summary = run_pipeline(cfg, out, progress=not quiet)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(summary.run.path),
+                    "metrics": summary.metrics,
+                    "llc": summary.llc,
+                    "theory": summary.theory,
+                    "health": summary.health,
+                    "statuses": summary.statuses,
+                    "figures": {k: str(v) for k, v in summary.figures.items()},
+                },
+                default=str,
+            )
+        )
+        return
+    print_summary(summary)
+    print(summary.run.path)
+
+
 @app.command()
 def theory(
     p: Annotated[int, Opt(help="prime modulus p (outputs default to p, input dim d to 2p)")],

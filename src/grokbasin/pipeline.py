@@ -1,0 +1,289 @@
+"""`grokbasin run`: train → LLC trajectory → theory → grokking metrics → figures → report.
+
+Each stage reads what the previous one wrote to the run directory and skips work already done:
+training is cached by config hash, LLC rows by sampler hash and epoch, the theory by the final
+checkpoint and sampler hash. Figures and the report are re-rendered (seconds) from those files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grokbasin.analysis.grokking import grokking_metrics
+from grokbasin.config import LLCConfig, RunConfig, short_hash
+from grokbasin.llc.laplace import laplace_for_checkpoint
+from grokbasin.llc.trajectory import estimate_run
+from grokbasin.progress import console
+from grokbasin.report import figures as figs
+from grokbasin.report.html import health_lines, write_run_report
+from grokbasin.report.markdown import write_run_markdown
+from grokbasin.store.rundir import RunDir, atomic_write, read_parquet
+from grokbasin.theory.closed_form import theory_table
+from grokbasin.theory.numeric import run_numeric
+from grokbasin.train.runner import train
+
+
+@dataclass
+class RunSummary:
+    """What one `grokbasin run` produced; ``rows`` is the printed summary table."""
+
+    run: RunDir
+    metrics: list[dict[str, Any]]
+    theory: dict[str, Any]
+    llc: list[dict[str, Any]]
+    health: list[str]
+    figures: dict[str, Path] = field(default_factory=dict)
+    statuses: dict[str, str] = field(default_factory=dict)
+
+
+def run(cfg: RunConfig, root: str | Path = "runs", progress: bool = True) -> RunSummary:
+    """The whole main job for ``cfg``; every stage resumes or is skipped when already done."""
+    trained = train(cfg, root, progress)
+    run_dir = trained.run
+    statuses = {"train": trained.status}
+    llc = estimate_run(run_dir.path, cfg.llc, cfg.device, progress)
+    statuses["llc"] = f"{len(llc.computed)} checkpoints sampled, {len(llc.cached)} cached"
+    metrics_t = read_parquet(run_dir.metrics)
+    llc_t = read_parquet(run_dir.llc)
+    shash = cfg.llc.sampler_hash()
+    n_train = cfg.task.n_train
+    metrics = grokking_metrics(metrics_t, n_train, cfg.train.batch_size)
+    theory = checkpoint_theory(run_dir, cfg, trained.final_epoch)
+    llc_rows = [r for r in llc_t.to_pylist() if r["sampler_hash"] == shash]
+    summary = llc_summary(llc_rows, cfg.llc.resolve_nbeta(n_train))
+    health = health_lines(llc_rows)
+    figures = render_figures(run_dir, cfg, metrics_t, llc_t, metrics, theory, shash)
+    report_rows = theory_rows(theory)
+    config = cfg.model_dump(mode="json")
+    prov = run_dir.read_provenance()
+    write_run_report(run_dir.path, config, metrics, report_rows, summary, health, figures, prov)
+    write_run_markdown(
+        run_dir.path,
+        config,
+        metrics,
+        report_rows,
+        summary,
+        health,
+        {k: v.relative_to(run_dir.path.resolve()) for k, v in figures.items()},
+        prov,
+    )
+    return RunSummary(run_dir, metrics, theory, summary, health, figures, statuses)
+
+
+def checkpoint_theory(run_dir: RunDir, cfg: RunConfig, epoch: int) -> dict[str, Any]:
+    """Closed forms plus numeric rank and λ_Lap at the final checkpoint (cached in theory.json)."""
+    path = run_dir.path / "theory.json"
+    key = short_hash([epoch, cfg.llc.sampler_hash(), cfg.model.model_dump()])
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+    p, K = cfg.task.p, cfg.model.width
+    out: dict[str, Any] = {"key": key, "epoch": epoch, "closed_form": []}
+    if cfg.model.name == "quadratic":
+        out["closed_form"] = theory_table(p, K)
+        numeric = run_numeric(run_dir.path, epoch, full=False)[0]
+        out["numeric"] = {k: numeric[k] for k in ("llc_train", "k_eff", "llc_lazy") if k in numeric}
+    if cfg.train.loss == "centred_mse":
+        nbeta = cfg.llc.resolve_nbeta(cfg.task.n_train)
+        lap = laplace_for_checkpoint(run_dir.path, epoch, 0, [nbeta], [cfg.llc.gamma])
+        out["laplace"] = {
+            "value": float(lap.values[0, 0]),
+            "nbeta": nbeta,
+            "gamma": cfg.llc.gamma,
+            "method": lap.method,
+            "limit": lap.limit,
+        }
+    atomic_write(path, json.dumps(out, indent=2, default=float).encode())
+    return out
+
+
+def theory_rows(theory: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's theory table: closed forms, then the checkpoint's numeric quantities."""
+    rows = [
+        {"quantity": r["name"], "λ": r["value"], "applies": r["applies"], "source": r["source"]}
+        for r in theory.get("closed_form", [])
+    ]
+    e = theory.get("epoch")
+    num = theory.get("numeric", {})
+    if "llc_train" in num:
+        rows.append(
+            {
+                "quantity": f"numeric rank(J_c)/2 on training data (epoch {e})",
+                "λ": num["llc_train"],
+                "applies": True,
+                "source": "SPEC §3.4 data-aware",
+            }
+        )
+    if "k_eff" in num:
+        rows.append(
+            {
+                "quantity": f"effective width K_eff (epoch {e})",
+                "λ": num["k_eff"],
+                "applies": True,
+                "source": "Thm 5.5",
+            }
+        )
+    if "laplace" in theory:
+        lap = theory["laplace"]
+        rows.append(
+            {
+                "quantity": f"λ_Lap at nβ={lap['nbeta']:.4g}, γ={lap['gamma']:.4g} "
+                f"(epoch {e}, {lap['method']})",
+                "λ": lap["value"],
+                "applies": True,
+                "source": "SPEC §3.3 localised Laplace",
+            }
+        )
+    return rows
+
+
+def llc_summary(rows: list[dict[str, Any]], nbeta: float) -> list[dict[str, Any]]:
+    """Mean and std of λ̂ across chains per (epoch, replica) at the main nβ."""
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for r in rows:
+        if abs(r["nbeta"] - nbeta) <= 1e-9 * nbeta:
+            groups.setdefault((r["epoch"], r["replica"]), []).append(r)
+    out = []
+    for (epoch, rep), rs in sorted(groups.items()):
+        vals = np.array([r["llc"] for r in rs], float)
+        flags = sorted({f for r in rs for f in (r["flags"] or "").split(",") if f})
+        out.append(
+            {
+                "epoch": epoch,
+                "replica": rep,
+                "llc_mean": float(np.nanmean(vals)),
+                "llc_std": float(np.nanstd(vals)),
+                "chains": len(rs),
+                "llc_regressed": rs[0].get("llc_regressed"),
+                "rhat": rs[0].get("rhat"),
+                "flags": ",".join(flags),
+            }
+        )
+    return out
+
+
+def render_figures(
+    run_dir: RunDir, cfg: RunConfig, metrics_t, llc_t, metrics, theory, shash: str
+) -> dict[str, Path]:
+    """The Fig. 3-style trajectory figure (one per replica, at most 4) as PNGs."""
+    out = {}
+    marks_all = {m["replica"]: m for m in metrics}
+    replicas = sorted(marks_all)[:4]
+    for rep in replicas:
+        m_in, l_in = figs.trajectory_inputs(
+            metrics_t,
+            llc_t,
+            replica=rep,
+            sampler_hash=shash,
+            nbeta=cfg.llc.resolve_nbeta(cfg.task.n_train),
+        )
+        if l_in is not None:
+            l_in["sampler"] = _sampler_settings(cfg.llc, cfg.task.n_train)
+        marks = {"t_mem": marks_all[rep].get("t_mem"), "t_gen": marks_all[rep].get("t_gen")}
+        fig = figs.trajectory_figure(
+            m_in,
+            l_in,
+            _figure_theory(theory),
+            marks,
+            title=_title(cfg, marks_all[rep]),
+            sampler=_sampler_settings(cfg.llc, cfg.task.n_train),
+        )
+        name = "trajectory.png" if len(replicas) == 1 else f"trajectory_replica{rep}.png"
+        path = (run_dir.figures / name).resolve()
+        figs.save_png(fig, path)
+        out[f"Training and LLC trajectory (replica {rep})"] = path
+    return out
+
+
+def _figure_theory(theory: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for r in theory.get("closed_form", []):
+        if r["name"].startswith("unified"):
+            rows.append({"name": "closed form (v3 unified)", "value": r["value"]})
+    num = theory.get("numeric", {})
+    if "llc_train" in num:
+        rows.append({"name": "numeric rank(J_c)/2, final", "value": num["llc_train"]})
+    if "laplace" in theory:
+        rows.append({"name": "λ_Lap, final checkpoint", "value": theory["laplace"]["value"]})
+    return rows
+
+
+def _sampler_settings(llc: LLCConfig, n_train: int) -> dict[str, Any]:
+    return {
+        "nbeta": llc.resolve_nbeta(n_train),
+        "step_size": llc.step_size,
+        "gamma": llc.gamma,
+        "chains": llc.chains,
+        "draws": llc.draws,
+        "burnin": llc.burnin,
+        "baseline": llc.baseline,
+    }
+
+
+def _title(cfg: RunConfig, rep: dict[str, Any]) -> str:
+    return (
+        f"{cfg.model.name} net, p={cfg.task.p}, K={cfg.model.width}, frac={cfg.task.frac}, "
+        f"seed {rep.get('seed')}, lr {rep.get('lr')}, wd {rep.get('weight_decay')}"
+    )
+
+
+def print_summary(s: RunSummary) -> None:
+    """The short table `grokbasin run` prints before the run directory."""
+    from rich.table import Table
+
+    t = Table(title=f"grokbasin run {s.run.path.name}")
+    for col in (
+        "replica",
+        "t_mem",
+        "t_gen",
+        "delay",
+        "GSM",
+        "regime",
+        "peak LLC (epoch)",
+        "final LLC",
+    ):
+        t.add_column(col)
+    by_rep: dict[int, list[dict]] = {}
+    for r in s.llc:
+        by_rep.setdefault(r["replica"], []).append(r)
+    for m in s.metrics:
+        rows = by_rep.get(m["replica"], [])
+        peak = max(rows, key=lambda r: r["llc_mean"]) if rows else None
+        t.add_row(
+            str(m["replica"]),
+            _fmt(m.get("t_mem")),
+            _fmt(m.get("t_gen")),
+            _fmt(m.get("delay")),
+            f"{m.get('gsm', float('nan')):.3f}",
+            str(m.get("regime")),
+            f"{peak['llc_mean']:.1f} ({peak['epoch']})" if peak else "-",
+            f"{rows[-1]['llc_mean']:.1f} ± {rows[-1]['llc_std']:.1f}" if rows else "-",
+        )
+    console.print(t)
+    th = s.theory
+    parts = [
+        f"{r['name']} = {r['value']:,.1f}"
+        for r in th.get("closed_form", [])
+        if r["name"].startswith("unified")
+    ]
+    if "numeric" in th:
+        parts.append(f"numeric rank(J_c)/2 = {th['numeric'].get('llc_train', float('nan')):,.1f}")
+    if "laplace" in th:
+        parts.append(f"λ_Lap = {th['laplace']['value']:,.1f}")
+    if parts:
+        console.print(f"theory at epoch {th.get('epoch')}: " + "; ".join(parts))
+    for line in s.health[:10]:
+        console.print(f"[yellow]warning:[/yellow] {line}")
+    if len(s.health) > 10:
+        console.print(f"[yellow]warning:[/yellow] … {len(s.health) - 10} more in the report")
+    console.print(f"report: {s.run.report}")
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else str(v)
