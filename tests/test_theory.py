@@ -83,6 +83,10 @@ def test_single_output_without_biases_loses_rotations():
     # count without the d + 1 bias terms): below the v3 formula K·d, which assumes o ≥ 2.
     W, V, X = _generic(6, 1, 3, n=60)
     assert nm.quadratic_jacobian_rank(W, V, X, centred=False).rank.tolist() == [15, 15]
+    assert cf.single_output_no_bias_llc(6, 3) == 7.5  # ½(18 − 3)
+    W, V, X = _generic(3, 1, 5, n=40)  # K ≥ d: all of Sym(3), rank 6
+    assert nm.quadratic_jacobian_rank(W, V, X, centred=False).rank.tolist() == [6, 6]
+    assert cf.single_output_no_bias_llc(3, 5) == 3.0
 
 
 def test_gram_matches_explicit_jacobian():
@@ -165,3 +169,30 @@ def test_tian_quantities_by_hand():
     assert torch.allclose(
         nm.unit_energy(W, X, Y)[0], torch.tensor([0.125, 0.125], dtype=torch.float64)
     )
+
+
+def test_run_numeric_stacks_checkpoints(tmp_path):
+    from grokbasin.train.runner import train
+
+    cfg = build_config(
+        {},
+        {
+            "task.p": 5,
+            "model.width": 8,
+            "train.epochs": 20,
+            "train.checkpoint_every": 10,
+            "train.batch_size": 0,
+            "train.seeds": [0, 1],
+        },
+    )
+    run = train(cfg, tmp_path, progress=False).run
+    rows = nm.run_numeric(run, [0, 20], full=False)
+    assert [(r["epoch"], r["replica"], r["seed"]) for r in rows] == [
+        (0, 0, 0),
+        (0, 1, 1),
+        (20, 0, 0),
+        (20, 1, 1),
+    ]
+    one = nm.run_numeric(run, 20, full=False)
+    assert [r["train_rank"] for r in one] == [r["train_rank"] for r in rows[2:]]  # integer equality
+    assert all(r["train_rank"] <= 5 * (cfg.task.n_train - 1) for r in rows)

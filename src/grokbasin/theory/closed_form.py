@@ -121,6 +121,19 @@ def single_output_llc(d: int, width: int) -> tuple[float, str]:
     return 0.5 * (width * d - width * (width - 1) / 2 + d + 1), UNDER
 
 
+def single_output_no_bias_llc(d: int, width: int) -> float:
+    """One output, no biases: f = xᵀAx with A = W diag(v) Wᵀ of rank ≤ K (App. G.1 count).
+
+    λ = ½(Kd − K(K−1)/2) for K < d, d(d+1)/4 for K ≥ d. The v3 formula's K(d + o − 1) overcounts
+    here: with one output, mixing units inside span(W) keeps A fixed (checked numerically in the
+    tests), a symmetry that distinct output rows break when o ≥ 2.
+    """
+    _check_pos(d=d, width=width)
+    if width >= d:
+        return d * (d + 1) / 4.0
+    return 0.5 * (width * d - width * (width - 1) / 2)
+
+
 def sgd_temperature(lr: float, n: int, batch: int) -> float:
     """App. C: SGD (step η, batch B of n) samples exp(−nL/T), T = η(n − B)/(2nB); full batch: 0."""
     if n < 1 or lr < 0:
@@ -169,8 +182,9 @@ def theory_table(
             "unified (v3)",
             lam,
             "½·min(K(d+o−1), o·d(d+1)/2)",
-            True,
-            f"{regime}: generic (non-defective) points",
+            o >= 2,
+            f"{regime}: generic (non-defective) points"
+            + ("" if o >= 2 else "; o = 1: use the single-output rows"),
             "Thm 4.1/4.2 (v3)",
         ),
         _row(
@@ -239,6 +253,16 @@ def theory_table(
             o == 1,
             "f = xᵀAx + bᵀx + c, one output, rank A ≤ K",
             "App. G.1, Thm G.1/G.2",
+        )
+    )
+    rows.append(
+        _row(
+            "single output, no biases",
+            single_output_no_bias_llc(d, K),
+            "d(d+1)/4 if K ≥ d else ½(Kd − K(K−1)/2)",
+            o == 1,
+            "f = xᵀAx, one output (the built-in network with o = 1)",
+            "App. G.1 count without b, c",
         )
     )
     rows.append(

@@ -17,8 +17,8 @@ All tensors carry the leading replica axis R; replicas are processed in memory-b
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -315,17 +315,31 @@ def modular_numeric(
     return rows
 
 
-def run_numeric(run_path: Any, epoch: int, **kw: Any) -> list[dict[str, Any]]:
-    """``modular_numeric`` on a stored checkpoint of a run directory (all its replicas)."""
+def run_numeric(run_path: Any, epochs: int | Sequence[int], **kw: Any) -> list[dict[str, Any]]:
+    """``modular_numeric`` on stored checkpoints of a run directory: one row per epoch × replica.
+
+    The checkpoints are stacked on the replica axis (each with its replica's training split), so
+    they go through one batched computation, chunked only to bound memory. Rows carry epoch,
+    replica, seed, lr and weight_decay. ``kw`` goes to :func:`modular_numeric`.
+    """
     from grokbasin.config import build_config, load_yaml
     from grokbasin.store.rundir import RunDir
     from grokbasin.train.loop import make_setup
 
     run = run_path if isinstance(run_path, RunDir) else RunDir(run_path)
+    eps = [epochs] if isinstance(epochs, int) else list(epochs)
     cfg = build_config(load_yaml(run.config)).model_copy(update={"device": "cpu"})
     setup = make_setup(cfg)
-    params = run.load_checkpoint(epoch)
-    rows = modular_numeric(params, setup.task, setup.model.forward, **kw)
-    for i, (row, rep) in enumerate(zip(rows, setup.replicas, strict=True)):
-        row.update(epoch=epoch, replica=i, **rep)
+    ckpts = [run.load_checkpoint(e) for e in eps]
+    params = {k: torch.cat([c[k] for c in ckpts]) for k in ckpts[0]}
+    E = len(eps)
+    task = replace(
+        setup.task,
+        train_idx=setup.task.train_idx.repeat(E, 1),
+        val_idx=setup.task.val_idx.repeat(E, 1),
+    )
+    rows = modular_numeric(params, task, setup.model.forward, **kw)
+    R = len(setup.replicas)
+    for i, row in enumerate(rows):
+        row.update(epoch=eps[i // R], replica=i % R, **setup.replicas[i % R])
     return rows
