@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -81,9 +82,17 @@ def style() -> Any:
     return matplotlib.rc_context(RC)
 
 
-def legend_outside(ax: Axes, **kw: Any) -> None:
-    """Legend to the right of the axes, so it never covers data."""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
+def legend_outside(ax: Axes, width: int = 44, **kw: Any) -> None:
+    """Legend to the right of the axes (never over data), long labels wrapped to ``width``."""
+    handles, labels = ax.get_legend_handles_labels()
+    labels = [_wrap(lab, width) for lab in labels]
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              borderaxespad=0.0, **kw)
+
+
+def _wrap(label: str, width: int) -> str:
+    """Wrap plain-text labels; mathtext labels ($...$) are left whole."""
+    return label if "$" in label else "\n".join(textwrap.wrap(label, width)) or label
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4,
@@ -377,6 +386,9 @@ def _plot_llc_panel(ax: Axes, llc: Mapping[str, Any], theory: Sequence[Mapping[s
     if theory:
         extra.append("closed forms count identifiable coordinates over generic inputs, "
                      "numeric rank(J)/2 counts what the data can resolve")
+    gaps = int((~np.isfinite(vals).any(axis=1)).sum())
+    if gaps:
+        extra.append(f"{gaps} checkpoint{'s' * (gaps > 1)} with no finite chain (gaps)")
     if off:
         extra.append(f"values beyond {fmt_num(factor)}× the plotted range are listed, not drawn")
     if extra:
@@ -518,7 +530,13 @@ def _trace_figure(tr: np.ndarray, init_loss: np.ndarray | float, nbeta: float,
             ax.axvspan(0, burnin, color="#999999", alpha=0.12, linewidth=0, label="burn-in")
         lo, hi = _clip_to_running(ax, instant, run)
         name = f"epoch {epochs[i]}" if epochs is not None else f"checkpoint {i}"
-        head = f"{name}: final λ̂ = {fmt_num(float(np.nanmean(run[:, -1])))}"
+        alive = np.isfinite(tr[i]).all(axis=-1)
+        if alive.any():
+            head = f"{name}: final λ̂ = {fmt_num(float(np.mean(run[alive, -1])))}"
+        else:
+            head = f"{name}: no chain finished"
+        if not alive.all():
+            head += f"\n({int((~alive).sum())}/{len(alive)} chains diverged)"
         if lap is not None and math.isfinite(lap[i]):
             if split_theory([{"name": "lap", "value": lap[i]}], lo, hi)[0]:
                 ax.axhline(lap[i], color=COLORS["laplace"], linestyle="--", linewidth=1.2,
