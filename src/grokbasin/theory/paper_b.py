@@ -10,11 +10,11 @@
   l² ≥ max(1, 1/(1 − cos 2π/k)), b_i = 1 − l² on the k-gon and b_j = p_j (the frequency of
   feature j) off it, reconstructs the k learned features exactly and outputs the constant p_j on
   each dead one, so its loss (squared error summed over outputs, mean over samples) is
-  Σ_dead p_j(1 − p_j) = (n − k)(n − 1)/n² at uniform frequencies. It is a critical point of the
-  population loss (the dead columns' gradient is b_j Σ_active p_i w_i = 0 for a regular polygon)
-  and a flat set in (l, b). Derived here for this data; the LLC of these k-gons for one-hot data
-  has no closed form we know of (Chen et al. 2023 treat uniform-valued sparse data), so none is
-  given — estimate it numerically.
+  Σ_dead p_j(1 − p_j) = (n − k)(n − 1)/n² at uniform frequencies. For k = 0 and k ≥ 2 it is a
+  critical point of the population loss (the dead columns' gradient is b_j Σ_active p_i w_i, zero
+  for a regular polygon; k = 1 is not critical) and lies in a flat set in (l, b). Derived here
+  for this data; the LLC of these k-gons for one-hot data has no closed form we know of (Chen
+  et al. 2023 treat uniform-valued sparse data), so none is given — estimate it numerically.
 - Low-rank autoencoder: no closed form is known; paper B only reports a linear fit in r.
 """
 
