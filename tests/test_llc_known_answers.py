@@ -89,19 +89,20 @@ def test_regular_linear_regression_is_d_over_2() -> None:
 def test_reduced_rank_regression_matches_aoyagi_watanabe(M: int, N: int, H: int, r: int) -> None:
     # Two-layer linear net BA at a true parameter of rank r (unit-norm factors), noiseless data
     # (n = 100, full batch) so L_n(w*) = 0 and w* is the exact minimum. nβ = 1e3 with ε = 2e-5
-    # (ε·nβ·curvature ≈ 0.02-0.06), γ = 1. Tolerance: 15% (spec); MC error ≈ 4%.
+    # (ε·nβ·curvature ≈ 0.02-0.06), γ = 1. Tolerance: 15% (spec); MC error ≈ 3%. Shorter runs
+    # (800 steps) still underestimate by ~10% (the running estimate is rising): 1500 steps.
     # Cases with H > r (true rank below model rank) mix too slowly along the singular valley for a
     # CPU test (they reach ~0.9λ in 3000 steps) and are left to the benchmark scripts.
     g = torch.Generator().manual_seed(0)
-    n, C = 100, 16
+    n, C = 100, 24
     X = torch.randn(n, M, generator=g)
     A0 = torch.nn.functional.normalize(torch.randn(H, M, generator=g), dim=1)
     B0 = torch.nn.functional.normalize(torch.randn(N, H, generator=g), dim=0)
     Y = X @ (B0 @ A0).T
     p0 = {"A": A0.expand(C, H, M).clone(), "B": B0.expand(C, N, H).clone()}
     target = from_functional(_two_layer, _mse, p0, X, Y)
-    est = estimate_llc(target, chains=C, nbetas=[1e3], step_size=2e-5, gamma=1.0, burnin=200,
-                       draws=600)
+    est = estimate_llc(target, chains=C, nbetas=[1e3], step_size=2e-5, gamma=1.0, burnin=500,
+                       draws=1000)
     lam = float(np.nanmean(est.llc))
     assert lam == pytest.approx(rrr_learning_coefficient(M, N, H, r)[0], rel=0.15)
 
