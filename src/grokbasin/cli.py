@@ -248,6 +248,184 @@ def theory(
     )
 
 
+@app.command()
+def llc(
+    target: Annotated[str, typer.Argument(help="RUN_DIR, or 'calibrate' followed by RUN_DIR")],
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="run directory (after 'calibrate')")
+    ] = None,
+    checkpoints: CKPTS = None,
+    chains: CHAINS = None,
+    draws: DRAWS = None,
+    burnin: BURNIN = None,
+    thin: THIN = None,
+    step_size: STEP = None,
+    gamma: GAMMA = None,
+    nbeta: NBETA = None,
+    llc_batch_size: LLC_BATCH = None,
+    llc_seed: LLC_SEED = None,
+    epoch: Annotated[int | None, Opt(help="calibrate: checkpoint epoch (default: last)")] = None,
+    device: DEVICE = None,
+    quiet: QUIET = False,
+) -> None:
+    """LLC at a run's checkpoints (writes RUN_DIR/llc.parquet), or `llc calibrate RUN_DIR`."""
+    from grokbasin.store.rundir import RunDir
+
+    flags = dict(locals())
+    if target == "calibrate":
+        if run_dir is None:
+            raise ConfigError(
+                "llc calibrate: give the run directory: grokbasin llc calibrate RUN_DIR"
+            )
+        _calibrate(RunDir(run_dir), flags)
+        return
+    if run_dir is not None:
+        raise ConfigError(f"llc: unexpected second argument {str(run_dir)!r}")
+    run = RunDir(target)
+    if not run.config.exists():
+        raise ConfigError(f"RUN_DIR: {target} is not a run directory (no config.yaml)")
+    from grokbasin.llc.trajectory import estimate_run
+    from grokbasin.pipeline import print_summary, report_run
+
+    cfg = build_config(load_yaml(run.config), _llc_overrides(**flags))
+    dev = device or "cpu"
+    result = estimate_run(run.path, cfg.llc, dev, progress=not quiet)
+    console.print(
+        f"LLC: {len(result.computed)} checkpoints sampled, {len(result.cached)} already estimated"
+    )
+    print_summary(report_run(run, cfg))
+    print(run.path)
+
+
+def _calibrate(run, flags: dict[str, Any]) -> None:
+    from grokbasin.llc.calibrate import calibrate, print_calibration
+
+    if not run.config.exists():
+        raise ConfigError(f"RUN_DIR: {run.path} is not a run directory (no config.yaml)")
+    cfg = build_config(load_yaml(run.config), _llc_overrides(**flags))
+    epoch = flags["epoch"] if flags["epoch"] is not None else run.checkpoint_epochs()[-1]
+    result = calibrate(
+        run.path, epoch, cfg.llc, device=flags["device"] or "cpu", progress=not flags["quiet"]
+    )
+    print_calibration(result)
+
+
+@app.command()
+def runs(
+    out: OutOpt = Path("runs"),
+    sql: Annotated[str | None, Opt(help="SQL over the views runs, metrics, llc")] = None,
+    as_json: JSON = False,
+) -> None:
+    """List every run under --out, or answer SQL over all results (DuckDB)."""
+    import warnings
+
+    from grokbasin.store import db
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", db.StoreWarning)
+        cols, rows = db.query(out, sql) if sql else db.list_runs(out)
+    for w in caught:
+        console.print(f"[yellow]warning:[/yellow] {w.message}")
+    if as_json:
+        print(json.dumps([dict(zip(cols, r, strict=True)) for r in rows], default=str))
+        return
+    from rich.table import Table
+
+    t = Table()
+    for c in cols:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*(_cell(v) for v in r))
+    from rich.console import Console
+
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+BACKEND = Annotated[str, Opt(help="local | ray")]
+WORKERS = Annotated[int, Opt(help="parallel local worker processes (local backend)")]
+ADDRESS = Annotated[str | None, Opt(help="Ray cluster address (default: start a local Ray)")]
+
+
+@app.command()
+def sweep(
+    file: Annotated[Path, typer.Argument(help="sweep YAML: base, grid, points, seeds, llc")],
+    out: OutOpt = Path("runs"),
+    backend: BACKEND = "local",
+    workers: WORKERS = 1,
+    address: ADDRESS = None,
+    quiet: QUIET = False,
+) -> None:
+    """Run a sweep; finished runs and estimates are reused, killed ones resume."""
+    from grokbasin.experiments.sweep import run_sweep
+
+    _check_backend(backend, workers)
+    res = run_sweep(file, out, backend, workers, address, progress=not quiet)
+    console.print(f"{len(res.runs)} runs: {res.trained} trained, {res.sampled} LLC estimates made")
+    for r in res.runs:
+        print(r.path)
+
+
+def _check_backend(backend: str, workers: int) -> None:
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"--backend: got {backend!r}; use local or ray")
+    if workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {workers}")
+
+
+@app.command()
+def experiment(
+    name: Annotated[str | None, typer.Argument(help="experiment name (see --list)")] = None,
+    list_: Annotated[bool, Opt("--list", help="list the named experiments")] = False,
+    scale: Annotated[str, Opt(help="small (this CPU, minutes) | paper (GPU/cluster)")] = "small",
+    backend: BACKEND = "local",
+    workers: WORKERS = 1,
+    device: Annotated[str, Opt(help="cpu | cuda | auto")] = "cpu",
+    out: OutOpt = Path("runs"),
+    quiet: QUIET = False,
+) -> None:
+    """Reproduce a paper figure as a resumable sweep; writes figures, tables and a report."""
+    from grokbasin.experiments.registry import list_experiments, run_experiment
+
+    if list_ or name is None:
+        for e in list_experiments():
+            print(f"{e.name:<24} {e.description}")
+        return
+    _check_backend(backend, workers)
+    res = run_experiment(name, scale, out, backend, workers, device, progress=not quiet)
+    for note in res.notes:
+        console.print(f"note: {note}")
+    for caption, path in {**res.figures, **res.tables}.items():
+        console.print(f"{caption}: {path}")
+    if res.report:
+        print(res.report)
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="a run directory or an experiment folder")],
+) -> None:
+    """(Re)render the HTML and Markdown report of a run from its stored files."""
+    from grokbasin.pipeline import print_summary, report_run
+    from grokbasin.store.rundir import RunDir
+
+    run = RunDir(path)
+    if run.config.exists():
+        print_summary(report_run(run))
+        print(run.report)
+        return
+    html = path / "report.html"
+    if html.exists():
+        print(html)
+        return
+    raise ConfigError(f"PATH: {path} is neither a run directory nor an experiment folder")
+
+
 @app.command("presets")
 def list_presets() -> None:
     """List the named presets usable with `grokbasin run --preset NAME`."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from grokbasin.analysis.grokking import grokking_metrics
-from grokbasin.config import LLCConfig, RunConfig, short_hash
+from grokbasin.config import LLCConfig, RunConfig, build_config, load_yaml, short_hash
 from grokbasin.llc.laplace import laplace_for_checkpoint
 from grokbasin.llc.trajectory import estimate_run
 from grokbasin.progress import console
@@ -24,7 +24,7 @@ from grokbasin.report.html import health_lines, write_run_report
 from grokbasin.report.markdown import write_run_markdown
 from grokbasin.store.rundir import RunDir, atomic_write, read_parquet
 from grokbasin.theory.closed_form import theory_table
-from grokbasin.theory.numeric import run_numeric
+from grokbasin.theory.numeric import effective_width
 from grokbasin.train.runner import train
 
 
@@ -44,17 +44,40 @@ class RunSummary:
 def run(cfg: RunConfig, root: str | Path = "runs", progress: bool = True) -> RunSummary:
     """The whole main job for ``cfg``; every stage resumes or is skipped when already done."""
     trained = train(cfg, root, progress)
-    run_dir = trained.run
-    statuses = {"train": trained.status}
-    llc = estimate_run(run_dir.path, cfg.llc, cfg.device, progress)
-    statuses["llc"] = f"{len(llc.computed)} checkpoints sampled, {len(llc.cached)} cached"
+    llc = estimate_run(trained.run.path, cfg.llc, cfg.device, progress)
+    summary = report_run(trained.run, cfg.model_copy(update={"device": "cpu"}))
+    summary.statuses = {
+        "train": trained.status,
+        "llc": f"{len(llc.computed)} checkpoints sampled, {len(llc.cached)} cached",
+    }
+    return summary
+
+
+def stored_config(run_dir: RunDir) -> RunConfig:
+    """The run's config with the sampler settings of its newest LLC estimate (if any)."""
+    cfg = build_config(load_yaml(run_dir.config), {"device": "cpu"})
+    if run_dir.llc.exists():
+        rows = read_parquet(run_dir.llc).select(["sampler_config"]).to_pylist()
+        if rows:
+            settings = json.loads(rows[-1]["sampler_config"])
+            known = {k: v for k, v in settings.items() if k in LLCConfig.model_fields}
+            cfg = cfg.model_copy(update={"llc": LLCConfig.model_validate(known)})
+    return cfg
+
+
+def report_run(run_dir: RunDir, cfg: RunConfig | None = None) -> RunSummary:
+    """Metrics, theory, figures and report.html/report.md from what the run directory holds."""
+    cfg = cfg or stored_config(run_dir)
     metrics_t = read_parquet(run_dir.metrics)
-    llc_t = read_parquet(run_dir.llc)
+    llc_t = read_parquet(run_dir.llc) if run_dir.llc.exists() else None
     shash = cfg.llc.sampler_hash()
     n_train = cfg.task.n_train
     metrics = grokking_metrics(metrics_t, n_train, cfg.train.batch_size)
-    theory = checkpoint_theory(run_dir, cfg, trained.final_epoch)
-    llc_rows = [r for r in llc_t.to_pylist() if r["sampler_hash"] == shash]
+    final_epoch = int(run_dir.read_provenance().get("final_epoch", run_dir.checkpoint_epochs()[-1]))
+    theory = checkpoint_theory(run_dir, cfg, final_epoch)
+    llc_rows = (
+        [r for r in llc_t.to_pylist() if r["sampler_hash"] == shash] if llc_t is not None else []
+    )
     summary = llc_summary(llc_rows, cfg.llc.resolve_nbeta(n_train))
     health = health_lines(llc_rows)
     figures = render_figures(run_dir, cfg, metrics_t, llc_t, metrics, theory, shash)
@@ -62,17 +85,9 @@ def run(cfg: RunConfig, root: str | Path = "runs", progress: bool = True) -> Run
     config = cfg.model_dump(mode="json")
     prov = run_dir.read_provenance()
     write_run_report(run_dir.path, config, metrics, report_rows, summary, health, figures, prov)
-    write_run_markdown(
-        run_dir.path,
-        config,
-        metrics,
-        report_rows,
-        summary,
-        health,
-        {k: v.relative_to(run_dir.path.resolve()) for k, v in figures.items()},
-        prov,
-    )
-    return RunSummary(run_dir, metrics, theory, summary, health, figures, statuses)
+    rel = {k: v.relative_to(run_dir.path.resolve()) for k, v in figures.items()}
+    write_run_markdown(run_dir.path, config, metrics, report_rows, summary, health, rel, prov)
+    return RunSummary(run_dir, metrics, theory, summary, health, figures)
 
 
 def checkpoint_theory(run_dir: RunDir, cfg: RunConfig, epoch: int) -> dict[str, Any]:
@@ -83,13 +98,12 @@ def checkpoint_theory(run_dir: RunDir, cfg: RunConfig, epoch: int) -> dict[str, 
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
             return cached
-    p, K = cfg.task.p, cfg.model.width
-    out: dict[str, Any] = {"key": key, "epoch": epoch, "closed_form": []}
+    out: dict[str, Any] = {"key": key, "epoch": epoch, "closed_form": [], "numeric": {}}
     if cfg.model.name == "quadratic":
-        out["closed_form"] = theory_table(p, K)
-        numeric = run_numeric(run_dir.path, epoch, full=False)[0]
-        out["numeric"] = {k: numeric[k] for k in ("llc_train", "k_eff", "llc_lazy") if k in numeric}
-    if cfg.train.loss == "centred_mse":
+        out["closed_form"] = theory_table(cfg.task.p, cfg.model.width)
+        V = run_dir.load_checkpoint(epoch)["V"][:1]
+        out["numeric"]["k_eff"] = int(effective_width(V)[0])
+    if cfg.train.loss == "centred_mse":  # one Gauss-Newton spectrum gives λ_Lap and rank(J_c)
         nbeta = cfg.llc.resolve_nbeta(cfg.task.n_train)
         lap = laplace_for_checkpoint(run_dir.path, epoch, 0, [nbeta], [cfg.llc.gamma])
         out["laplace"] = {
@@ -97,8 +111,9 @@ def checkpoint_theory(run_dir: RunDir, cfg: RunConfig, epoch: int) -> dict[str, 
             "nbeta": nbeta,
             "gamma": cfg.llc.gamma,
             "method": lap.method,
-            "limit": lap.limit,
         }
+        if lap.limit is not None:
+            out["numeric"]["llc_train"] = lap.limit
     atomic_write(path, json.dumps(out, indent=2, default=float).encode())
     return out
 
