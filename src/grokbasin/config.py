@@ -185,6 +185,9 @@ class LLCConfig(_Strict):
         "full", description="L_n(w*): full training loss, or devinterp's first-batch loss"
     )
     checkpoints: str = Field("all", description="'all', 'last' or comma-separated epochs")
+    method: Literal["sgld", "rmsprop_sgld", "sgnht"] = Field(
+        "sgld", description="sampler: SGLD (devinterp), RMSprop-preconditioned SGLD, or SGNHT"
+    )
 
     @field_validator("chains", "draws", "thin", "batch_size")
     @classmethod

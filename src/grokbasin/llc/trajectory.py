@@ -111,10 +111,9 @@ def estimate_run(
     llc_cfg: LLCConfig,
     device: str = "cpu",
     progress: bool = True,
-    method: str = "sgld",
 ) -> RunLLC:
     """LLC trajectory of one run directory (see :func:`estimate_runs`)."""
-    return estimate_runs([run_dir], llc_cfg, device, progress, method)[0]
+    return estimate_runs([run_dir], llc_cfg, device, progress)[0]
 
 
 def estimate_runs(
@@ -122,7 +121,6 @@ def estimate_runs(
     llc_cfg: LLCConfig,
     device: str = "cpu",
     progress: bool = True,
-    method: str = "sgld",
 ) -> list[RunLLC]:
     """Sample the selected checkpoints of all runs in one batched call per compatible run set.
 
@@ -141,7 +139,7 @@ def estimate_runs(
         if res.computed:
             todo.setdefault(_compat_key(cfg), []).append((res, cfg))
     for batch in todo.values():
-        _sample_batch(batch, llc_cfg, shash, device, progress, method)
+        _sample_batch(batch, llc_cfg, shash, device, progress, llc_cfg.method)
     return results
 
 
@@ -205,21 +203,21 @@ def _sample_batch(
             group_ids=ids,
             on_step=lambda k: bar.update(task, advance=k),
         )
-    _write(est, where, llc_cfg, shash, method)
+    _write(est, where, llc_cfg, shash)
 
 
 def _is_hex(s: str) -> bool:
     return bool(s) and all(ch in "0123456789abcdef" for ch in s)
 
 
-def _rows_for(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str, method: str) -> dict:
+def _rows_for(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str) -> dict:
     """llc.parquet rows per run, from the grouped estimate."""
     res = est.result
     B, C = len(est.nbetas), est.chains
     llc, init, mean = est.llc, est._gbc(res.init_loss), est._gbc(res.mean_loss)
     reg = est.regressed
     scfg = json.dumps(
-        {**llc_cfg.model_dump(mode="json", exclude={"checkpoints"}), "method": method},
+        llc_cfg.model_dump(mode="json", exclude={"checkpoints"}),
         sort_keys=True,
     )
     out: dict[Path, list[dict]] = {}
@@ -250,9 +248,9 @@ def _rows_for(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str, method
     return out
 
 
-def _write(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str, method: str) -> None:
+def _write(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str) -> None:
     """Merge new rows into each run's llc.parquet and traces file, atomically."""
-    new = _rows_for(est, where, llc_cfg, shash, method)
+    new = _rows_for(est, where, llc_cfg, shash)
     traces = est._gbc(est.result.traces)  # [G, B, C, D]
     for path, rows in new.items():
         run = RunDir(path)
