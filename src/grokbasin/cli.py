@@ -265,6 +265,11 @@ def llc(
     llc_batch_size: LLC_BATCH = None,
     llc_seed: LLC_SEED = None,
     epoch: Annotated[int | None, Opt(help="calibrate: checkpoint epoch (default: last)")] = None,
+    step_sizes: Annotated[str, Opt(help="calibrate: step sizes to try")] = "1e-5,1e-4,1e-3,1e-2",
+    gammas: Annotated[str, Opt(help="calibrate: localisation strengths to try")] = "1,10,100",
+    nbetas: Annotated[str | None, Opt(help="calibrate: n*beta values (default: --nbeta)")] = None,
+    replica: Annotated[int, Opt(help="calibrate: training replica")] = 0,
+    laplace: Annotated[str, Opt(help="calibrate: auto | exact | slq | off")] = "auto",
     device: DEVICE = None,
     quiet: QUIET = False,
 ) -> None:
@@ -297,17 +302,43 @@ def llc(
     print(run.path)
 
 
+def _floats(name: str, text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise ConfigError(f"--{name}: got {text!r}; give comma-separated numbers") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise ConfigError(f"--{name}: every value must be > 0, got {text!r}")
+    return vals
+
+
 def _calibrate(run, flags: dict[str, Any]) -> None:
-    from grokbasin.llc.calibrate import calibrate, print_calibration
+    from grokbasin.llc.calibrate import calibrate, format_recommendation
 
     if not run.config.exists():
         raise ConfigError(f"RUN_DIR: {run.path} is not a run directory (no config.yaml)")
+    if flags["laplace"] not in ("auto", "exact", "slq", "off"):
+        raise ConfigError(f"--laplace: got {flags['laplace']!r}; use auto, exact, slq or off")
     cfg = build_config(load_yaml(run.config), _llc_overrides(**flags))
-    epoch = flags["epoch"] if flags["epoch"] is not None else run.checkpoint_epochs()[-1]
-    result = calibrate(
-        run.path, epoch, cfg.llc, device=flags["device"] or "cpu", progress=not flags["quiet"]
+    cal = calibrate(
+        run.path,
+        flags["epoch"],
+        cfg.llc,
+        _floats("step-sizes", flags["step_sizes"]),
+        _floats("gammas", flags["gammas"]),
+        _floats("nbetas", flags["nbetas"]),
+        device=flags["device"] or "cpu",
+        replica=flags["replica"],
+        laplace=flags["laplace"],
+        progress=not flags["quiet"],
     )
-    print_calibration(result)
+    for line in format_recommendation(cal):
+        console.print(line)
+    for path in (cal.table, cal.figure):
+        if path is not None:
+            print(path)
 
 
 @app.command()
