@@ -41,6 +41,14 @@ def poly_forward(params: Params, x: torch.Tensor, mask: torch.Tensor | None = No
     return torch.matmul(feats, a[..., None]) if feats.dim() == 3 else (feats @ a.T).T[..., None]
 
 
+def poly_forward_features(
+    params: Params, feats: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """f from precomputed monomials feats [R, N, D+1] -> [R, N, 1] (no powers on the hot path)."""
+    a = params["a"] if mask is None else params["a"] * mask
+    return torch.matmul(feats, a[..., None])
+
+
 def poly_lstsq(
     x: torch.Tensor, y: torch.Tensor, degree: int, mask: torch.Tensor | None = None
 ) -> Params:
@@ -123,6 +131,7 @@ __all__ = [
     "mse",
     "poly_features",
     "poly_forward",
+    "poly_forward_features",
     "poly_init",
     "poly_lstsq",
     "size_mask",
