@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -152,3 +154,68 @@ def test_inits_follow_pytorch_defaults() -> None:
     assert not params["L0.bqkv"].any() and not params["L1.bo"].any()
     with pytest.raises(ValueError, match="divisible"):
         T.init(rng.key([0]), p, p, 30, 1, 4, ff)
+
+
+# ---------------------------------------------------------------------------------------------
+# The `transformer` experiment (H.3.1).
+
+
+def _registered() -> bool:
+    """Whether config/models know the transformer (the lead wires it into ModelConfig)."""
+    from grokbasin.config import build_config
+    from grokbasin.errors import ConfigError
+
+    try:
+        build_config({}, {"model.name": "transformer"})
+    except ConfigError:
+        return False
+    return True
+
+
+def test_settings_use_the_papers_model_and_optimiser() -> None:
+    from grokbasin.experiments.transformer import settings
+
+    for scale in ("small", "paper"):
+        base, seeds, llc = settings(scale)
+        m, t = base["model"], base["train"]
+        assert (m["name"], m["layers"], m["heads"]) == ("transformer", 2, 1)
+        assert (t["loss"], t["optimizer"], t["lr"], t["weight_decay"]) == (
+            "centred_mse", "adam", [1e-3], [1e-5])
+        assert llc["checkpoints"] == "all" and len(seeds) >= 2
+    paper = settings("paper")[0]
+    assert (paper["model"]["embed_dim"], paper["model"]["ff"]) == (256, 256)
+
+
+def test_llc_error_correlation_known_answer() -> None:
+    from grokbasin.experiments.transformer import llc_error_correlation
+
+    epochs = np.array([0.0, 10, 20, 30, 40])
+    val_acc = np.array([0.0, 0.2, 0.5, 0.6, 0.9])
+    m = {"epoch": epochs, "val_acc": val_acc, "val_loss": 2.0 - val_acc}
+    lam = (3.0 * (1.0 - val_acc) + 1.0)[:, None].repeat(2, 1)  # LLC affine in the error
+    lam[1, 0] = np.nan  # a diverged chain is ignored by the chain mean
+    r = llc_error_correlation(epochs, lam, m)
+    # exactly affine relations: r = +1 with error and with loss, to float rounding (1e-12).
+    assert r["r_llc_val_error"] == pytest.approx(1.0, abs=1e-12)
+    assert r["r_llc_val_loss"] == pytest.approx(1.0, abs=1e-12)
+    assert math.isnan(llc_error_correlation(epochs[:2], lam[:2], m)["r_llc_val_error"])
+
+
+@pytest.mark.skipif(not _registered(), reason="model 'transformer' not yet in ModelConfig")
+def test_experiment_writes_outputs_and_reruns_nothing(tmp_path) -> None:
+    from grokbasin.experiments import common as C
+    from grokbasin.experiments import transformer as X
+
+    base, _, llc = X.settings("small")
+    base["task"]["p"] = 11
+    base["model"].update(embed_dim=8, ff=8)
+    base["train"].update(epochs=20, checkpoint_every=10, batch_size=16)
+    llc.update(burnin=5, draws=10, batch_size=16)
+    res = X.run(base, [0, 1], llc, "tiny", tmp_path)
+    assert res.figures["transformer"].stat().st_size > 10_000  # a real PNG, not an empty file
+    rows = list(csv.DictReader(res.tables["transformer"].open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 10, 20]
+    assert all(math.isfinite(float(r["llc_mean"])) for r in rows)  # every checkpoint sampled
+    assert res.report is not None and res.report.exists()
+    again = C.execute(C.configs(base, seeds=[0, 1], llc=llc), tmp_path, True, "local", 1, False)
+    assert again.did_nothing  # second invocation: no training, no sampling
