@@ -1,26 +1,40 @@
-"""CPU benchmark (SPEC §6): LLC at 20 checkpoints of a p = 23, K = 256 quadratic net, 4 chains ×
-300 SGLD steps (100 burn-in + 200 draws, batch 128): grokbasin's one batched call vs a
-one-chain-at-a-time torch loop vs devinterp 1.3.2 (if installed). Prints wall times and ratios.
+"""CPU benchmark (SPEC §6, issue 3/7): LLC at 20 checkpoints of a p = 23, K = 256 quadratic net,
+4 chains × 300 SGLD steps (100 burn-in + 200 draws), batch 128, ε = 1e-4, γ = 5, nβ = B/ln B.
 
-    python benchmarks/bench_llc_cpu.py [--threads 1] [--root /tmp/grokbasin-bench]
+Side by side in one process (the machine is shared, so only ratios within one run mean much):
+  grokbasin      ``estimate_runs`` over all checkpoints × chains in one batched call (the real API,
+                 fast quadratic gradient + fused in-place SGLD), timed before and after devinterp
+  devinterp      devinterp 1.3.2 ``estimate_learning_coeff``, one checkpoint after another
+  loop           one chain at a time, plain torch autograd + torch.randn SGLD
+  --ablation     the same batched call with the reference paths: autograd + generic step,
+                 fast gradient + generic step, fast gradient + fused step
+  --scaling      chain-steps/s of the fused path as the replica count R goes 1 → 256
+
+    python benchmarks/bench_llc_cpu.py [--threads 1] [--checkpoints 20] [--ablation] [--scaling]
+                                       [--skip-devinterp] [--skip-loop] [--root DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import platform
+import subprocess
 import time
+import warnings
 
 import torch
 
 from grokbasin.config import LLCConfig, build_config
-from grokbasin.llc.targets import modular_train_rows
+from grokbasin.llc.estimate import estimate_llc
+from grokbasin.llc.targets import from_modular, modular_train_rows
 from grokbasin.llc.trajectory import estimate_runs
 from grokbasin.losses import centred_mse
 from grokbasin.tasks.modular import all_pairs
 from grokbasin.train.runner import train
 
 CHAINS, BURNIN, DRAWS, BATCH, EPS, GAMMA = 4, 100, 200, 128, 1e-4, 5.0
+STEPS = BURNIN + DRAWS
 
 
 class QuadNet(torch.nn.Module):
@@ -45,13 +59,12 @@ def loop_baseline(ckpts: list[dict], x, y, rows, nbeta: float) -> float:
             torch.manual_seed(chain)
             net = QuadNet(ck["W"][0], ck["V"][0])
             center = [p.detach().clone() for p in net.parameters()]
-            for step in range(BURNIN + DRAWS):
+            for step in range(STEPS):
                 if step % (n // BATCH) == 0:
                     perm = rows[torch.randperm(n)]
                 j = step % (n // BATCH)
                 idx = perm[j * BATCH : (j + 1) * BATCH]
-                out = net(x[idx])
-                loss = centred_mse(out[None], y[idx][None])[0]
+                loss = centred_mse(net(x[idx])[None], y[idx][None])[0]
                 net.zero_grad()
                 loss.backward()
                 with torch.no_grad():
@@ -62,6 +75,7 @@ def loop_baseline(ckpts: list[dict], x, y, rows, nbeta: float) -> float:
 
 
 def devinterp_baseline(ckpts: list[dict], x, y, rows, nbeta: float) -> float | None:
+    """devinterp 1.3.2 with the same sampler settings, one checkpoint at a time (None if absent)."""
     try:
         from devinterp.optim.sgld import SGLD
         from devinterp.slt.sampler import estimate_learning_coeff
@@ -74,6 +88,7 @@ def devinterp_baseline(ckpts: list[dict], x, y, rows, nbeta: float) -> float | N
         xb, yb = data
         return centred_mse(model(xb)[None], yb[None])[0]
 
+    warnings.filterwarnings("ignore", module="devinterp")
     t0 = time.perf_counter()
     for ck in ckpts:
         estimate_learning_coeff(
@@ -85,37 +100,87 @@ def devinterp_baseline(ckpts: list[dict], x, y, rows, nbeta: float) -> float | N
     return time.perf_counter() - t0
 
 
+def batched(cfg, ckpts: list[dict], copies: int, steps: int, fast: bool, fused: bool) -> float:
+    """Wall time of one estimate_llc call over len(ckpts) groups × ``copies`` chains."""
+    p0 = {
+        k: torch.cat([c[k] for c in ckpts]).repeat_interleave(copies, 0).contiguous()
+        for k in ckpts[0]
+    }
+    rows = modular_train_rows(cfg).repeat(len(ckpts), 1).repeat_interleave(copies, 0)
+    target = from_modular(cfg, p0, rows, BATCH, fast=fast)
+    burnin = steps // 3
+    t0 = time.perf_counter()
+    estimate_llc(target, groups=len(ckpts), chains=copies, step_size=EPS, gamma=GAMMA,
+                 burnin=burnin, draws=steps - burnin, seed=1, diagnose=False, fused=fused)
+    return time.perf_counter() - t0
+
+
+def _row(name: str, seconds: float, chain_steps: int, ref: float | None) -> None:
+    ratio = f"{ref / seconds:7.1f}x" if ref else "       "
+    print(f"| {name:34s} | {seconds:8.2f} | {chain_steps / seconds:10.0f} | {ratio} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--checkpoints", type=int, default=20)
     ap.add_argument("--root", default="/tmp/grokbasin-bench")
     ap.add_argument("--skip-devinterp", action="store_true")
+    ap.add_argument("--skip-loop", action="store_true")
+    ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--scaling", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = build_config({}, {"train.checkpoint_every": 125})
     run = train(cfg, a.root, progress=False).run
-    epochs = run.checkpoint_epochs()[1:21]
+    epochs = run.checkpoint_epochs()[1 : a.checkpoints + 1]
     llc = LLCConfig(chains=CHAINS, burnin=BURNIN, draws=DRAWS, batch_size=BATCH, step_size=EPS,
                     gamma=GAMMA, checkpoints=",".join(map(str, epochs)), seed=12345)
-    run.llc.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    estimate_runs([run.path], llc, progress=False)
-    t_gb = time.perf_counter() - t0
     x, y = all_pairs(cfg.task.p, cfg.task.op)
     rows = modular_train_rows(cfg)[0]
     nbeta = llc.resolve_nbeta(rows.shape[0])
     ckpts = [run.load_checkpoint(e) for e in epochs]
-    t_loop = loop_baseline(ckpts, x, y, rows, nbeta)
+    cs = len(epochs) * CHAINS * STEPS
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"threads={a.threads}; {load}")
+    print(f"# {len(epochs)} checkpoints x {CHAINS} chains x {STEPS} steps = {cs} chain-steps, "
+          f"p={cfg.task.p} K={cfg.model.width} batch {BATCH} eps {EPS} gamma {GAMMA} "
+          f"nbeta {nbeta:.2f}")
+    print("| method | wall s | chain-steps/s | vs devinterp |\n|---|---|---|---|")
+
+    def grokbasin() -> float:
+        run.llc.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        estimate_runs([run.path], llc, progress=False)
+        return time.perf_counter() - t0
+
+    t_gb = [grokbasin()]
     t_di = None if a.skip_devinterp else devinterp_baseline(ckpts, x, y, rows, nbeta)
-    steps = len(epochs) * CHAINS * (BURNIN + DRAWS)
-    print(f"{len(epochs)} checkpoints x {CHAINS} chains x {BURNIN + DRAWS} steps = {steps} "
-          f"chain-steps, threads={a.threads}")
-    print(f"grokbasin batched : {t_gb:7.2f} s  ({steps / t_gb:8.0f} chain-steps/s)")
-    print(f"per-chain loop    : {t_loop:7.2f} s  ({steps / t_loop:8.0f} chain-steps/s)  "
-          f"ratio {t_loop / t_gb:.1f}x")
+    t_gb.append(grokbasin())
+    ref = t_di
     if t_di is not None:
-        print(f"devinterp 1.3.2   : {t_di:7.2f} s  ({steps / t_di:8.0f} chain-steps/s)  "
-              f"ratio {t_di / t_gb:.1f}x")
+        _row("devinterp 1.3.2", t_di, cs, ref)
+    _row("grokbasin estimate_runs (before)", t_gb[0], cs, ref)
+    _row("grokbasin estimate_runs (after)", t_gb[1], cs, ref)
+    if not a.skip_loop:
+        _row("per-chain torch loop", loop_baseline(ckpts, x, y, rows, nbeta), cs, ref)
+    if a.ablation:
+        for name, fast, fused in (
+            ("batched: autograd + generic step", False, False),
+            ("batched: fast grad + generic step", True, False),
+            ("batched: fast grad + fused step", True, True),
+        ):
+            _row(name, batched(cfg, ckpts, CHAINS, STEPS, fast, fused), cs, ref)
+    if a.scaling:
+        print("\n| replicas R | chain-steps/s (fused, 60 steps) |\n|---|---|")
+        for R in (1, 4, 16, 64, 128, 256):
+            groups = ckpts[: max(1, min(len(ckpts), R // CHAINS))]
+            copies = R // len(groups)
+            steps = 60
+            dt = batched(cfg, groups, copies, steps, True, True)
+            print(f"| {len(groups) * copies} | {len(groups) * copies * steps / dt:.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

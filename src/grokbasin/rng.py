@@ -114,7 +114,7 @@ _PHI64, _M64A, _M64B = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(
 
 
 def mix64_(z: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finaliser applied in place to int64 bit patterns (``tmp``: same-shape scratch)."""
+    """SplitMix64's finaliser, in place on int64 bit patterns (``tmp``: same-shape scratch)."""
     for s, c in ((30, _M64A), (27, _M64B), (31, None)):
         torch.bitwise_right_shift(z, s, out=tmp)
         tmp.bitwise_and_((1 << (64 - s)) - 1)  # logical shift

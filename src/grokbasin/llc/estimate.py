@@ -74,12 +74,14 @@ def sample(
     record_norms: bool = False,
     mala: bool = False,
     on_step: Callable[[int], None] | None = None,
+    fused: bool = True,
 ) -> SampleResult:
     """Run burn-in + draws·thin sampler steps for all R replicas together; record draw losses.
 
     The loss at step t is the minibatch loss at the pre-step parameters (as devinterp records it).
     A chain whose loss turns non-finite is reset to w* and frozen; its later draws are NaN and the
-    other chains continue untouched.
+    other chains continue untouched. Plain SGLD without masks, norms or MALA takes the in-place
+    :class:`sgld.FusedSGLD` path (same update and noise; ``fused=False`` forces the reference).
     """
     if baseline not in ("full", "devinterp"):
         raise ValueError(f"baseline must be 'full' or 'devinterp', got {baseline!r}")
@@ -100,8 +102,14 @@ def sample(
     with torch.no_grad():
         full0 = target.full_loss(center).float()
     first = torch.zeros(R, device=dev)
+    fast = None
+    if fused and method == "sgld" and not (mala or record_norms) and target.masks is None:
+        fast = sgld.FusedSGLD({k: params[k] for k in target.names}, center, hyper, keys)
     for t in range(total):
-        loss, grads = target.loss_and_grad(params, batches(t))
+        if fast is not None and target.loss_and_grad_into is not None:
+            loss, grads = target.loss_and_grad_into(params, batches(t), fast.grads)
+        else:
+            loss, grads = target.loss_and_grad(params, batches(t))
         loss = loss.detach().float()
         bad = ~torch.isfinite(loss) & alive
         if bool(bad.any()):  # freeze diverged chains at w*; the others never see them
@@ -115,16 +123,21 @@ def sample(
         if t >= burnin and (t - burnin) % thin == 0:
             traces[:, (t - burnin) // thin] = torch.where(alive, loss, torch.nan)
         with torch.no_grad():
-            if mala:
-                u = sgld.potential(loss, {k: params[k] for k in target.names}, center, hyper)
-                gu = sgld.potential_grad(grads, params, center, hyper)
-                if prev is not None:
-                    la = sgld.mala_log_accept(prev[0], prev[1], prev[2], u, gu, params, hyper)
-                    acc_sum += torch.nan_to_num(la.exp(), nan=0.0)
-                prev = (u, gu, {k: params[k] for k in target.names})
-            new, state, nrm = sgld.step(
-                method, params, grads, center, state, hyper, keys, t, target.masks, record_norms
-            )
+            if fast is not None:
+                fast.step_(params, grads, t)
+                new, nrm = params, None
+            else:
+                if mala:
+                    u = sgld.potential(loss, {k: params[k] for k in target.names}, center, hyper)
+                    gu = sgld.potential_grad(grads, params, center, hyper)
+                    if prev is not None:
+                        la = sgld.mala_log_accept(prev[0], prev[1], prev[2], u, gu, params, hyper)
+                        acc_sum += torch.nan_to_num(la.exp(), nan=0.0)
+                    prev = (u, gu, {k: params[k] for k in target.names})
+                new, state, nrm = sgld.step(
+                    method, params, grads, center, state, hyper, keys, t, target.masks,
+                    record_norms,
+                )
             frozen = ~alive
             if bool(frozen.any()):
                 new = {k: torch.where(_bview(alive, v), v, center[k]) for k, v in new.items()}
@@ -251,6 +264,7 @@ def estimate_llc(
     group_ids: Sequence[Sequence[int]] | None = None,
     diagnose: bool = True,
     on_step: Callable[[int], None] | None = None,
+    fused: bool = True,
 ) -> Estimate:
     """λ̂ for a target laid out as groups × temperatures × chains, in one batched sampler run.
 
@@ -275,7 +289,8 @@ def estimate_llc(
     )
     keys = chain_keys(seed, group_ids or [[g] for g in range(groups)], B, chains, dev)
     res = sample(
-        target, hyper, keys, burnin, draws, thin, method, baseline, record_norms, mala, on_step
+        target, hyper, keys, burnin, draws, thin, method, baseline, record_norms, mala, on_step,
+        fused,
     )
     est = Estimate(res, groups, nb, chains)
     if diagnose:

@@ -101,10 +101,44 @@ def noise(keys: torch.Tensor, step: int, like: Params) -> Params:
     stream: one draw of the concatenated size, split, so the cost is one hash pass per step."""
     names = sorted(like)
     sizes = [like[k][0].numel() for k in names]
-    first = like[names[0]]
-    z = rng.normal(rng.fold_in(rng.fold_in(keys, _NOISE_TAG), step), (sum(sizes),), first.dtype)
-    parts = torch.split(z, sizes, dim=1)
-    return {k: part.reshape(like[k].shape) for k, part in zip(names, parts, strict=True)}
+    z = rng.normal_pairs(rng.fold_in(keys, _NOISE_TAG), step, sum(sizes), like[names[0]].dtype)
+    return _split(z, names, like)
+
+
+def _split(z: torch.Tensor, names: list[str], like: Params) -> Params:
+    """Columns of z [R, Σ sizes] viewed as the tensors of ``like`` (in ``names`` order)."""
+    parts = torch.split(z, [like[k][0].numel() for k in names], dim=1)
+    return {k: part.view(like[k].shape) for k, part in zip(names, parts, strict=True)}
+
+
+class FusedSGLD:
+    """Plain SGLD (no masks, norms or MALA) updating params in place with no per-step tensors.
+
+    Rewrites devinterp's update as w ← a·w + b·w* + c·∇L_B + s·ξ with per-replica constants
+    a = 1 − ε(γ+ω)/2, b = εγ/2, c = −εnβ/2, s = √ε·σ and b·w* precomputed once: four in-place
+    passes per tensor. ξ is exactly :func:`noise`'s, from a preallocated stream.
+    """
+
+    def __init__(self, params: Params, center: Params, hyper: Hyper, keys: torch.Tensor):
+        self.names = sorted(params)
+        first = params[self.names[0]]
+        self.keys = rng.fold_in(keys, _NOISE_TAG)
+        n = sum(params[k][0].numel() for k in self.names)
+        self.stream = rng.NormalStream(first.shape[0], n, first.device, first.dtype)
+        h = hyper
+        self.a = {k: _b(1.0 - 0.5 * h.step_size * (h.gamma + h.weight_decay), params[k])
+                  for k in self.names}
+        self.c = {k: _b(-0.5 * h.step_size * h.nbeta, params[k]) for k in self.names}
+        self.s = {k: _b(h.step_size.sqrt() * h.noise_level, params[k]) for k in self.names}
+        self.bc = {k: _b(0.5 * h.step_size * h.gamma, params[k]) * center[k] for k in self.names}
+        self.grads = {k: torch.empty_like(params[k]) for k in self.names}  # gradient buffers
+
+    def step_(self, params: Params, grads: Params, t: int) -> None:
+        """Advance every replica one step, in place."""
+        xi = _split(self.stream(self.keys, t), self.names, params)
+        for k in self.names:
+            params[k].mul_(self.a[k]).add_(self.bc[k]).addcmul_(grads[k], self.c[k])
+            params[k].addcmul_(xi[k], self.s[k])
 
 
 def init_state(

@@ -25,6 +25,8 @@ from grokbasin import rng
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params, torch.Tensor], torch.Tensor]
 GradFn = Callable[[Params, torch.Tensor], tuple[torch.Tensor, Params]]
+# (params, idx, out grads) -> loss: like GradFn but writes the gradients into preallocated tensors
+GradIntoFn = Callable[[Params, torch.Tensor, Params], tuple[torch.Tensor, Params]]
 _BATCH_TAG = 0xBA7C
 
 
@@ -57,6 +59,7 @@ class Target:
     full_loss: Callable[[Params], torch.Tensor]
     names: list[str] = field(default_factory=list)  # sampled parameters
     masks: dict[str, torch.Tensor] | None = None
+    loss_and_grad_into: GradIntoFn | None = None  # optional allocation-free fast path
 
     @property
     def replicas(self) -> int:
@@ -214,14 +217,18 @@ def from_modular(
     names: Sequence[str] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
     max_elems: int = 1 << 26,
+    fast: bool = True,
 ) -> Target:
     """Target for built-in modular-arithmetic checkpoints of RunConfig ``cfg``.
 
     ``params0`` [R, ...] are checkpoint parameters already expanded to LLC replicas and ``rows``
     [R, n] each replica's training split (rows of ``modular_train_rows``), so runs that share the
-    task and model shapes but differ in seeds or splits batch together. Gradients use autograd of
-    the summed built-in loss.
+    task and model shapes but differ in seeds or splits batch together. For the quadratic net
+    with centred MSE or cross-entropy, gradients are hand-written (``fast_quadratic``;
+    ``fast=False`` keeps the reference path); otherwise autograd of the summed built-in loss.
     """
+    from grokbasin.llc.fast_quadratic import LOSSES as FAST_LOSSES
+    from grokbasin.llc.fast_quadratic import QuadraticGrad
     from grokbasin.losses import LOSSES
     from grokbasin.models import build_model
     from grokbasin.tasks.modular import all_pairs
@@ -248,4 +255,7 @@ def from_modular(
         return torch.cat(out)
 
     sel = _select(params0, names)
+    if fast and cfg.model.name == "quadratic" and cfg.train.loss in FAST_LOSSES:
+        qg = QuadraticGrad(x, y, rows, cfg.task.p, cfg.train.loss, sel)
+        return Target(params0, n, batch_size, loss, qg, full, sel, masks, qg)
     return Target(params0, n, batch_size, loss, autograd_loss_and_grad(loss, sel), full, sel, masks)
