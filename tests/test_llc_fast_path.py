@@ -17,6 +17,7 @@ from grokbasin.llc.estimate import estimate_llc
 from grokbasin.llc.fast_quadratic import QuadraticGrad
 from grokbasin.llc.targets import from_modular, modular_train_rows
 from grokbasin.models import build_model
+from grokbasin.tasks.modular import all_pairs
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +51,12 @@ def test_fast_gradients_equal_autograd(loss: str) -> None:
     assert set(gf) == {"V", "W"}
     for k in gr:
         torch.testing.assert_close(gf[k], gr[k], rtol=1e-5, atol=1e-6)
+    x, y = all_pairs(cfg.task.p, cfg.task.op)
+    blocks = QuadraticGrad(x, y, rows, cfg.task.p, loss, chunk=2)  # replicas in blocks of 2, 1
+    lb, gb = blocks(params, idx)
+    torch.testing.assert_close(lb, lr, rtol=1e-5, atol=1e-6)
+    for k in gr:
+        torch.testing.assert_close(gb[k], gr[k], rtol=1e-5, atol=1e-6)
     out = {k: torch.full_like(v, 7.0) for k, v in params.items()}  # stale values are overwritten
     _, gi = fast.loss_and_grad_into(params, idx, out)
     for k in gr:

@@ -256,6 +256,7 @@ def from_modular(
 
     sel = _select(params0, names)
     if fast and cfg.model.name == "quadratic" and cfg.train.loss in FAST_LOSSES:
-        qg = QuadraticGrad(x, y, rows, cfg.task.p, cfg.train.loss, sel)
+        chunk = 16 if dev.type == "cpu" else rows.shape[0]  # cache blocking helps CPUs only
+        qg = QuadraticGrad(x, y, rows, cfg.task.p, cfg.train.loss, sel, chunk)
         return Target(params0, n, batch_size, loss, qg, full, sel, masks, qg)
     return Target(params0, n, batch_size, loss, autograd_loss_and_grad(loss, sel), full, sel, masks)
