@@ -67,24 +67,10 @@ class ModelConfig(_Strict):
     """Network architecture; ``width`` is the hidden size K."""
 
     name: Literal["quadratic", "mlp"] = "quadratic"
-    width: int = Field(256, description="hidden units K (>= 1)")
-    embed_dim: int = Field(128, description="embedding size (mlp)")
+    width: int = Field(256, ge=1, description="hidden units K")
+    embed_dim: int = Field(128, ge=1, description="embedding size (mlp)")
     activation: Literal["relu", "gelu"] = "relu"
-    init_scale: float = Field(1.0, description="multiplier on the PyTorch-default init")
-
-    @field_validator("width", "embed_dim")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
-
-    @field_validator("init_scale")
-    @classmethod
-    def _scale(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError(f"must be > 0, got {v}")
-        return v
+    init_scale: float = Field(1.0, gt=0, description="multiplier on the PyTorch-default init")
 
 
 class TrainConfig(_Strict):
@@ -94,16 +80,16 @@ class TrainConfig(_Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: list[float] = Field(default_factory=lambda: [1e-3])
     weight_decay: list[float] = Field(default_factory=lambda: [1e-4])
-    momentum: float = Field(0.0, description="SGD momentum, in [0, 1)")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    batch_size: int = Field(128, description="minibatch size; 0 means full batch")
-    epochs: int = Field(2500, description="epochs (>= 1)")
-    checkpoint_every: int = Field(100, description="epochs between checkpoints (>= 1)")
+    batch_size: int = Field(128, ge=0, description="minibatch size; 0 means full batch")
+    epochs: int = Field(2500, ge=1, description="training epochs")
+    checkpoint_every: int = Field(100, ge=1, description="epochs between checkpoints")
     seeds: list[int] = Field(default_factory=lambda: [0])
     early_stop: bool = False
-    early_stop_patience: int = 10
-    early_stop_val_acc: float = 0.99
+    early_stop_patience: int = Field(10, ge=1)
+    early_stop_val_acc: float = Field(0.99, ge=0, le=1)
 
     @field_validator("lr", "weight_decay", "seeds", mode="before")
     @classmethod
@@ -133,27 +119,6 @@ class TrainConfig(_Strict):
             raise ValueError(f"must be a non-empty list of distinct integers, got {v}")
         return v
 
-    @field_validator("epochs", "checkpoint_every", "early_stop_patience")
-    @classmethod
-    def _pos(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"must be >= 1, or 0 for full batch, got {v}")
-        return v
-
-    @field_validator("momentum")
-    @classmethod
-    def _mom(cls, v: float) -> float:
-        if not 0 <= v < 1:
-            raise ValueError(f"must lie in [0, 1), got {v}")
-        return v
-
     def replicas(self) -> list[dict[str, float | int]]:
         """Every (seed, lr, weight_decay) combination, in replica order."""
         return [
@@ -165,21 +130,21 @@ class TrainConfig(_Strict):
 class LLCConfig(_Strict):
     """SGLD sampler and estimator settings (SPEC §3.3)."""
 
-    chains: int = Field(4, description="chains per checkpoint (>= 1)")
-    burnin: int = Field(200, description="burn-in steps (>= 0)")
-    draws: int = Field(400, description="draws kept after burn-in (>= 2)")
-    thin: int = Field(1, description="keep every thin-th draw (>= 1)")
-    step_size: float = Field(1e-4, description="SGLD step size epsilon (> 0)")
-    gamma: float = Field(5.0, description="localisation strength (>= 0)")
+    chains: int = Field(4, ge=1, description="chains per checkpoint")
+    burnin: int = Field(200, ge=0, description="burn-in steps")
+    draws: int = Field(400, ge=1, description="draws kept after burn-in")
+    thin: int = Field(1, ge=1, description="keep every thin-th draw")
+    step_size: float = Field(1e-4, gt=0, description="SGLD step size epsilon")
+    gamma: float = Field(5.0, ge=0, description="localisation strength")
     nbeta: float | Literal["auto", "n_over_log_n"] = Field(
         "auto", description="n*beta; 'auto' = B/ln B (devinterp), 'n_over_log_n' = n/ln n"
     )
     nbetas: list[float] = Field(
         default_factory=list, description="extra n*beta values for the temperature sweep"
     )
-    weight_decay: float = 0.0
-    noise_level: float = 1.0
-    batch_size: int = Field(128, description="SGLD minibatch size (>= 1)")
+    weight_decay: float = Field(0.0, ge=0)
+    noise_level: float = Field(1.0, ge=0)
+    batch_size: int = Field(128, ge=1, description="SGLD minibatch size")
     seed: int = 0
     baseline: Literal["full", "devinterp"] = Field(
         "full", description="L_n(w*): full training loss, or devinterp's first-batch loss"
@@ -188,34 +153,6 @@ class LLCConfig(_Strict):
     method: Literal["sgld", "rmsprop_sgld", "sgnht"] = Field(
         "sgld", description="sampler: SGLD (devinterp), RMSprop-preconditioned SGLD, or SGNHT"
     )
-
-    @field_validator("chains", "draws", "thin", "batch_size")
-    @classmethod
-    def _pos(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
-
-    @field_validator("burnin")
-    @classmethod
-    def _nonneg(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"must be >= 0, got {v}")
-        return v
-
-    @field_validator("step_size")
-    @classmethod
-    def _eps(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError(f"must be > 0, got {v}")
-        return v
-
-    @field_validator("gamma", "weight_decay", "noise_level")
-    @classmethod
-    def _nonnegf(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError(f"must be >= 0, got {v}")
-        return v
 
     @field_validator("nbeta")
     @classmethod
@@ -278,6 +215,14 @@ def short_hash(obj: Any, n: int = 10) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
+_BOUNDS = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
+
+
 def format_validation_error(err: ValidationError) -> str:
     """One line per problem: 'field.path: message'."""
     lines = []
@@ -288,6 +233,9 @@ def format_validation_error(err: ValidationError) -> str:
             msg = "unknown field"
         elif e["type"] == "literal_error":
             msg = f"got {e.get('input')!r}; {msg.lower()}"
+        elif e["type"] in _BOUNDS:
+            op, key = _BOUNDS[e["type"]]
+            msg = f"must be {op} {e['ctx'][key]}, got {e.get('input')!r}"
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(lines)
 
