@@ -63,14 +63,27 @@ class TaskConfig(_Strict):
         return math.floor(self.frac * self.n_pairs)
 
 
+def _check_heads(m: ModelConfig) -> ModelConfig:
+    if m.name == "transformer" and m.embed_dim % m.heads:
+        raise ValueError(
+            f"model.embed_dim={m.embed_dim} must be divisible by model.heads={m.heads}"
+        )
+    return m
+
+
 class ModelConfig(_Strict):
     """Network architecture; ``width`` is the hidden size K."""
 
-    name: Literal["quadratic", "mlp"] = "quadratic"
-    width: int = Field(256, ge=1, description="hidden units K")
-    embed_dim: int = Field(128, ge=1, description="embedding size (mlp)")
+    name: Literal["quadratic", "mlp", "transformer"] = "quadratic"
+    width: int = Field(256, ge=1, description="hidden units K (quadratic, mlp)")
+    embed_dim: int = Field(128, ge=1, description="embedding size (mlp), d_model (transformer)")
+    layers: int = Field(2, ge=1, description="encoder layers (transformer)")
+    heads: int = Field(1, ge=1, description="attention heads (transformer)")
+    ff: int = Field(256, ge=1, description="feed-forward width (transformer)")
     activation: Literal["relu", "gelu"] = "relu"
     init_scale: float = Field(1.0, gt=0, description="multiplier on the PyTorch-default init")
+
+    _heads = model_validator(mode="after")(_check_heads)
 
 
 class TrainConfig(_Strict):

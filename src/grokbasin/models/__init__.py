@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from grokbasin.config import ModelConfig
-from grokbasin.models import mlp, quadratic
+from grokbasin.models import mlp, quadratic, transformer
 
 Params = dict[str, torch.Tensor]
 
@@ -40,6 +40,21 @@ def build_model(cfg: ModelConfig, n_tokens: int, n_outputs: int) -> Model:
                 keys, n_tokens, n_outputs, cfg.embed_dim, cfg.width, cfg.init_scale
             ),
             lambda params, x: mlp.forward(params, x, act),
+        )
+    if cfg.name == "transformer":
+        return Model(
+            "transformer",
+            lambda keys: transformer.init(
+                keys,
+                n_tokens,
+                n_outputs,
+                cfg.embed_dim,
+                cfg.layers,
+                cfg.heads,
+                cfg.ff,
+                cfg.init_scale,
+            ),
+            lambda params, x: transformer.forward(params, x, cfg.heads),
         )
     raise ValueError(f"unknown model {cfg.name!r}")
 

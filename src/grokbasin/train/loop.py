@@ -92,7 +92,8 @@ def batch_loss(s: Setup, params: Params, idx: torch.Tensor) -> torch.Tensor:
 def evaluate(s: Setup, params: Params, max_elems: int = 1 << 26) -> dict[str, torch.Tensor]:
     """Train/val loss and accuracy per replica on the full split ([R] each)."""
     R = s.keys.shape[0]
-    M, hidden = s.task.x.shape[0], s.cfg.model.width
+    m = s.cfg.model
+    M, hidden = s.task.x.shape[0], max(m.width, 2 * m.embed_dim, m.ff)
     chunk = max(1, max_elems // (M * max(hidden, s.task.n_outputs)))
     parts = []
     for lo in range(0, R, chunk):  # bounded memory; one chunk in the usual case
