@@ -65,9 +65,7 @@ class TaskConfig(_Strict):
 
 def _check_heads(m: ModelConfig) -> ModelConfig:
     if m.name == "transformer" and m.embed_dim % m.heads:
-        raise ValueError(
-            f"model.embed_dim={m.embed_dim} must be divisible by model.heads={m.heads}"
-        )
+        raise ValueError(f"embed_dim={m.embed_dim} must be divisible by heads={m.heads}")
     return m
 
 
