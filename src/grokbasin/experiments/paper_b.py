@@ -27,7 +27,12 @@ from grokbasin.analysis import free_energy as FE
 from grokbasin.experiments.common import write_csv
 from grokbasin.experiments.registry import ExperimentResult, out_dir, register
 from grokbasin.llc.estimate import estimate_llc
-from grokbasin.llc.targets import from_functional, from_modular, repeat_replicas
+from grokbasin.llc.targets import (
+    from_functional,
+    from_modular,
+    modular_train_rows,
+    repeat_replicas,
+)
 from grokbasin.models import regression as MR
 from grokbasin.models import tms as TMS
 from grokbasin.report.figures import PALETTE, THEORY_COLORS, new_figure, plot_linear_fit, save_png
@@ -375,8 +380,8 @@ def arrhenius_grokking(scale: str, root: Path, backend: str, workers: int, devic
                     params.setdefault(k, []).append(v[rep])
                 reps.append(rep)
         p0 = repeat_replicas({k: torch.stack(v) for k, v in params.items()}, chains)
-        target = from_modular(cfg, p0, torch.tensor(reps).repeat_interleave(chains),
-                              batch_size=bs)
+        rows = modular_train_rows(cfg).to(device)[torch.tensor(reps, device=device)]
+        target = from_modular(cfg, p0, rows.repeat_interleave(chains, 0), batch_size=bs)
         est = estimate_llc(target, groups=len(reps), chains=chains, nbetas=[2.0], step_size=eps,
                            gamma=gamma, burnin=burn, draws=steps - burn, diagnose=False)
         lam = np.nanmean(_chains_per_group(est), axis=1).reshape(-1, 2)
