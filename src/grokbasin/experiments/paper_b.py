@@ -393,8 +393,9 @@ def arrhenius_grokking(scale: str, root: Path, backend: str, workers: int, devic
     df = np.array([t["delta_F"] for t in table])
     r = np.array([t["r"] for t in table], float)
     kw = {"step_size": eps, "gamma": gamma, "burnin": burn, "draws": steps - burn, "nbetas": [2.0]}
-    fig, fitres = _arrhenius_figure(df, r, f"grokking MLP p={cfg.task.p}, {len(table)}/{len(by)}"
-                                    f" grokked\n{_describe(kw, chains, 'batch ' + str(bs))}")
+    title = (f"grokking {cfg.model.name} p={cfg.task.p}, {len(table)}/{len(by)} grokked\n"
+             f"{_describe(kw, chains, 'batch ' + str(bs))}")
+    fig, fitres = _arrhenius_figure(df, r, title)
     summary = [{"runs": len(by), "grokked": len(table)}
                | ({} if fitres is None else {"slope": fitres.slope, "r2": fitres.r2,
                                              "slope_lo": fitres.slope_ci[0],
