@@ -160,18 +160,6 @@ def test_inits_follow_pytorch_defaults() -> None:
 # The `transformer` experiment (H.3.1).
 
 
-def _registered() -> bool:
-    """Whether config/models know the transformer (the lead wires it into ModelConfig)."""
-    from grokbasin.config import build_config
-    from grokbasin.errors import ConfigError
-
-    try:
-        build_config({}, {"model.name": "transformer"})
-    except ConfigError:
-        return False
-    return True
-
-
 def test_settings_use_the_papers_model_and_optimiser() -> None:
     from grokbasin.experiments.transformer import settings
 
@@ -181,7 +169,8 @@ def test_settings_use_the_papers_model_and_optimiser() -> None:
         assert (m["name"], m["layers"], m["heads"]) == ("transformer", 2, 1)
         assert (t["loss"], t["optimizer"], t["lr"], t["weight_decay"]) == (
             "centred_mse", "adam", [1e-3], [1e-5])
-        assert llc["checkpoints"] == "all" and len(seeds) >= 2
+        assert llc["checkpoints"].split(",")[0] == str(t["checkpoint_every"]) and len(seeds) >= 2
+        assert llc["nbeta"] == 1000.0 and llc["gamma"] == 1000.0  # the calibrated sampler
     paper = settings("paper")[0]
     assert (paper["model"]["embed_dim"], paper["model"]["ff"]) == (256, 256)
 
@@ -199,9 +188,11 @@ def test_llc_error_correlation_known_answer() -> None:
     assert r["r_llc_val_error"] == pytest.approx(1.0, abs=1e-12)
     assert r["r_llc_val_loss"] == pytest.approx(1.0, abs=1e-12)
     assert math.isnan(llc_error_correlation(epochs[:2], lam[:2], m)["r_llc_val_error"])
+    # from epoch 20 on: 3 points left, still exactly affine; from 30 on: too few -> nan.
+    assert llc_error_correlation(epochs, lam, m, start=20)["r_llc_val_loss"] == pytest.approx(1.0)
+    assert math.isnan(llc_error_correlation(epochs, lam, m, start=30)["r_llc_val_loss"])
 
 
-@pytest.mark.skipif(not _registered(), reason="model 'transformer' not yet in ModelConfig")
 def test_experiment_writes_outputs_and_reruns_nothing(tmp_path) -> None:
     from grokbasin.experiments import common as C
     from grokbasin.experiments import transformer as X
@@ -210,12 +201,13 @@ def test_experiment_writes_outputs_and_reruns_nothing(tmp_path) -> None:
     base["task"]["p"] = 11
     base["model"].update(embed_dim=8, ff=8)
     base["train"].update(epochs=20, checkpoint_every=10, batch_size=16)
-    llc.update(burnin=5, draws=10, batch_size=16)
+    llc.update(burnin=5, draws=10, batch_size=16, checkpoints=X.trained_checkpoints(20, 10))
     res = X.run(base, [0, 1], llc, "tiny", tmp_path)
     assert res.figures["transformer"].stat().st_size > 10_000  # a real PNG, not an empty file
     rows = list(csv.DictReader(res.tables["transformer"].open()))
     assert [int(r["epoch"]) for r in rows] == [0, 10, 20]
-    assert all(math.isfinite(float(r["llc_mean"])) for r in rows)  # every checkpoint sampled
+    # every trained checkpoint sampled, the initialisation (no critical point) skipped
+    assert [math.isfinite(float(r["llc_mean"])) for r in rows] == [False, True, True]
     assert res.report is not None and res.report.exists()
     again = C.execute(C.configs(base, seeds=[0, 1], llc=llc), tmp_path, True, "local", 1, False)
     assert again.did_nothing  # second invocation: no training, no sampling
