@@ -9,9 +9,10 @@ Side by side in one process (the machine is shared, so only ratios within one ru
   --ablation     the same batched call with the reference paths: autograd + generic step,
                  fast gradient + generic step, fast gradient + fused step
   --scaling      chain-steps/s of the fused path as the replica count R goes 1 → 256
+  --micro        per-step pieces at R = 80: noise generators, gradients, 1 vs 2 torch threads
 
     python benchmarks/bench_llc_cpu.py [--threads 1] [--checkpoints 20] [--ablation] [--scaling]
-                                       [--skip-devinterp] [--skip-loop] [--root DIR]
+                                       [--micro] [--skip-devinterp] [--skip-loop] [--root DIR]
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def devinterp_baseline(ckpts: list[dict], x, y, rows, nbeta: float) -> float | N
     return time.perf_counter() - t0
 
 
-def batched(cfg, ckpts: list[dict], copies: int, steps: int, fast: bool, fused: bool) -> float:
+def batched(
+    cfg, ckpts: list[dict], copies: int, steps: int, fast: bool, fused: bool, threads: int = 1
+) -> float:
     """Wall time of one estimate_llc call over len(ckpts) groups × ``copies`` chains."""
     p0 = {
         k: torch.cat([c[k] for c in ckpts]).repeat_interleave(copies, 0).contiguous()
@@ -109,10 +112,54 @@ def batched(cfg, ckpts: list[dict], copies: int, steps: int, fast: bool, fused: 
     rows = modular_train_rows(cfg).repeat(len(ckpts), 1).repeat_interleave(copies, 0)
     target = from_modular(cfg, p0, rows, BATCH, fast=fast)
     burnin = steps // 3
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     estimate_llc(target, groups=len(ckpts), chains=copies, step_size=EPS, gamma=GAMMA,
-                 burnin=burnin, draws=steps - burnin, seed=1, diagnose=False, fused=fused)
-    return time.perf_counter() - t0
+                 burnin=burnin, draws=steps - burnin, seed=1, diagnose=False, fused=fused,
+                 cpu_threads=None)
+    dt = time.perf_counter() - t0
+    torch.set_num_threads(before)
+    return dt
+
+
+def _ms(fn, reps: int = 20) -> float:
+    """Mean milliseconds per call after one warm-up call."""
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
+def micro(cfg, ckpts: list[dict]) -> None:
+    """Per-step pieces at R = len(ckpts)·CHAINS, each timed alone."""
+    from grokbasin import rng
+
+    p0 = {k: torch.cat([c[k] for c in ckpts]).repeat_interleave(CHAINS, 0).contiguous()
+          for k in ckpts[0]}
+    R = p0["W"].shape[0]
+    n = sum(v[0].numel() for v in p0.values())
+    rows = modular_train_rows(cfg).repeat(len(ckpts), 1).repeat_interleave(CHAINS, 0)
+    keys = rng.key(list(range(R)))
+    stream = rng.NormalStream(R, n)
+    print(f"\n| piece (R = {R}, {n} parameters each) | ms per step |\n|---|---|")
+    print(f"| noise: rng.normal (24-bit inverse CDF, 2 lowbias32 rounds) | "
+          f"{_ms(lambda: rng.normal(keys, (n,))):.2f} |")
+    print(f"| noise: rng.NormalStream (SplitMix64 + Box-Muller, in place) | "
+          f"{_ms(lambda: stream(keys, 3)):.2f} |")
+    print(f"| noise: torch.randn (not per-replica, for scale) | "
+          f"{_ms(lambda: torch.randn(R, n)):.2f} |")
+    idx = rng.permutation(keys, rows.shape[1])[:, :BATCH]
+    ref = from_modular(cfg, p0, rows, BATCH, fast=False)
+    fast = from_modular(cfg, p0, rows, BATCH)
+    out = {k: torch.empty_like(v) for k, v in p0.items()}
+    print(f"| gradient: autograd | {_ms(lambda: ref.loss_and_grad(p0, idx)):.2f} |")
+    print(f"| gradient: hand-written, into buffers | "
+          f"{_ms(lambda: fast.loss_and_grad_into(p0, idx, out)):.2f} |")
+    for threads in (1, 2):
+        ms = batched(cfg, ckpts, CHAINS, 30, True, True, threads) / 30 * 1e3
+        print(f"| whole fused sampler step, torch threads={threads} | {ms:.2f} |")
 
 
 def _row(name: str, seconds: float, chain_steps: int, ref: float | None) -> None:
@@ -129,6 +176,7 @@ def main() -> None:
     ap.add_argument("--skip-loop", action="store_true")
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--scaling", action="store_true")
+    ap.add_argument("--micro", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = build_config({}, {"train.checkpoint_every": 125})
@@ -166,12 +214,15 @@ def main() -> None:
     if not a.skip_loop:
         _row("per-chain torch loop", loop_baseline(ckpts, x, y, rows, nbeta), cs, ref)
     if a.ablation:
-        for name, fast, fused in (
-            ("batched: autograd + generic step", False, False),
-            ("batched: fast grad + generic step", True, False),
-            ("batched: fast grad + fused step", True, True),
+        for name, fast, fused, threads in (
+            ("batched: autograd + generic step", False, False, 1),
+            ("batched: fast grad + generic step", True, False, 1),
+            ("batched: fast grad + fused step", True, True, 1),
+            ("batched: fast + fused, 2 threads", True, True, 2),
         ):
-            _row(name, batched(cfg, ckpts, CHAINS, STEPS, fast, fused), cs, ref)
+            _row(name, batched(cfg, ckpts, CHAINS, STEPS, fast, fused, threads), cs, ref)
+    if a.micro:
+        micro(cfg, ckpts)
     if a.scaling:
         print("\n| replicas R | chain-steps/s (fused, 60 steps) |\n|---|---|")
         for R in (1, 4, 16, 64, 128, 256):
