@@ -78,6 +78,7 @@ class ModelConfig(_Strict):
     layers: int = Field(2, ge=1, description="encoder layers (transformer)")
     heads: int = Field(1, ge=1, description="attention heads (transformer)")
     ff: int = Field(256, ge=1, description="feed-forward width (transformer)")
+    positional: bool = Field(False, description="learned position embedding (transformer)")
     activation: Literal["relu", "gelu"] = "relu"
     init_scale: float = Field(1.0, gt=0, description="multiplier on the PyTorch-default init")
 
@@ -209,6 +210,15 @@ class RunConfig(_Strict):
         n = self.task.n_train
         if n < 2:
             raise ValueError(f"task.frac={self.task.frac} leaves {n} training samples; need >= 2")
+        if (
+            self.model.name == "transformer"
+            and self.task.op in ("sub", "div")
+            and not self.model.positional
+        ):
+            raise ValueError(
+                f"model.positional: a transformer without position embedding is symmetric in "
+                f"(a, b) and cannot fit task.op={self.task.op!r}; set model.positional: true"
+            )
         if self.train.batch_size > n:
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} exceeds the {n} training samples "
