@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from grokbasin.errors import ConfigError
@@ -31,3 +34,19 @@ def resolve(name: str) -> str:
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device: {name!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
     return str(dev)
+
+
+@contextmanager
+def intra_op_threads(device: str | torch.device, n: int | None = 1) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads on a CPU (restored afterwards; None: unchanged).
+
+    Replica batching makes each op one large kernel, so a second OpenMP thread gains little on a
+    2-core machine, while on a busy one the per-op barriers made 2 threads 10-50x slower than 1.
+    """
+    before = torch.get_num_threads()
+    if torch.device(device).type == "cpu" and n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from grokbasin import provenance
 from grokbasin.config import RunConfig, dump_yaml
-from grokbasin.device import resolve
+from grokbasin.device import intra_op_threads, resolve
 from grokbasin.errors import ConfigError, CorruptFileError
 from grokbasin.progress import make_progress
 from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, write_parquet
@@ -89,8 +89,9 @@ def train_group(
     by_epoch: dict[int, list[_Member]] = defaultdict(list)
     for m in pending.values():
         by_epoch[m.start_epoch].append(m)
-    for members in by_epoch.values():
-        _train_batch(members, progress)
+    with intra_op_threads(cfgs[0].device):
+        for members in by_epoch.values():
+            _train_batch(members, progress)
     out = []
     for run in runs:
         prov = run.read_provenance()
