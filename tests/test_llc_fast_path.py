@@ -109,7 +109,8 @@ def test_normal_stream_is_splitmix64_box_muller() -> None:
 
 def test_normal_stream_is_per_replica_and_standard_normal() -> None:
     # A replica's values depend on its key and counter only (exact equality); 256k values have
-    # mean 0 ± 0.01, variance 1 ± 0.01, kurtosis 3 ± 0.05 (all > 4 standard errors), and
+    # mean 0 ± 0.01, variance 1 ± 0.01, kurtosis 3 ± 0.05 (all > 4 standard errors), the CDF at
+    # −4…4 within 5 binomial standard deviations of Φ, and
     # neighbouring values and the two halves of a pair are uncorrelated (|r| < 0.01).
     keys = rng.key(list(range(64)))
     z = rng.normal_pairs(keys, 9, 4000)
@@ -121,6 +122,10 @@ def test_normal_stream_is_per_replica_and_standard_normal() -> None:
     assert abs(v.mean().item()) < 0.01
     assert abs(v.var().item() - 1.0) < 0.01
     assert abs(((v - v.mean()) ** 4).mean().item() / v.var().item() ** 2 - 3.0) < 0.05
+    for q in (-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0):  # CDF within 5 binomial sds
+        want = 0.5 * (1.0 + math.erf(q / math.sqrt(2.0)))
+        sd = math.sqrt(want * (1.0 - want) / v.numel())
+        assert abs((v < q).double().mean().item() - want) < 5 * sd + 1e-6
     lag = np.corrcoef(v[:-1].numpy(), v[1:].numpy())[0, 1]
     pair = np.corrcoef(z[:, :2000].flatten().numpy(), z[:, 2000:].flatten().numpy())[0, 1]
     assert abs(lag) < 0.01 and abs(pair) < 0.01
@@ -157,3 +162,17 @@ def test_fast_sampler_matches_reference_traces_and_estimates() -> None:
     np.testing.assert_allclose(fast.result.traces, ref.result.traces, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(fast.llc, ref.llc, rtol=1e-3)
     assert np.abs(fast.llc_mean - ref.llc_mean).max() < 0.1 * ref.llc_std.max()
+
+
+def test_fast_path_freezes_diverged_chains_without_touching_others() -> None:
+    # Chains 2 and 3 get a huge ε and blow up; chains 0 and 1 must give exactly the traces they
+    # give when every chain is healthy (replicas are independent; exact equality).
+    cfg, params, rows = _setup(R=1, K=24)
+    params = {k: v.repeat_interleave(4, 0) for k, v in params.items()}
+    rows = rows.expand(4, -1).contiguous()
+    kw = dict(groups=1, chains=4, gamma=5.0, burnin=5, draws=20, seed=3, diagnose=False)
+    bad = estimate_llc(from_modular(cfg, params, rows, 16), step_size=[1e-3, 1e-3, 1e4, 1e4], **kw)
+    good = estimate_llc(from_modular(cfg, params, rows, 16), step_size=1e-3, **kw)
+    assert bad.result.diverged.tolist() == [False, False, True, True]
+    np.testing.assert_array_equal(bad.result.traces[:2], good.result.traces[:2])
+    assert np.isnan(bad.result.traces[2:, -1]).all()
