@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: run test lint install
+.PHONY: run test lint install bench-cpu bench-gpu crosscheck
 
 $(BIN)/grokbasin: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,15 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+
+# Benchmarks (not part of CI; results go to BENCHMARKS.md by hand). devinterp via the bench extra.
+bench-cpu: install
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/bench_llc_cpu.py --ablation --scaling --micro
+
+crosscheck: install
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/crosscheck_devinterp.py
+
+bench-gpu: install
+	$(BIN)/python benchmarks/bench_llc_gpu.py

@@ -139,6 +139,9 @@ class TrainConfig(_Strict):
         ]
 
 
+NOISE_STREAM = "splitmix64-boxmuller"  # bump when the SGLD noise stream changes
+
+
 class LLCConfig(_Strict):
     """SGLD sampler and estimator settings (SPEC §3.3)."""
 
@@ -192,8 +195,12 @@ class LLCConfig(_Strict):
         return float(self.nbeta)
 
     def sampler_hash(self) -> str:
-        """Short hash of every setting that changes an estimate (not which checkpoints)."""
-        return short_hash(self.model_dump(exclude={"checkpoints"}))
+        """Short hash of every setting that changes an estimate (not which checkpoints).
+
+        The noise-stream tag keeps estimates drawn with an older random stream from mixing with
+        new ones under the same settings.
+        """
+        return short_hash({**self.model_dump(exclude={"checkpoints"}), "noise": NOISE_STREAM})
 
 
 class RunConfig(_Strict):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from grokbasin import rng
+from grokbasin.device import intra_op_threads
 from grokbasin.llc import sgld
 from grokbasin.llc.targets import Target
 
@@ -88,16 +89,11 @@ def sample(
     a busy 2-core machine OpenMP barriers over ~50 ops per step made 2 threads 13× slower than 1.
     """
     dev = next(iter(target.params0.values())).device
-    before = torch.get_num_threads()
-    if dev.type == "cpu" and cpu_threads is not None:
-        torch.set_num_threads(cpu_threads)
-    try:
+    with intra_op_threads(dev, cpu_threads):
         return _sample(
             target, hyper, keys, burnin, draws, thin, method, baseline, record_norms, mala,
             on_step, fused,
         )
-    finally:
-        torch.set_num_threads(before)
 
 
 def _sample(
