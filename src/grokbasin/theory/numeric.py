@@ -17,6 +17,7 @@ All tensors carry the leading replica axis R; replicas are processed in memory-b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 Params = dict[str, torch.Tensor]
+F64_EPS = float(torch.finfo(torch.float64).eps)
 F32_EPS = float(torch.finfo(torch.float32).eps)
 # s_i / s_max cut-offs for rank profiles; 1e-5 stays above the float64 Gram noise (~1e-6 at n = 1e4)
 PROFILE_LEVELS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
@@ -93,8 +95,16 @@ def rank_from_singular_values(
 def rank_from_gram(
     gram: torch.Tensor, shape: tuple[int, int], rtol: float | None = None
 ) -> RankResult:
-    """Rank of J from its Gram matrix [R, m, m] (J Jᵀ or JᵀJ), via float64 eigenvalues."""
+    """Rank of J from its Gram matrix [R, m, m] (J Jᵀ or JᵀJ), via float64 eigenvalues.
+
+    The Gram is formed and diagonalised in float64, so by default an eigenvalue counts when
+    μ > μ_max·max(shape)·eps64 — the same cut as ``llc.laplace`` — i.e. a singular-value cut of
+    σ_max·sqrt(max(shape)·eps64). (A float32 cut here undercounted the data-limit rank p·(N−1)
+    of the trained default run: 4756 instead of 4830, inside a smooth tail of real eigenvalues.)
+    """
     eig = torch.linalg.eigvalsh(gram.double())
+    if rtol is None:
+        rtol = math.sqrt(max(shape) * F64_EPS) / max(shape)
     return rank_from_singular_values(eig.clamp_min(0).sqrt(), shape, rtol)
 
 
