@@ -126,10 +126,8 @@ def calibrate(
     values; ``laplace`` is 'auto' | 'exact' | 'slq' | 'off'. Chains, burn-in, draws, thin, batch,
     weight decay, noise level, seed and baseline come from ``llc_cfg``.
     """
-    from grokbasin.llc.estimate import estimate_llc
     from grokbasin.llc.targets import from_modular, modular_train_rows
-    from grokbasin.llc.trajectory import nbeta_values, run_config
-    from grokbasin.progress import make_progress
+    from grokbasin.llc.trajectory import nbeta_values, run_config, sample_with_progress
 
     eps_list, gam_list = [float(e) for e in step_sizes], [float(g) for g in gammas]
     if not eps_list or any(not e > 0 for e in eps_list):
@@ -161,28 +159,10 @@ def calibrate(
     rows = rows_all[replica : replica + 1].repeat_interleave(copies, 0)
     target = from_modular(cfg, params, rows, min(llc_cfg.batch_size, n))
     eps_r, gam_r = per_replica(cells, B, C)
-    total = llc_cfg.burnin + llc_cfg.draws * llc_cfg.thin
-    with make_progress(progress) as bar:
-        task = bar.add_task(
-            f"calibration: {G} cells × {B} nβ × {C} chains", total=total, stage="llc"
-        )
-        est = estimate_llc(
-            target,
-            groups=G,
-            chains=C,
-            nbetas=nb_list,
-            step_size=eps_r,
-            gamma=gam_r,
-            weight_decay=llc_cfg.weight_decay,
-            noise_level=llc_cfg.noise_level,
-            burnin=llc_cfg.burnin,
-            draws=llc_cfg.draws,
-            thin=llc_cfg.thin,
-            seed=llc_cfg.seed,
-            baseline=llc_cfg.baseline,
-            group_ids=[[epoch, replica]] * G,
-            on_step=lambda k: bar.update(task, advance=k),
-        )
+    label = f"calibration: {G} cells × {B} nβ × {C} chains"
+    est = sample_with_progress(
+        target, llc_cfg, G, nb_list, [[epoch, replica]] * G, label, progress, eps_r, gam_r
+    )
     lap, lap_method, why = _laplace_grid(
         run.path, epoch, replica, nb_list, gam_list, device, laplace
     )

@@ -139,7 +139,7 @@ def estimate_runs(
         if res.computed:
             todo.setdefault(_compat_key(cfg), []).append((res, cfg))
     for batch in todo.values():
-        _sample_batch(batch, llc_cfg, shash, device, progress, llc_cfg.method)
+        _sample_batch(batch, llc_cfg, shash, device, progress)
     return results
 
 
@@ -149,7 +149,6 @@ def _sample_batch(
     shash: str,
     device: str,
     progress: bool,
-    method: str,
 ) -> None:
     """One sampler call over every (run, epoch, training replica) group of compatible runs."""
     params, rows, ids, where = [], [], [], []
@@ -180,30 +179,47 @@ def _sample_batch(
     p_rep = {k: v.repeat_interleave(copies, 0) for k, v in p0.items()}
     row_rep = torch.cat(rows).repeat_interleave(copies, 0)
     target = from_modular(cfg0, p_rep, row_rep, min(llc_cfg.batch_size, n))
+    label = f"{G} checkpoints×replicas × {C} chains × {B} nβ"
+    est = sample_with_progress(target, llc_cfg, G, nbetas, ids, label, progress)
+    _write(est, where, llc_cfg, shash)
+
+
+def sample_with_progress(
+    target,
+    llc_cfg: LLCConfig,
+    groups: int,
+    nbetas: list[float],
+    group_ids: list,
+    label: str,
+    progress: bool,
+    step_size=None,
+    gamma=None,
+) -> Estimate:
+    """``estimate_llc`` with every setting from ``llc_cfg`` and a progress bar over the steps.
+
+    ``step_size``/``gamma`` override the config with per-replica sequences (calibration grids).
+    """
     total = llc_cfg.burnin + llc_cfg.draws * llc_cfg.thin
     with make_progress(progress) as bar:
-        task = bar.add_task(
-            f"{G} checkpoints×replicas × {C} chains × {B} nβ", total=total, stage="llc"
-        )
-        est = estimate_llc(
+        task = bar.add_task(label, total=total, stage="llc")
+        return estimate_llc(
             target,
-            groups=G,
-            chains=C,
+            groups=groups,
+            chains=llc_cfg.chains,
             nbetas=nbetas,
-            step_size=llc_cfg.step_size,
-            gamma=llc_cfg.gamma,
+            step_size=llc_cfg.step_size if step_size is None else step_size,
+            gamma=llc_cfg.gamma if gamma is None else gamma,
             weight_decay=llc_cfg.weight_decay,
             noise_level=llc_cfg.noise_level,
             burnin=llc_cfg.burnin,
             draws=llc_cfg.draws,
             thin=llc_cfg.thin,
             seed=llc_cfg.seed,
-            method=method,
+            method=llc_cfg.method,
             baseline=llc_cfg.baseline,
-            group_ids=ids,
+            group_ids=group_ids,
             on_step=lambda k: bar.update(task, advance=k),
         )
-    _write(est, where, llc_cfg, shash)
 
 
 def _is_hex(s: str) -> bool:
