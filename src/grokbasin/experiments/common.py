@@ -62,12 +62,13 @@ def llc_by_epoch(cfg: RunConfig, root: Path) -> dict[int, list[float]]:
     return dict(sorted(out.items()))
 
 
-def final_llc(cfg: RunConfig, root: Path) -> tuple[float, float]:
-    """Mean and std over chains at the last estimated checkpoint (nan if none)."""
+def final_llc(cfg: RunConfig, root: Path, epoch: int | None = None) -> tuple[float, float]:
+    """Mean and std over chains at ``epoch`` or the last estimated checkpoint (nan if none)."""
     by = llc_by_epoch(cfg, root)
-    if not by:
+    e = max(by, default=None) if epoch is None else epoch
+    if e not in by:
         return math.nan, math.nan
-    v = np.asarray(by[max(by)])
+    v = np.asarray(by[e])
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
@@ -99,3 +100,26 @@ def log_linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float
     xa, ya = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(xa) & np.isfinite(ya) & (ya > 0)
     return linear_fit(xa[ok], np.log(ya[ok]))
+
+
+def solution_epoch(rows: Sequence[dict[str, Any]], train_acc: float = 0.99,
+                   val_acc: float = 0.95) -> tuple[int, bool]:
+    """The checkpoint that stands for a run's learned solution, and whether it generalised.
+
+    Among checkpoints with train acc ≥ ``train_acc`` and val acc ≥ ``val_acc``, the one with the
+    lowest training loss (the most converged generalising point: small runs trained with Adam can
+    fall off the solution again later); the last checkpoint when none qualifies.
+    """
+    ok = [r for r in rows if r["train_acc"] >= train_acc and r["val_acc"] >= val_acc]
+    if ok:
+        return int(min(ok, key=lambda r: (r["train_loss"], r["epoch"]))["epoch"]), True
+    return int(max(r["epoch"] for r in rows)), False
+
+
+def at_solution(cfgs: Sequence[RunConfig], root: Path) -> list[RunConfig]:
+    """Each trained config with its LLC checkpoint set to its :func:`solution_epoch`."""
+    out = []
+    for c in cfgs:
+        e, _ = solution_epoch(metrics_rows(c, root))
+        out.append(c.model_copy(update={"llc": c.llc.model_copy(update={"checkpoints": str(e)})}))
+    return out
