@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from grokbasin.config import RunConfig, build_config
+from grokbasin.experiments.registry import ExperimentResult, out_dir
 from grokbasin.experiments.sweep import SweepResult, expand, run_configs, sweep_from_dict
 from grokbasin.store.rundir import RunDir, atomic_write, read_parquet
 
@@ -123,3 +124,26 @@ def at_solution(cfgs: Sequence[RunConfig], root: Path) -> list[RunConfig]:
         e, _ = solution_epoch(metrics_rows(c, root))
         out.append(c.model_copy(update={"llc": c.llc.model_copy(update={"checkpoints": str(e)})}))
     return out
+
+
+def finish(name: str, scale: str, root: Path, figs: dict[str, Any],
+           tables: dict[str, list[dict[str, Any]]], summary: list[dict[str, Any]],
+           notes: list[str], intro: str) -> ExperimentResult:
+    """Write PNGs, CSVs and a one-section HTML report under root/experiments/<name>-<scale>."""
+    from grokbasin.report.figures import save_png
+    from grokbasin.report.html import Section, Table, write_report
+
+    d = out_dir(root, name, scale)
+    res = ExperimentResult(name, notes=notes, summary=summary)
+    for key, fig in figs.items():
+        res.figures[key] = d / f"{key}.png"
+        save_png(fig, res.figures[key])
+    for key, rows in tables.items():
+        res.tables[key] = write_csv(d / f"{key}.csv", rows)
+    section = Section(
+        f"{name} ({scale})", paragraphs=[intro, *notes],
+        tables=[Table(summary, title="summary")] if summary else [],
+        figures=[res.figures[k].read_bytes() for k in figs],
+    )
+    res.report = write_report(d / "report.html", f"grokbasin experiment {name}", [section])
+    return res

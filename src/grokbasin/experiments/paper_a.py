@@ -16,30 +16,8 @@ from typing import Any
 import numpy as np
 
 from grokbasin.experiments import common as C
-from grokbasin.experiments.registry import ExperimentResult, out_dir, register
-from grokbasin.report.figures import PALETTE, new_figure, plot_linear_fit, save_png
-
-
-def _finish(name: str, scale: str, root: Path, figs: dict[str, Any],
-            tables: dict[str, list[dict[str, Any]]], summary: list[dict[str, Any]],
-            notes: list[str], intro: str) -> ExperimentResult:
-    """Write PNGs, CSVs and a one-section HTML report under root/experiments/<name>-<scale>."""
-    from grokbasin.report.html import Section, Table, write_report
-
-    d = out_dir(root, name, scale)
-    res = ExperimentResult(name, notes=notes, summary=summary)
-    for key, fig in figs.items():
-        res.figures[key] = d / f"{key}.png"
-        save_png(fig, res.figures[key])
-    for key, rows in tables.items():
-        res.tables[key] = C.write_csv(d / f"{key}.csv", rows)
-    section = Section(
-        f"{name} ({scale})", paragraphs=[intro, *notes],
-        tables=[Table(summary, title="summary")] if summary else [],
-        figures=[res.figures[k].read_bytes() for k in figs],
-    )
-    res.report = write_report(d / "report.html", f"grokbasin experiment {name}", [section])
-    return res
+from grokbasin.experiments.registry import ExperimentResult, register
+from grokbasin.report.figures import PALETTE, new_figure, plot_linear_fit
 
 
 def _llc_small(**kw: Any) -> dict[str, Any]:
@@ -131,7 +109,7 @@ def _llc_scaling(name: str, xkey: str, series_key: str, xs: list[int], series: l
         "sampled at its lowest-loss checkpoint with train acc ≥ 0.99 and val acc ≥ 0.95; hollow "
         "points never generalised and are not fitted.",
     ]
-    return _finish(name, scale, root, {f"{name}": fig}, {f"{name}": rows}, summary, notes,
+    return C.finish(name, scale, root, {f"{name}": fig}, {f"{name}": rows}, summary, notes,
                    f"SGLD LLC at {llc}; training {train}, frac {frac}.")
 
 
@@ -231,7 +209,7 @@ def _gsm_sweep(name: str, key: str, values: list[float], scale: str, root: Path,
              f"Fit slope b = {b:.3g} (R² {r2:.3f}); "
              f"paper A reports a ~exponential decay with learning rate (0.128 at 1e-4 → 0.007 "
              f"at 1e-2 in a reproduction)."]
-    return _finish(name, scale, root, {name: fig}, {name: rows}, summary, notes,
+    return C.finish(name, scale, root, {name: fig}, {name: rows}, summary, notes,
                    f"{len(cfgs)} runs ({len(values)} values × {len(seeds)} seeds), "
                    f"batched per group; LLC at {llc}.")
 
@@ -304,7 +282,7 @@ def critical_data_size(scale: str, root: Path, backend: str, workers: int, devic
     notes = ["Boundary: midpoint between the largest scaled size that failed (val acc < 0.95) "
              "below every success and the next success. Paper A (after Tian) reads it near "
              "2.5-3."]
-    return _finish("critical-data-size", scale, root, {"critical-data-size": fig},
+    return C.finish("critical-data-size", scale, root, {"critical-data-size": fig},
                    {"critical-data-size": rows}, summary, notes,
                    f"{len(cfgs)} runs: p ∈ {ps}, frac ∈ {fracs}, final val accuracy.")
 
@@ -356,7 +334,7 @@ def trajectory_robustness(scale: str, root: Path, backend: str, workers: int, de
     notes = ["Green: LLC mean over seeds with min-max band; orange (right axis): validation "
              "accuracy per seed. Paper A: the LLC rises during memorisation, peaks, and falls "
              "as the network generalises, across all variations."]
-    return _finish("trajectory-robustness", scale, root, {"trajectory-robustness": fig},
+    return C.finish("trajectory-robustness", scale, root, {"trajectory-robustness": fig},
                    {"trajectory-robustness": rows}, [], notes,
                    f"Variants {list(variants)} × seeds {seeds}; LLC at {llc}.")
 
@@ -398,6 +376,6 @@ def sgld_sensitivity(scale: str, root: Path, backend: str, workers: int, device:
     notes = ["One trained run, every (γ, ε) sampled from the same final checkpoint. Paper A "
              "App. B.2: estimates move by orders of magnitude with ε and γ, log-linearly in γ;"
              " absolute values are comparable only at fixed sampler settings."]
-    return _finish("sgld-sensitivity", scale, root, {"sgld-sensitivity": fig},
+    return C.finish("sgld-sensitivity", scale, root, {"sgld-sensitivity": fig},
                    {"sgld-sensitivity": rows}, summary, notes,
                    f"γ ∈ {gammas}, ε ∈ {steps}; other settings {llc}.")

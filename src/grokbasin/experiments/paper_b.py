@@ -24,8 +24,8 @@ import torch
 
 from grokbasin import rng
 from grokbasin.analysis import free_energy as FE
-from grokbasin.experiments.common import write_csv
-from grokbasin.experiments.registry import ExperimentResult, out_dir, register
+from grokbasin.experiments.common import finish
+from grokbasin.experiments.registry import ExperimentResult, register
 from grokbasin.llc.estimate import estimate_llc
 from grokbasin.llc.targets import (
     from_functional,
@@ -35,7 +35,7 @@ from grokbasin.llc.targets import (
 )
 from grokbasin.models import regression as MR
 from grokbasin.models import tms as TMS
-from grokbasin.report.figures import PALETTE, THEORY_COLORS, new_figure, plot_linear_fit, save_png
+from grokbasin.report.figures import PALETTE, THEORY_COLORS, new_figure, plot_linear_fit
 from grokbasin.tasks import regression as TR
 from grokbasin.theory import paper_b as TH
 from grokbasin.train.generic import fit
@@ -62,25 +62,6 @@ def _describe(kw: dict[str, Any], chains: int, batch: str = "full batch") -> str
     return (f"SGLD ε={kw['step_size']:g}, γ={kw['gamma']:g}, nβ={kw['nbetas'][0]:.4g}, "
             f"{kw['burnin']} burn-in + {kw['draws']} draws, {chains} chains, {batch}")
 
-
-def _finish(name: str, scale: str, root: Path, figs: dict[str, Any],
-            tables: dict[str, list[dict[str, Any]]], summary: list[dict[str, Any]],
-            notes: list[str], intro: str) -> ExperimentResult:
-    """Write PNGs, CSVs and a one-section HTML report under root/experiments/<name>-<scale>."""
-    from grokbasin.report.html import Section, Table, write_report
-
-    d = out_dir(root, name, scale)
-    res = ExperimentResult(name, notes=notes, summary=summary)
-    for key, fig in figs.items():
-        res.figures[key] = d / f"{key}.png"
-        save_png(fig, res.figures[key])
-    for key, rows in tables.items():
-        res.tables[key] = write_csv(d / f"{key}.csv", rows)
-    section = Section(f"{name} ({scale})", paragraphs=[intro, *notes],
-                      tables=[Table(summary, title="summary")] if summary else [],
-                      figures=[res.figures[k].read_bytes() for k in figs])
-    res.report = write_report(d / "report.html", f"grokbasin experiment {name}", [section])
-    return res
 
 
 def _chains_per_group(est: Any) -> np.ndarray:
@@ -160,7 +141,7 @@ def llc_polynomial(scale: str, root: Path, backend: str, workers: int, device: s
         " for small c), so most of the d+1 directions are too flat for nβ = n/ln n to resolve"
         " against γ; the estimate counts only the resolved ones (localised Laplace picture).",
     ]
-    return _finish("llc-polynomial", scale, root, {"llc_polynomial": fig}, {"llc_polynomial": rows},
+    return finish("llc-polynomial", scale, root, {"llc_polynomial": fig}, {"llc_polynomial": rows},
                    summary, notes, "λ̂ at the exact least-squares fit (float64) vs degree.")
 
 
@@ -232,7 +213,7 @@ def llc_low_rank(scale: str, root: Path, backend: str, workers: int, device: str
     if small:
         notes.append("Small scale uses d = 10, so the paper's d = 100 coefficients are not directly"
                      " comparable; compare the ratio to theory instead.")
-    return _finish("llc-low-rank", scale, root, {"llc_low_rank": fig}, {"llc_low_rank": rows},
+    return finish("llc-low-rank", scale, root, {"llc_low_rank": fig}, {"llc_low_rank": rows},
                    summary, notes, "λ̂ at an exact minimum (balanced SVD factors of the OLS fit).")
 
 
@@ -292,7 +273,7 @@ def llc_autoencoder(scale: str, root: Path, backend: str, workers: int, device: 
         " networks are not at exact minima (train MSE still falling, higher for larger r), and at"
         " ε = 1e-5 over 2000 steps stationarity of λ̂ is not checked here.",
     ]
-    return _finish("llc-autoencoder", scale, root, {"llc_autoencoder": fig},
+    return finish("llc-autoencoder", scale, root, {"llc_autoencoder": fig},
                    {"llc_autoencoder": rows}, summary, notes,
                    "λ̂ of trained ReLU autoencoders on rank-r Gaussian data x = Az.")
 
@@ -401,7 +382,7 @@ def arrhenius_grokking(scale: str, root: Path, backend: str, workers: int, devic
                                              "slope_lo": fitres.slope_ci[0],
                                              "slope_hi": fitres.slope_ci[1]})]
     notes = _fit_notes(fitres, "Paper B: 168 of 500 runs grokked; slope negative with low R².")
-    return _finish("arrhenius-grokking", scale, root, {"arrhenius_grokking": fig},
+    return finish("arrhenius-grokking", scale, root, {"arrhenius_grokking": fig},
                    {"arrhenius_grokking": table}, summary, notes,
                    "i = first checkpoint with train acc 1, j = first with val acc ≥ 0.95, "
                    "r = j − i; ΔF = (λ̂_j − λ̂_i)·log N + N·(L_j − L_i).")
@@ -486,7 +467,7 @@ def arrhenius_tms(scale: str, root: Path, backend: str, workers: int, device: st
                                              "slope_lo": fitres.slope_ci[0],
                                              "slope_hi": fitres.slope_ci[1]})]
     notes = _fit_notes(fitres, "Paper B: TMS inconclusive (slightly positive slope).")
-    return _finish("arrhenius-tms", scale, root, {"arrhenius_tms": fig, "tms_curves": fig2},
+    return finish("arrhenius-tms", scale, root, {"arrhenius_tms": fig, "tms_curves": fig2},
                    {"arrhenius_tms": table}, summary, notes,
                    "Transitions: fast drops of the smoothed loss ≥ 10% of its total decrease; r ="
                    " steps between consecutive transitions, ΔF between the checkpoints after them.")

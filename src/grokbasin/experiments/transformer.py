@@ -22,7 +22,6 @@ import pyarrow as pa
 from grokbasin.analysis.grokking import curve_metrics, grokking_metrics
 from grokbasin.config import RunConfig
 from grokbasin.experiments import common as C
-from grokbasin.experiments.paper_a import _finish
 from grokbasin.experiments.registry import ExperimentResult, register
 from grokbasin.llc.trajectory import select_epochs
 from grokbasin.report.figures import trajectory_figure, trajectory_inputs
@@ -151,7 +150,7 @@ def run(base: dict[str, Any], seeds: list[int], llc: dict[str, Any], scale: str,
         f"{late['r_llc_val_error']:.2f} / {late['r_llc_val_loss']:.2f} from t_mem on "
         "(paper: the LLC curve correlates with the test-error curve).",
     ]
-    return _finish(NAME, scale, root, {NAME: fig}, {NAME: rows}, summary, notes,
+    return C.finish(NAME, scale, root, {NAME: fig}, {NAME: rows}, summary, notes,
                    f"{len(cfgs)} seed(s) {seeds}; model {mc.model_dump()}; training "
                    f"{cfg0.train.model_dump(include={'epochs', 'batch_size', 'lr'})}; "
                    f"LLC at {llc}.")
