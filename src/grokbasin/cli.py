@@ -431,8 +431,9 @@ def experiment(
     res = run_experiment(name, scale, out, backend, workers, device, progress=not quiet)
     for note in res.notes:
         console.print(f"note: {note}")
-    for caption, path in {**res.figures, **res.tables}.items():
-        console.print(f"{caption}: {path}")
+    for kind, paths in (("figure", res.figures), ("table", res.tables)):
+        for caption, path in paths.items():
+            console.print(f"{kind} {caption}: {path}")
     if res.report:
         print(res.report)
 
