@@ -190,24 +190,15 @@ def render_figures(
     out = {}
     marks_all = {m["replica"]: m for m in metrics}
     replicas = sorted(marks_all)[:4]
+    sampler = _sampler_settings(cfg.llc, cfg.task.n_train)
     for rep in replicas:
         m_in, l_in = figs.trajectory_inputs(
-            metrics_t,
-            llc_t,
-            replica=rep,
-            sampler_hash=shash,
-            nbeta=cfg.llc.resolve_nbeta(cfg.task.n_train),
+            metrics_t, llc_t, replica=rep, sampler_hash=shash, nbeta=sampler["nbeta"]
         )
-        if l_in is not None:
-            l_in["sampler"] = _sampler_settings(cfg.llc, cfg.task.n_train)
         marks = {"t_mem": marks_all[rep].get("t_mem"), "t_gen": marks_all[rep].get("t_gen")}
+        title = _title(cfg, marks_all[rep])
         fig = figs.trajectory_figure(
-            m_in,
-            l_in,
-            _figure_theory(theory),
-            marks,
-            title=_title(cfg, marks_all[rep]),
-            sampler=_sampler_settings(cfg.llc, cfg.task.n_train),
+            m_in, l_in, _figure_theory(theory), marks, title=title, sampler=sampler
         )
         name = "trajectory.png" if len(replicas) == 1 else f"trajectory_replica{rep}.png"
         path = (run_dir.figures / name).resolve()
