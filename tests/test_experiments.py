@@ -157,3 +157,37 @@ def test_gsm_vs_lr_end_to_end_with_the_real_estimator(tmp_path, monkeypatch):
                                1, "cpu", False, settings)
     assert _llc_mtimes(tmp_path) == before
     assert repr(again.summary[1:]) == repr(agg)  # same numbers (repr: nan == nan)
+
+
+def test_sgld_sensitivity_cells_one_call_cached(tmp_path, monkeypatch):
+    from grokbasin.config import build_config
+    from grokbasin.llc import calibrate as cal
+    from grokbasin.train.runner import train
+
+    cfg = build_config({}, {"task.p": 7, "model.width": 8, "train.epochs": 30,
+                            "train.checkpoint_every": 10, "train.batch_size": 0,
+                            "train.lr": [1e-2]})
+    run = train(cfg, tmp_path, progress=False).run
+    calls = []
+    real = cal.calibrate
+    monkeypatch.setattr(cal, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    llc = {**_TINY_LLC, "draws": 30}
+    rows = paper_a.sensitivity_cells(run.path, 30, llc, [1e-4, 1e-3], [1.0, 300.0],
+                                     tmp_path / "cache")
+    assert len(calls) == 1  # the whole ε × γ grid in one sampler call
+    assert [(r["step_size"], r["gamma"]) for r in rows] == [
+        (1e-4, 1.0), (1e-4, 300.0), (1e-3, 1.0), (1e-3, 300.0)]
+    assert all(math.isfinite(r["llc"]) for r in rows)
+    by = {(r["step_size"], r["gamma"]): r["llc"] for r in rows}
+    # strong localisation (γ = 300) shrinks the excursion: λ̂ drops (no tolerance: ordering only)
+    assert by[(1e-3, 300.0)] < by[(1e-3, 1.0)]
+    again = paper_a.sensitivity_cells(run.path, 30, llc, [1e-4, 1e-3], [1.0, 300.0],
+                                      tmp_path / "cache")
+    assert len(calls) == 1 and again == rows  # cached: no new sampling, identical rows
+
+
+def test_critical_data_size_batch_falls_back_to_full_batch():
+    # p = 17, frac 0.1 has 28 training samples < 128: full batch (0); p = 23, frac 0.6 has 317
+    assert paper_a._batch_for(128, 17, 0.1) == 0
+    assert paper_a._batch_for(128, 23, 0.6) == 128
+    assert paper_a._batch_for(0, 23, 0.6) == 0
