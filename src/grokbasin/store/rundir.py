@@ -30,6 +30,8 @@ from safetensors.torch import load_file, save
 from grokbasin.errors import CorruptFileError
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.safetensors$")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask once: mkstemp files are 0600, results should not be
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -37,6 +39,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
