@@ -20,15 +20,6 @@ from grokbasin.models import build_model
 from grokbasin.tasks.modular import all_pairs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small batched tensors: one intra-op thread avoids contention on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _setup(loss: str = "centred_mse", R: int = 3, p: int = 11, K: int = 16):
     over = {"task.p": p, "model.width": K, "train.loss": loss, "train.batch_size": 16}
     cfg = build_config({}, over)

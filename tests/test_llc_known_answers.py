@@ -19,15 +19,6 @@ from grokbasin.llc.targets import from_functional, from_potential
 from grokbasin.theory.rrr import rank_matched_llc, rrr_learning_coefficient
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny batched tensors: intra-op threads only add contention on a shared CPU (≈6× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _linear(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(x, params["W"].transpose(1, 2))
 

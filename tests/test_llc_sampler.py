@@ -14,15 +14,6 @@ from grokbasin.llc.estimate import estimate_llc, sample, temperature_regression
 from grokbasin.llc.targets import Minibatcher, from_functional, from_module, from_potential
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny batched tensors: intra-op threads only add contention on a shared CPU (≈6× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _linear(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(x, params["W"].transpose(1, 2)) + params["b"][:, None, :]
 

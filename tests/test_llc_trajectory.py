@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from grokbasin.config import LLCConfig, build_config
 from grokbasin.errors import ConfigError
@@ -15,26 +14,12 @@ from grokbasin.store.rundir import RunDir, read_parquet
 from grokbasin.train.runner import train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny batched tensors: intra-op threads only add contention on a shared CPU (≈6× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     cfg = build_config({}, {"task.p": 11, "model.width": 16, "train.epochs": 60,
                             "train.checkpoint_every": 20, "train.batch_size": 16,
                             "train.seeds": [0, 1]})
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(cfg, tmp_path_factory.mktemp("runs"), progress=False).run
-    finally:
-        torch.set_num_threads(n)
+    return train(cfg, tmp_path_factory.mktemp("runs"), progress=False).run
 
 
 def _cfg(**kw) -> LLCConfig:
