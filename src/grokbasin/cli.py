@@ -6,6 +6,7 @@ printed as one line on stderr with exit code 2; nothing is written before valida
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -29,21 +30,6 @@ Opt = typer.Option
 OutOpt = Annotated[Path, Opt("--out", help="root folder of run directories")]
 
 
-def _train_overrides(**flags: Any) -> dict[str, Any]:
-    """CLI flags → dotted config keys (None means 'not given')."""
-    keys = {
-        "p": "task.p", "op": "task.op", "frac": "task.frac", "data_seed": "task.data_seed",
-        "model": "model.name", "width": "model.width", "embed_dim": "model.embed_dim",
-        "activation": "model.activation",
-        "loss": "train.loss", "optimizer": "train.optimizer", "lr": "train.lr",
-        "weight_decay": "train.weight_decay", "momentum": "train.momentum",
-        "batch_size": "train.batch_size", "epochs": "train.epochs",
-        "checkpoint_every": "train.checkpoint_every", "seeds": "train.seeds",
-        "early_stop": "train.early_stop", "device": "device",
-    }  # fmt: skip
-    return {keys[k]: v for k, v in flags.items() if k in keys and v is not None}
-
-
 def _resolve_config(
     config: Path | None, preset_name: str | None, overrides: dict[str, Any]
 ) -> RunConfig:
@@ -62,53 +48,96 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-# Shared training flags (typer needs them spelled out per command).
-P = Annotated[int | None, Opt(help="prime modulus p")]
-OP = Annotated[str | None, Opt(help="add | sub | mul | div")]
-FRAC = Annotated[float | None, Opt(help="training fraction in (0, 1)")]
-WIDTH = Annotated[int | None, Opt(help="hidden units K")]
-MODEL = Annotated[str | None, Opt(help="quadratic | mlp")]
-LOSS = Annotated[str | None, Opt(help="centred_mse | cross_entropy")]
-OPTIM = Annotated[str | None, Opt(help="adam | adamw | sgd")]
-LR = Annotated[str | None, Opt(help="learning rate(s), comma-separated: one replica each")]
-WD = Annotated[str | None, Opt("--weight-decay", help="weight decay(s), comma-separated")]
-BATCH = Annotated[int | None, Opt(help="minibatch size (0 = full batch)")]
-EPOCHS = Annotated[int | None, Opt(help="training epochs")]
-CKPT = Annotated[int | None, Opt(help="epochs between checkpoints")]
-SEEDS = Annotated[str | None, Opt(help="seeds, comma-separated: one replica each")]
-DEVICE = Annotated[str | None, Opt(help="cpu | cuda | cuda:N | mps | auto")]
+def _opt(kind: Any, help: str, *names: str) -> Any:
+    return Annotated[kind | None, Opt(*names, help=help)]
+
+
+# Every config flag once: CLI name -> (dotted config key, typer annotation). Commands take the
+# groups they need through @with_flags, so `train`, `run` and `llc` never repeat a declaration.
+TRAIN_FLAGS: dict[str, tuple[str, Any]] = {
+    "p": ("task.p", _opt(int, "prime modulus p")),
+    "op": ("task.op", _opt(str, "add | sub | mul | div")),
+    "frac": ("task.frac", _opt(float, "training fraction in (0, 1)")),
+    "width": ("model.width", _opt(int, "hidden units K")),
+    "model": ("model.name", _opt(str, "quadratic | mlp | transformer")),
+    "loss": ("train.loss", _opt(str, "centred_mse | cross_entropy")),
+    "optimizer": ("train.optimizer", _opt(str, "adam | adamw | sgd")),
+    "lr": ("train.lr", _opt(str, "learning rate(s), comma-separated: one replica each")),
+    "weight_decay": ("train.weight_decay", _opt(str, "weight decay(s), comma-separated")),
+    "batch_size": ("train.batch_size", _opt(int, "minibatch size (0 = full batch)")),
+    "epochs": ("train.epochs", _opt(int, "training epochs")),
+    "checkpoint_every": ("train.checkpoint_every", _opt(int, "epochs between checkpoints")),
+    "seeds": ("train.seeds", _opt(str, "seeds, comma-separated: one replica each")),
+}
+LLC_FLAGS: dict[str, tuple[str, Any]] = {
+    "chains": ("llc.chains", _opt(int, "SGLD chains per checkpoint")),
+    "draws": ("llc.draws", _opt(int, "SGLD draws kept after burn-in")),
+    "burnin": ("llc.burnin", _opt(int, "SGLD burn-in steps")),
+    "thin": ("llc.thin", _opt(int, "keep every n-th draw")),
+    "step_size": ("llc.step_size", _opt(float, "SGLD step size epsilon")),
+    "gamma": ("llc.gamma", _opt(float, "localisation strength gamma")),
+    "nbeta": ("llc.nbeta", _opt(str, "n*beta: a number, auto (B/ln B) or n_over_log_n")),
+    "llc_batch_size": ("llc.batch_size", _opt(int, "SGLD minibatch size")),
+    "llc_seed": ("llc.seed", _opt(int, "sampler seed")),
+    "checkpoints": ("llc.checkpoints", _opt(str, "checkpoints to estimate: all, last or E1,E2")),
+}
+DEVICE_FLAG = {"device": ("device", _opt(str, "cpu | cuda | cuda:N | mps | auto"))}
+
+
+def with_flags(*groups: dict[str, tuple[str, Any]]):
+    """Add the groups' flags to a command's signature (as keyword-only options, default None)."""
+
+    def deco(fn):
+        sig = inspect.signature(fn, eval_str=True)  # typer reads the signature as given
+        extra = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann)
+            for group in groups
+            for name, (_, ann) in group.items()
+        ]
+        own = [q for q in sig.parameters.values() if q.kind is not inspect.Parameter.VAR_KEYWORD]
+        fn.__signature__ = sig.replace(parameters=[*own, *extra])
+        return fn
+
+    return deco
+
+
+def overrides(flags: dict[str, Any], *groups: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    """Given flags -> dotted config keys (None means 'not given'); n*beta words or numbers."""
+    out = {key: flags[name] for g in groups for name, (key, _) in g.items()}
+    out = {k: v for k, v in out.items() if v is not None}
+    nb = out.get("llc.nbeta")
+    if nb is not None and nb not in ("auto", "n_over_log_n"):
+        try:
+            out["llc.nbeta"] = float(nb)
+        except ValueError:
+            raise ConfigError(
+                f"llc.nbeta: got {nb!r}; use a number, auto or n_over_log_n"
+            ) from None
+    return out
+
+
 CONFIG = Annotated[Path | None, Opt("--config", help="YAML config file (flags override it)")]
 JSON = Annotated[bool, Opt("--json", help="print a machine-readable summary")]
 QUIET = Annotated[bool, Opt("--quiet", help="no progress bars")]
 
 
 @app.command()
+@with_flags(TRAIN_FLAGS, DEVICE_FLAG)
 def train(
     config: CONFIG = None,
-    p: P = None,
-    op: OP = None,
-    frac: FRAC = None,
-    width: WIDTH = None,
-    model: MODEL = None,
-    loss: LOSS = None,
-    optimizer: OPTIM = None,
-    lr: LR = None,
-    weight_decay: WD = None,
-    batch_size: BATCH = None,
-    epochs: EPOCHS = None,
-    checkpoint_every: CKPT = None,
-    seeds: SEEDS = None,
     early_stop: Annotated[bool | None, Opt("--early-stop/--no-early-stop")] = None,
-    device: DEVICE = None,
     out: OutOpt = Path("runs"),
     as_json: JSON = False,
     quiet: QUIET = False,
+    **flags: Any,
 ) -> None:
     """Train a model (all seed x lr x weight-decay replicas batched); prints the run directory."""
     from grokbasin.train.runner import train as train_run
 
-    overrides = _train_overrides(**locals())
-    cfg = _resolve_config(config, None, overrides)
+    given = overrides(flags, TRAIN_FLAGS, DEVICE_FLAG)
+    if early_stop is not None:
+        given["train.early_stop"] = early_stop
+    cfg = _resolve_config(config, None, given)
     result = train_run(cfg, out, progress=not quiet)
     if as_json:
         print(
@@ -127,80 +156,24 @@ def train(
     print(result.run.path)
 
 
-CHAINS = Annotated[int | None, Opt(help="SGLD chains per checkpoint")]
-DRAWS = Annotated[int | None, Opt(help="SGLD draws kept after burn-in")]
-BURNIN = Annotated[int | None, Opt(help="SGLD burn-in steps")]
-THIN = Annotated[int | None, Opt(help="keep every n-th draw")]
-STEP = Annotated[float | None, Opt(help="SGLD step size epsilon")]
-GAMMA = Annotated[float | None, Opt(help="localisation strength gamma")]
-NBETA = Annotated[str | None, Opt(help="n*beta: a number, auto (B/ln B) or n_over_log_n")]
-LLC_BATCH = Annotated[int | None, Opt("--llc-batch-size", help="SGLD minibatch size")]
-LLC_SEED = Annotated[int | None, Opt("--llc-seed", help="sampler seed")]
-CKPTS = Annotated[str | None, Opt(help="checkpoints to estimate: all, last or E1,E2,...")]
-
-
-def _llc_overrides(**flags: Any) -> dict[str, Any]:
-    keys = {
-        "chains": "chains",
-        "draws": "draws",
-        "burnin": "burnin",
-        "thin": "thin",
-        "step_size": "step_size",
-        "gamma": "gamma",
-        "nbeta": "nbeta",
-        "llc_batch_size": "batch_size",
-        "llc_seed": "seed",
-        "checkpoints": "checkpoints",
-    }
-    out = {f"llc.{keys[k]}": v for k, v in flags.items() if k in keys and v is not None}
-    nb = out.get("llc.nbeta")
-    if nb is not None and nb not in ("auto", "n_over_log_n"):
-        try:
-            out["llc.nbeta"] = float(nb)
-        except ValueError:
-            raise ConfigError(
-                f"llc.nbeta: got {nb!r}; use a number, auto or n_over_log_n"
-            ) from None
-    return out
-
-
 @app.command()
+@with_flags(TRAIN_FLAGS, LLC_FLAGS, DEVICE_FLAG)
 def run(
     preset_name: Annotated[
         str | None, Opt("--preset", help="named preset (grokbasin presets)")
     ] = None,
     config: CONFIG = None,
-    p: P = None,
-    op: OP = None,
-    frac: FRAC = None,
-    width: WIDTH = None,
-    model: MODEL = None,
-    loss: LOSS = None,
-    optimizer: OPTIM = None,
-    lr: LR = None,
-    weight_decay: WD = None,
-    batch_size: BATCH = None,
-    epochs: EPOCHS = None,
-    checkpoint_every: CKPT = None,
-    seeds: SEEDS = None,
-    chains: CHAINS = None,
-    draws: DRAWS = None,
-    burnin: BURNIN = None,
-    step_size: STEP = None,
-    gamma: GAMMA = None,
-    nbeta: NBETA = None,
-    device: DEVICE = None,
     out: OutOpt = Path("runs"),
     as_json: JSON = False,
     quiet: QUIET = False,
+    **flags: Any,
 ) -> None:
     """The main job: train, LLC at every checkpoint, theory, grokking metrics, figure, report."""
     from grokbasin.pipeline import print_summary
     from grokbasin.pipeline import run as run_pipeline
 
-    flags = dict(locals())
-    overrides = _train_overrides(**flags) | _llc_overrides(**flags)
-    cfg = _resolve_config(config, preset_name or "default", overrides)
+    given = overrides(flags, TRAIN_FLAGS, LLC_FLAGS, DEVICE_FLAG)
+    cfg = _resolve_config(config, preset_name or "default", given)
     summary = run_pipeline(cfg, out, progress=not quiet)
     if as_json:
         print(
@@ -249,40 +222,41 @@ def theory(
 
 
 @app.command()
+@with_flags(LLC_FLAGS, DEVICE_FLAG)
 def llc(
     target: Annotated[str, typer.Argument(help="RUN_DIR, or 'calibrate' followed by RUN_DIR")],
     run_dir: Annotated[
         Path | None, typer.Argument(help="run directory (after 'calibrate')")
     ] = None,
-    checkpoints: CKPTS = None,
-    chains: CHAINS = None,
-    draws: DRAWS = None,
-    burnin: BURNIN = None,
-    thin: THIN = None,
-    step_size: STEP = None,
-    gamma: GAMMA = None,
-    nbeta: NBETA = None,
-    llc_batch_size: LLC_BATCH = None,
-    llc_seed: LLC_SEED = None,
     epoch: Annotated[int | None, Opt(help="calibrate: checkpoint epoch (default: last)")] = None,
     step_sizes: Annotated[str, Opt(help="calibrate: step sizes to try")] = "1e-5,1e-4,1e-3,1e-2",
     gammas: Annotated[str, Opt(help="calibrate: localisation strengths to try")] = "1,10,100",
     nbetas: Annotated[str | None, Opt(help="calibrate: n*beta values (default: --nbeta)")] = None,
     replica: Annotated[int, Opt(help="calibrate: training replica")] = 0,
     laplace: Annotated[str, Opt(help="calibrate: auto | exact | slq | off")] = "auto",
-    device: DEVICE = None,
     quiet: QUIET = False,
+    **flags: Any,
 ) -> None:
     """LLC at a run's checkpoints (writes RUN_DIR/llc.parquet), or `llc calibrate RUN_DIR`."""
     from grokbasin.store.rundir import RunDir
 
-    flags = dict(locals())
+    given, device = overrides(flags, LLC_FLAGS), flags["device"] or "cpu"
+    grid = {
+        "epoch": epoch,
+        "step_sizes": step_sizes,
+        "gammas": gammas,
+        "nbetas": nbetas,
+        "replica": replica,
+        "laplace": laplace,
+        "quiet": quiet,
+        "device": device,
+    }
     if target == "calibrate":
         if run_dir is None:
             raise ConfigError(
                 "llc calibrate: give the run directory: grokbasin llc calibrate RUN_DIR"
             )
-        _calibrate(RunDir(run_dir), flags)
+        _calibrate(RunDir(run_dir), given, grid)
         return
     if run_dir is not None:
         raise ConfigError(f"llc: unexpected second argument {str(run_dir)!r}")
@@ -292,9 +266,8 @@ def llc(
     from grokbasin.llc.trajectory import estimate_run
     from grokbasin.pipeline import print_summary, report_run
 
-    cfg = build_config(load_yaml(run.config), _llc_overrides(**flags))
-    dev = device or "cpu"
-    result = estimate_run(run.path, cfg.llc, dev, progress=not quiet)
+    cfg = build_config(load_yaml(run.config), given)
+    result = estimate_run(run.path, cfg.llc, device, progress=not quiet)
     console.print(
         f"LLC: {len(result.computed)} checkpoints sampled, {len(result.cached)} already estimated"
     )
@@ -314,14 +287,14 @@ def _floats(name: str, text: str | None) -> list[float] | None:
     return vals
 
 
-def _calibrate(run, flags: dict[str, Any]) -> None:
+def _calibrate(run, given: dict[str, Any], flags: dict[str, Any]) -> None:
     from grokbasin.llc.calibrate import calibrate, format_recommendation
 
     if not run.config.exists():
         raise ConfigError(f"RUN_DIR: {run.path} is not a run directory (no config.yaml)")
     if flags["laplace"] not in ("auto", "exact", "slq", "off"):
         raise ConfigError(f"--laplace: got {flags['laplace']!r}; use auto, exact, slq or off")
-    cfg = build_config(load_yaml(run.config), _llc_overrides(**flags))
+    cfg = build_config(load_yaml(run.config), given)
     cal = calibrate(
         run.path,
         flags["epoch"],
@@ -329,7 +302,7 @@ def _calibrate(run, flags: dict[str, Any]) -> None:
         _floats("step-sizes", flags["step_sizes"]),
         _floats("gammas", flags["gammas"]),
         _floats("nbetas", flags["nbetas"]),
-        device=flags["device"] or "cpu",
+        device=flags["device"],
         replica=flags["replica"],
         laplace=flags["laplace"],
         progress=not flags["quiet"],
