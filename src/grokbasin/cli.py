@@ -237,7 +237,10 @@ def llc(
     quiet: QUIET = False,
     **flags: Any,
 ) -> None:
-    """LLC at a run's checkpoints (writes RUN_DIR/llc.parquet), or `llc calibrate RUN_DIR`."""
+    """LLC at a run's checkpoints (writes RUN_DIR/llc.parquet), or `llc calibrate RUN_DIR`.
+
+    Sampler settings not given as flags are those of the run's newest estimate (else defaults).
+    """
     from grokbasin.store.rundir import RunDir
 
     given, device = overrides(flags, LLC_FLAGS), flags["device"] or "cpu"
@@ -264,9 +267,9 @@ def llc(
     if not run.config.exists():
         raise ConfigError(f"RUN_DIR: {target} is not a run directory (no config.yaml)")
     from grokbasin.llc.trajectory import estimate_run
-    from grokbasin.pipeline import print_summary, report_run
+    from grokbasin.pipeline import print_summary, report_run, stored_config
 
-    cfg = build_config(load_yaml(run.config), given)
+    cfg = build_config(stored_config(run).model_dump(mode="json"), given)
     result = estimate_run(run.path, cfg.llc, device, progress=not quiet)
     console.print(
         f"LLC: {len(result.computed)} checkpoints sampled, {len(result.cached)} already estimated"
@@ -289,12 +292,13 @@ def _floats(name: str, text: str | None) -> list[float] | None:
 
 def _calibrate(run, given: dict[str, Any], flags: dict[str, Any]) -> None:
     from grokbasin.llc.calibrate import calibrate, format_recommendation
+    from grokbasin.pipeline import stored_config
 
     if not run.config.exists():
         raise ConfigError(f"RUN_DIR: {run.path} is not a run directory (no config.yaml)")
     if flags["laplace"] not in ("auto", "exact", "slq", "off"):
         raise ConfigError(f"--laplace: got {flags['laplace']!r}; use auto, exact, slq or off")
-    cfg = build_config(load_yaml(run.config), given)
+    cfg = build_config(stored_config(run).model_dump(mode="json"), given)
     cal = calibrate(
         run.path,
         flags["epoch"],
