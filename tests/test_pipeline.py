@@ -111,6 +111,10 @@ def test_cli_llc_new_sampler_setting_adds_rows_and_report(finished, tmp_path):
     rows = pq.read_table(summary.run.llc).to_pylist()
     assert len({r["sampler_hash"] for r in rows}) == 2
     assert res.stdout.strip().splitlines()[-1] == str(summary.run.path)
+    # a bare re-run continues with the newest sampler settings: nothing new to sample
+    res = _cli("llc", str(summary.run.path), "--quiet", cwd=tmp_path)
+    assert res.returncode == 0 and "0 checkpoints sampled" in res.stderr, res.stderr
+    assert len(pq.read_table(summary.run.llc).to_pylist()) == len(rows)
     res = _cli("report", str(summary.run.path), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     res = _cli("runs", "--out", str(root), "--json", cwd=tmp_path)
