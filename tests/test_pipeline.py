@@ -111,10 +111,14 @@ def test_cli_llc_new_sampler_setting_adds_rows_and_report(finished, tmp_path):
     rows = pq.read_table(summary.run.llc).to_pylist()
     assert len({r["sampler_hash"] for r in rows}) == 2
     assert res.stdout.strip().splitlines()[-1] == str(summary.run.path)
-    # a bare re-run continues with the newest sampler settings: nothing new to sample
+    # a bare re-run continues with the newest sampler settings (at every checkpoint): it fills
+    # in the two checkpoints the --checkpoints last call skipped, then has nothing left to do
     res = _cli("llc", str(summary.run.path), "--quiet", cwd=tmp_path)
-    assert res.returncode == 0 and "0 checkpoints sampled" in res.stderr, res.stderr
-    assert len(pq.read_table(summary.run.llc).to_pylist()) == len(rows)
+    assert res.returncode == 0 and "2 checkpoints sampled, 1 already" in res.stderr, res.stderr
+    res = _cli("llc", str(summary.run.path), "--quiet", cwd=tmp_path)
+    assert res.returncode == 0 and "0 checkpoints sampled, 3 already" in res.stderr, res.stderr
+    hashes = {r["sampler_hash"] for r in pq.read_table(summary.run.llc).to_pylist()}
+    assert hashes == {r["sampler_hash"] for r in rows}  # no third sampler setting appeared
     res = _cli("report", str(summary.run.path), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     res = _cli("runs", "--out", str(root), "--json", cwd=tmp_path)
