@@ -117,6 +117,16 @@ def solution_epoch(rows: Sequence[dict[str, Any]], train_acc: float = 0.99,
     return int(max(r["epoch"] for r in rows)), False
 
 
+def solution_metrics(
+    rows: Sequence[dict[str, Any]],
+) -> tuple[int, bool, dict[str, Any]]:
+    """(solution epoch, generalised, grokking metrics up to it): a later collapse is not counted."""
+    from grokbasin.analysis.grokking import grokking_metrics
+
+    end, ok = solution_epoch(rows)
+    return end, ok, grokking_metrics([r for r in rows if r["epoch"] <= end])[0]
+
+
 def at_solution(cfgs: Sequence[RunConfig], root: Path) -> list[RunConfig]:
     """Each trained config with its LLC checkpoint set to its :func:`solution_epoch`."""
     out = []

@@ -153,16 +153,13 @@ def _gsm_sweep(name: str, key: str, values: list[float], scale: str, root: Path,
                settings: tuple[dict[str, Any], list[int], dict[str, Any]] | None = None
                ) -> ExperimentResult:
     """GSM (and max LLC along training) vs a hyperparameter; exponential-decay fit."""
-    from grokbasin.analysis.grokking import grokking_metrics
-
     base, seeds, llc = settings or gsm_settings(scale)
     cfgs = C.configs(base, {key: values}, seeds=seeds, llc=llc, device=device)
     C.execute(cfgs, root, True, backend, workers, progress)
     rows = []
     for c in cfgs:
         mrows = C.metrics_rows(c, root)
-        end, ok = C.solution_epoch(mrows)
-        g = grokking_metrics([r for r in mrows if r["epoch"] <= end])[0]
+        end, ok, g = C.solution_metrics(mrows)
         by = C.llc_by_epoch(c, root)
         means = [float(np.mean(v)) for v in by.values()]
         rows.append({"value": c.train.lr[0] if key == "train.lr" else c.train.weight_decay[0],
@@ -252,8 +249,6 @@ def _batch_for(batch: int, p: int, frac: float) -> int:
 @register("critical-data-size", "Fig. 14: val accuracy vs N/(p ln p), regimes and boundary")
 def critical_data_size(scale: str, root: Path, backend: str, workers: int, device: str,
                        progress: bool) -> ExperimentResult:
-    from grokbasin.analysis.grokking import grokking_metrics
-
     if scale == "paper":
         ps, fracs = [53, 67, 79, 83, 101, 103], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
         base = {"model": {"width": 1024}, "train": _TRAIN_PAPER}
@@ -269,8 +264,7 @@ def critical_data_size(scale: str, root: Path, backend: str, workers: int, devic
     rows = []
     for c in cfgs:
         mrows = C.metrics_rows(c, root)
-        e, _ = C.solution_epoch(mrows)
-        g = grokking_metrics([r for r in mrows if r["epoch"] <= e])[0]
+        e, _, g = C.solution_metrics(mrows)
         fm = next(r for r in mrows if r["epoch"] == e)
         p, n = c.task.p, c.task.n_train
         rows.append({"p": p, "frac": c.task.frac, "n_train": n, "scaled": n / (p * math.log(p)),
