@@ -3,15 +3,17 @@
 
 Side by side in one process (the machine is shared, so only ratios within one run mean much):
   grokbasin      ``estimate_runs`` over all checkpoints × chains in one batched call (the real API,
-                 fast quadratic gradient + fused in-place SGLD), timed before and after devinterp
-  devinterp      devinterp 1.3.2 ``estimate_learning_coeff``, one checkpoint after another
+                 fast quadratic gradient + fused in-place SGLD, replicas split over ``--workers``
+                 CPU threads: default all cores), timed before and after devinterp
+  devinterp      devinterp 1.3.2 ``estimate_learning_coeff``, one checkpoint after another, with
+                 1 and with ``--workers`` torch threads; the faster is the reference
   loop           one chain at a time, plain torch autograd + torch.randn SGLD
   --ablation     the same batched call with the reference paths: autograd + generic step,
-                 fast gradient + generic step, fast gradient + fused step
-  --scaling      chain-steps/s of the fused path as the replica count R goes 1 → 256
-  --micro        per-step pieces at R = 80: noise generators, gradients, 1 vs 2 torch threads
+                 fast gradient + generic step, fast gradient + fused step (1 and N workers)
+  --scaling      chain-steps/s of the fused path (1 worker) as the replica count R goes 1 → 256
+  --micro        per-step pieces at R = 80: noise generators, gradients, 1 vs N workers
 
-    python benchmarks/bench_llc_cpu.py [--threads 1] [--checkpoints 20] [--ablation] [--scaling]
+    python benchmarks/bench_llc_cpu.py [--workers N] [--checkpoints 20] [--ablation] [--scaling]
                                        [--micro] [--skip-devinterp] [--skip-loop] [--root DIR]
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import subprocess
 import time
@@ -102,7 +105,7 @@ def devinterp_baseline(ckpts: list[dict], x, y, rows, nbeta: float) -> float | N
 
 
 def batched(
-    cfg, ckpts: list[dict], copies: int, steps: int, fast: bool, fused: bool, threads: int = 1
+    cfg, ckpts: list[dict], copies: int, steps: int, fast: bool, fused: bool, workers: int = 1
 ) -> float:
     """Wall time of one estimate_llc call over len(ckpts) groups × ``copies`` chains."""
     p0 = {
@@ -112,15 +115,11 @@ def batched(
     rows = modular_train_rows(cfg).repeat(len(ckpts), 1).repeat_interleave(copies, 0)
     target = from_modular(cfg, p0, rows, BATCH, fast=fast)
     burnin = steps // 3
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     estimate_llc(target, groups=len(ckpts), chains=copies, step_size=EPS, gamma=GAMMA,
                  burnin=burnin, draws=steps - burnin, seed=1, diagnose=False, fused=fused,
-                 cpu_threads=None)
-    dt = time.perf_counter() - t0
-    torch.set_num_threads(before)
-    return dt
+                 cpu_workers=workers)
+    return time.perf_counter() - t0
 
 
 def _ms(fn, reps: int = 20) -> float:
@@ -132,7 +131,7 @@ def _ms(fn, reps: int = 20) -> float:
     return (time.perf_counter() - t0) / reps * 1e3
 
 
-def micro(cfg, ckpts: list[dict]) -> None:
+def micro(cfg, ckpts: list[dict], workers: int) -> None:
     """Per-step pieces at R = len(ckpts)·CHAINS, each timed alone."""
     from grokbasin import rng
 
@@ -146,7 +145,7 @@ def micro(cfg, ckpts: list[dict]) -> None:
     print(f"\n| piece (R = {R}, {n} parameters each) | ms per step |\n|---|---|")
     print(f"| noise: rng.normal (24-bit inverse CDF, 2 lowbias32 rounds) | "
           f"{_ms(lambda: rng.normal(keys, (n,))):.2f} |")
-    print(f"| noise: rng.NormalStream (SplitMix64 + Box-Muller, in place) | "
+    print(f"| noise: rng.NormalStream (SplitMix64 + polynomial Box-Muller, in place) | "
           f"{_ms(lambda: stream(keys, 3)):.2f} |")
     print(f"| noise: torch.randn (not per-replica, for scale) | "
           f"{_ms(lambda: torch.randn(R, n)):.2f} |")
@@ -157,9 +156,9 @@ def micro(cfg, ckpts: list[dict]) -> None:
     print(f"| gradient: autograd | {_ms(lambda: ref.loss_and_grad(p0, idx)):.2f} |")
     print(f"| gradient: hand-written, into buffers | "
           f"{_ms(lambda: fast.loss_and_grad_into(p0, idx, out)):.2f} |")
-    for threads in (1, 2):
-        ms = batched(cfg, ckpts, CHAINS, 30, True, True, threads) / 30 * 1e3
-        print(f"| whole fused sampler step, torch threads={threads} | {ms:.2f} |")
+    for w in sorted({1, workers}):
+        ms = batched(cfg, ckpts, CHAINS, 60, True, True, w) / 60 * 1e3
+        print(f"| whole fused sampler step, {w} CPU worker(s) | {ms:.2f} |")
 
 
 def _row(name: str, seconds: float, chain_steps: int, ref: float | None) -> None:
@@ -169,7 +168,7 @@ def _row(name: str, seconds: float, chain_steps: int, ref: float | None) -> None
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--checkpoints", type=int, default=20)
     ap.add_argument("--root", default="/tmp/grokbasin-bench")
     ap.add_argument("--skip-devinterp", action="store_true")
@@ -178,7 +177,7 @@ def main() -> None:
     ap.add_argument("--scaling", action="store_true")
     ap.add_argument("--micro", action="store_true")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    torch.set_num_threads(1)
     cfg = build_config({}, {"train.checkpoint_every": 125})
     run = train(cfg, a.root, progress=False).run
     epochs = run.checkpoint_epochs()[1 : a.checkpoints + 1]
@@ -191,38 +190,50 @@ def main() -> None:
     cs = len(epochs) * CHAINS * STEPS
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"threads={a.threads}; {load}")
+          f"workers={a.workers}; {load}")
     print(f"# {len(epochs)} checkpoints x {CHAINS} chains x {STEPS} steps = {cs} chain-steps, "
           f"p={cfg.task.p} K={cfg.model.width} batch {BATCH} eps {EPS} gamma {GAMMA} "
           f"nbeta {nbeta:.2f}")
     print("| method | wall s | chain-steps/s | vs devinterp |\n|---|---|---|---|")
 
-    def grokbasin() -> float:
+    def grokbasin(workers: int) -> float:
         run.llc.unlink(missing_ok=True)
+        torch.set_num_threads(workers)  # the sampler runs one replica shard per torch thread
         t0 = time.perf_counter()
         estimate_runs([run.path], llc, progress=False)
-        return time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        torch.set_num_threads(1)
+        return dt
 
-    t_gb = [grokbasin()]
-    t_di = None if a.skip_devinterp else devinterp_baseline(ckpts, x, y, rows, nbeta)
-    t_gb.append(grokbasin())
-    ref = t_di
-    if t_di is not None:
-        _row("devinterp 1.3.2", t_di, cs, ref)
-    _row("grokbasin estimate_runs (before)", t_gb[0], cs, ref)
-    _row("grokbasin estimate_runs (after)", t_gb[1], cs, ref)
+    def devinterp(threads: int) -> float | None:
+        torch.set_num_threads(threads)
+        dt = None if a.skip_devinterp else devinterp_baseline(ckpts, x, y, rows, nbeta)
+        torch.set_num_threads(1)
+        return dt
+
+    t_gb = [grokbasin(a.workers)]
+    t_di = {th: devinterp(th) for th in sorted({1, a.workers})}
+    t_gb.append(grokbasin(a.workers))
+    t_gb1 = grokbasin(1)
+    ref = min(t_di.values()) if None not in t_di.values() else None
+    for th, t in t_di.items():
+        if t is not None:
+            _row(f"devinterp 1.3.2, {th} torch thread(s)", t, cs, ref)
+    _row(f"grokbasin, {a.workers} workers (before)", t_gb[0], cs, ref)
+    _row(f"grokbasin, {a.workers} workers (after)", t_gb[1], cs, ref)
+    _row("grokbasin, 1 worker", t_gb1, cs, ref)
     if not a.skip_loop:
         _row("per-chain torch loop", loop_baseline(ckpts, x, y, rows, nbeta), cs, ref)
     if a.ablation:
-        for name, fast, fused, threads in (
+        for name, fast, fused, workers in (
             ("batched: autograd + generic step", False, False, 1),
             ("batched: fast grad + generic step", True, False, 1),
             ("batched: fast grad + fused step", True, True, 1),
-            ("batched: fast + fused, 2 threads", True, True, 2),
+            (f"batched: fast + fused, {a.workers} workers", True, True, a.workers),
         ):
-            _row(name, batched(cfg, ckpts, CHAINS, STEPS, fast, fused, threads), cs, ref)
+            _row(name, batched(cfg, ckpts, CHAINS, STEPS, fast, fused, workers), cs, ref)
     if a.micro:
-        micro(cfg, ckpts)
+        micro(cfg, ckpts, a.workers)
     if a.scaling:
         print("\n| replicas R | chain-steps/s (fused, 60 steps) |\n|---|---|")
         for R in (1, 4, 16, 64, 128, 256):

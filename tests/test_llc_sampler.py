@@ -135,10 +135,16 @@ def test_module_target_gradients_match_autograd() -> None:
         torch.testing.assert_close(grads["bias"][r], ref.bias.grad, rtol=1e-5, atol=1e-6)
     full = t.full_loss(p0)
     assert full.shape == (R,) and torch.isfinite(full).all()
+    kw = dict(chains=4, nbetas=[20.0], step_size=1e-4, gamma=1.0, burnin=5, draws=10,
+              diagnose=False)
     est = estimate_llc(
-        from_module(net, torch.nn.functional.mse_loss, X, Y, replicas=4, batch_size=16),
-        chains=4, nbetas=[20.0], step_size=1e-4, gamma=1.0, burnin=5, draws=10, diagnose=False)
+        from_module(net, torch.nn.functional.mse_loss, X, Y, replicas=4, batch_size=16), **kw)
     assert np.isfinite(est.llc).all()
+    # torch.func transforms also run in the sampler's worker threads (2 shards): same traces
+    two = estimate_llc(
+        from_module(net, torch.nn.functional.mse_loss, X, Y, replicas=4, batch_size=16),
+        cpu_workers=2, **kw)
+    np.testing.assert_allclose(two.result.traces, est.result.traces, rtol=1e-5)
 
 
 @pytest.mark.parametrize(("method", "eps"), [("rmsprop_sgld", 1e-4), ("sgnht", 1e-3)])
@@ -183,6 +189,19 @@ def test_minibatches_cover_each_sample_once_per_epoch() -> None:
     assert (epoch0.sort(dim=1).values == torch.arange(12)).all()
     assert not torch.equal(epoch0[0], epoch0[1])
     assert not torch.equal(torch.cat([mb(s) for s in range(3, 6)], dim=1), epoch0)
+
+
+def test_minibatch_epochs_do_not_depend_on_how_they_are_drawn() -> None:
+    # Permutations are hashed for blocks of epochs; epoch e must be permutation(fold_in(key, e))
+    # whichever block it falls in, including past a block boundary (exact equality).
+    keys = rng.key([3, 4, 5])
+    mb = Minibatcher(keys, n=10, batch_size=5, max_elems=3 * 10 * 4)  # blocks of 4 epochs
+    assert mb.block == 4
+    ref = rng.fold_in(keys, 0xBA7C)
+    for epoch in (0, 3, 4, 9, 2):  # forwards across blocks, then back to an earlier block
+        want = rng.permutation(rng.fold_in(ref, epoch), 10)
+        got = torch.cat([mb(2 * epoch), mb(2 * epoch + 1)], dim=1)
+        assert torch.equal(got, want)
 
 
 def test_devinterp_baseline_and_wbic() -> None:

@@ -139,7 +139,7 @@ class TrainConfig(_Strict):
         ]
 
 
-NOISE_STREAM = "splitmix64-boxmuller"  # bump when the SGLD noise stream changes
+NOISE_STREAM = "splitmix64-polynomial-boxmuller"  # bump when the SGLD noise stream changes
 
 
 class LLCConfig(_Strict):

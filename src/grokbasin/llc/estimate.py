@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ import torch
 from grokbasin import rng
 from grokbasin.device import intra_op_threads
 from grokbasin.llc import sgld
-from grokbasin.llc.targets import Target
+from grokbasin.llc.targets import Params, Target
 
 
 @dataclass
@@ -40,6 +41,21 @@ class SampleResult:
     diverged: np.ndarray  # [R] bool: a non-finite loss was met (chain frozen at w* afterwards)
     norms: dict[str, np.ndarray] | None = None  # name -> [R, steps]
     mala_accept: np.ndarray | None = None  # [R] mean MALA acceptance probability over all steps
+
+    @classmethod
+    def concat(cls, parts: list[SampleResult]) -> SampleResult:
+        """Results of consecutive replica ranges joined along the replica axis."""
+
+        def cat(name: str):
+            vals = [getattr(r, name) for r in parts]
+            if vals[0] is None:
+                return None
+            if isinstance(vals[0], dict):
+                return {k: np.concatenate([v[k] for v in vals]) for k in vals[0]}
+            return np.concatenate(vals)
+
+        names = [f.name for f in fields(cls) if f.name != "n"]
+        return cls(n=parts[0].n, **{k: cat(k) for k in names})
 
     @property
     def mean_loss(self) -> np.ndarray:
@@ -74,9 +90,9 @@ def sample(
     baseline: str = "full",
     record_norms: bool = False,
     mala: bool = False,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[float], None] | None = None,
     fused: bool = True,
-    cpu_threads: int | None = 1,
+    cpu_workers: int | None = None,
 ) -> SampleResult:
     """Run burn-in + draws·thin sampler steps for all R replicas together; record draw losses.
 
@@ -84,16 +100,47 @@ def sample(
     A chain whose loss turns non-finite is reset to w* and frozen; its later draws are NaN and the
     other chains continue untouched. Plain SGLD without masks, norms or MALA takes the in-place
     :class:`sgld.FusedSGLD` path (same update and noise; ``fused=False`` forces the reference).
-    On a CPU the sampler runs with ``cpu_threads`` intra-op threads (restored afterwards; None
-    leaves the setting alone): replica batching already makes each op one large kernel, and on
-    a busy 2-core machine OpenMP barriers over ~50 ops per step made 2 threads 13× slower than 1.
+
+    On a CPU the replicas are split into ``cpu_workers`` contiguous shards (default: torch's
+    thread count, so a process pool's per-worker share is respected) that run in threads, each
+    with one intra-op thread. Shards never synchronise, so a busy core slows one shard instead
+    of stalling every op at an OpenMP barrier (2 intra-op threads on a shared 2-core machine ran
+    13× slower than 1). Results do not depend on the sharding: each replica has its own streams.
+    ``on_step`` receives the fraction of all replica-steps done since its last call.
     """
     dev = next(iter(target.params0.values())).device
-    with intra_op_threads(dev, cpu_threads):
-        return _sample(
-            target, hyper, keys, burnin, draws, thin, method, baseline, record_norms, mala,
-            on_step, fused,
-        )
+    bounds = _shard_bounds(target, dev, cpu_workers)
+    args = (burnin, draws, thin, method, baseline, record_norms, mala)
+    with intra_op_threads(dev, 1):
+        if len(bounds) == 1:
+            return _sample(target, hyper, keys, *args, on_step, fused)
+        R = target.replicas
+
+        def run(lo: int, hi: int) -> SampleResult:
+            torch.set_num_threads(1)  # OpenMP's thread count is per thread: a new one has all
+            tick = None if on_step is None else (lambda k: on_step(k * (hi - lo) / R))
+            with torch.no_grad():
+                return _sample(
+                    target.shard(lo, hi), hyper.subset(slice(lo, hi)), keys[lo:hi], *args, tick,
+                    fused,
+                )
+
+        with ThreadPoolExecutor(len(bounds), thread_name_prefix="grokbasin-shard") as pool:
+            parts = list(pool.map(run, *zip(*bounds, strict=True)))
+    return SampleResult.concat(parts)
+
+
+def _shard_bounds(target: Target, dev: torch.device, workers: int | None) -> list[tuple[int, int]]:
+    """Contiguous [lo, hi) replica ranges, one per CPU worker (one range off the CPU)."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"cpu_workers must be >= 1, got {workers}")
+    n = workers or torch.get_num_threads()
+    if dev.type != "cpu" or target.shard is None:
+        n = 1
+    R = target.replicas
+    n = max(1, min(n, R))
+    cuts = [R * i // n for i in range(n + 1)]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
 def _sample(
@@ -107,10 +154,10 @@ def _sample(
     baseline: str,
     record_norms: bool,
     mala: bool,
-    on_step: Callable[[int], None] | None,
+    on_step: Callable[[float], None] | None,
     fused: bool,
 ) -> SampleResult:
-    """The body of :func:`sample`."""
+    """The body of :func:`sample` for one set of replicas, in the calling thread."""
     if baseline not in ("full", "devinterp"):
         raise ValueError(f"baseline must be 'full' or 'devinterp', got {baseline!r}")
     if mala and method != "sgld":
@@ -142,18 +189,17 @@ def _sample(
         bad = ~torch.isfinite(loss) & alive
         if bool(bad.any()):  # freeze diverged chains at w*; the others never see them
             alive &= ~bad
-            params = {k: torch.where(_bview(alive, v), v, center[k]) for k, v in params.items()}
-            grads = {
-                k: torch.where(_bview(alive, g), g, torch.zeros_like(g)) for k, g in grads.items()
-            }
+            _reset_(params, center, ~alive)
+            for g in grads.values():
+                g[~alive] = 0.0
         if t == 0:
             first = loss.clone()
         if t >= burnin and (t - burnin) % thin == 0:
             traces[:, (t - burnin) // thin] = torch.where(alive, loss, torch.nan)
         with torch.no_grad():
+            nrm = None
             if fast is not None:
                 fast.step_(params, grads, t)
-                new, nrm = params, None
             else:
                 if mala:
                     u = sgld.potential(loss, {k: params[k] for k in target.names}, center, hyper)
@@ -162,14 +208,12 @@ def _sample(
                         la = sgld.mala_log_accept(prev[0], prev[1], prev[2], u, gu, params, hyper)
                         acc_sum += torch.nan_to_num(la.exp(), nan=0.0)
                     prev = (u, gu, {k: params[k] for k in target.names})
-                new, state, nrm = sgld.step(
+                params, state, nrm = sgld.step(
                     method, params, grads, center, state, hyper, keys, t, target.masks,
                     record_norms,
                 )
-            frozen = ~alive
-            if bool(frozen.any()):
-                new = {k: torch.where(_bview(alive, v), v, center[k]) for k, v in new.items()}
-            params = new
+            if not bool(alive.all()):
+                _reset_(params, center, ~alive)
         if nrm is not None:
             for k, v in nrm.items():
                 norms[k].append(v)
@@ -191,8 +235,10 @@ def _sample(
     )
 
 
-def _bview(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *([1] * (like.dim() - 1)))
+def _reset_(params: Params, center: Params, dead: torch.Tensor) -> None:
+    """Put the ``dead`` replicas back at w*, in place."""
+    for k, v in params.items():
+        v[dead] = center[k][dead]
 
 
 def chain_keys(
@@ -293,13 +339,15 @@ def estimate_llc(
     diagnose: bool = True,
     on_step: Callable[[int], None] | None = None,
     fused: bool = True,
-    cpu_threads: int | None = 1,
+    cpu_workers: int | None = None,
 ) -> Estimate:
     """λ̂ for a target laid out as groups × temperatures × chains, in one batched sampler run.
 
     ``nbetas`` default: [B/ln B] with B the target's batch size (devinterp). step_size and gamma
     may be per-replica sequences (an ε×γ grid laid out by the caller). Diagnostics from
-    ``grokbasin.llc.diagnostics.diagnose`` are attached per (group, temperature).
+    ``grokbasin.llc.diagnostics.diagnose`` are attached per (group, temperature). On a CPU the
+    replicas run in ``cpu_workers`` parallel shards (default: torch's thread count; see
+    :func:`sample`).
     """
     nb = np.asarray(
         nbetas if nbetas is not None else [sgld.default_nbeta(max(2, target.batch_size))],
@@ -319,7 +367,7 @@ def estimate_llc(
     keys = chain_keys(seed, group_ids or [[g] for g in range(groups)], B, chains, dev)
     res = sample(
         target, hyper, keys, burnin, draws, thin, method, baseline, record_norms, mala, on_step,
-        fused, cpu_threads,
+        fused, cpu_workers,
     )
     est = Estimate(res, groups, nb, chains)
     if diagnose:

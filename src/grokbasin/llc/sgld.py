@@ -115,7 +115,7 @@ class FusedSGLD:
     """Plain SGLD (no masks, norms or MALA) updating params in place with no per-step tensors.
 
     Rewrites devinterp's update as w ← a·w + b·w* + c·∇L_B + s·ξ with per-replica constants
-    a = 1 − ε(γ+ω)/2, b = εγ/2, c = −εnβ/2, s = √ε·σ and b·w* precomputed once: four in-place
+    a = 1 − ε(γ+ω)/2, b = εγ/2, c = −εnβ/2, s = √ε·σ and b·w* precomputed once: three in-place
     passes per tensor. ξ is exactly :func:`noise`'s, from a preallocated stream.
     """
 
@@ -137,8 +137,8 @@ class FusedSGLD:
         """Advance every replica one step, in place."""
         xi = _split(self.stream(self.keys, t), self.names, params)
         for k in self.names:
-            params[k].mul_(self.a[k]).add_(self.bc[k]).addcmul_(grads[k], self.c[k])
-            params[k].addcmul_(xi[k], self.s[k])
+            w = torch.addcmul(self.bc[k], params[k], self.a[k], out=params[k])
+            w.addcmul_(grads[k], self.c[k]).addcmul_(xi[k], self.s[k])
 
 
 def init_state(

@@ -28,23 +28,31 @@ GradFn = Callable[[Params, torch.Tensor], tuple[torch.Tensor, Params]]
 # (params, idx, out grads) -> loss: like GradFn but writes the gradients into preallocated tensors
 GradIntoFn = Callable[[Params, torch.Tensor, Params], tuple[torch.Tensor, Params]]
 _BATCH_TAG = 0xBA7C
+CPU_BLOCK = 16  # replicas per block of the quadratic-net gradient on a CPU
 
 
 class Minibatcher:
-    """Per-replica minibatch indices [R, B]: a fresh seeded permutation of range(n) each epoch."""
+    """Per-replica minibatch indices [R, B]: a fresh seeded permutation of range(n) each epoch.
 
-    def __init__(self, keys: torch.Tensor, n: int, batch_size: int):
+    Permutations are drawn for a block of epochs at once (one hash and one sort instead of ~40
+    small ops per step); epoch e's permutation is the same whichever block it falls in.
+    """
+
+    def __init__(self, keys: torch.Tensor, n: int, batch_size: int, max_elems: int = 1 << 22):
         self.keys, self.n, self.b = rng.fold_in(keys, _BATCH_TAG), n, min(batch_size, n)
         self.per_epoch = max(1, n // self.b)  # drop the short last batch: every batch has B rows
-        self._epoch, self._perm = -1, None
+        self.block = max(1, min(64, max_elems // max(1, keys.shape[0] * n)))  # epochs per draw
+        self._first, self._perms = -1, None  # [R, block, n] permutations of epochs first...
 
     def __call__(self, step: int) -> torch.Tensor:
         if self.b == self.n:
             return torch.arange(self.n, device=self.keys.device).expand(self.keys.shape[0], -1)
         epoch, j = divmod(step, self.per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._perm = epoch, rng.permutation(rng.fold_in(self.keys, epoch), self.n)
-        return self._perm[:, j * self.b : (j + 1) * self.b]
+        if self._perms is None or not 0 <= epoch - self._first < self.block:
+            self._first = epoch
+            ks = rng.fold_in_many(self.keys, range(epoch, epoch + self.block))  # [R, block]
+            self._perms = rng.permutation(ks.reshape(-1), self.n).view(*ks.shape, self.n)
+        return self._perms[:, epoch - self._first, j * self.b : (j + 1) * self.b]
 
 
 @dataclass
@@ -60,6 +68,9 @@ class Target:
     names: list[str] = field(default_factory=list)  # sampled parameters
     masks: dict[str, torch.Tensor] | None = None
     loss_and_grad_into: GradIntoFn | None = None  # optional allocation-free fast path
+    # (lo, hi) -> the same target for replicas lo..hi-1 with its own buffers, so shards can run
+    # in parallel threads; None where a constructor cannot split (elementwise masks)
+    shard: Callable[[int, int], Target] | None = None
 
     @property
     def replicas(self) -> int:
@@ -129,9 +140,15 @@ def from_functional(
         idx = torch.arange(n, device=X.device).expand(R, -1)
         return loss(params, idx)
 
+    def shard(lo: int, hi: int) -> Target:
+        X_, Y_ = (X[lo:hi], Y[lo:hi]) if per_replica else (X, Y)
+        return from_functional(forward, loss_fn, _rows(params0, lo, hi), X_, Y_, batch_size,
+                               names, None, per_replica)
+
     sel = _select(params0, names)
     return Target(
-        params0, n, batch_size or n, loss, autograd_loss_and_grad(loss, sel), full, sel, masks
+        params0, n, batch_size or n, loss, autograd_loss_and_grad(loss, sel), full, sel, masks,
+        shard=None if masks else shard,
     )
 
 
@@ -146,8 +163,13 @@ def from_potential(
     def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:
         return potential(params)
 
+    def shard(lo: int, hi: int) -> Target:
+        return from_potential(potential, _rows(params0, lo, hi), n, names)
+
     sel = _select(params0, names)
-    return Target(params0, n, n, loss, autograd_loss_and_grad(loss, sel), potential, sel)
+    return Target(
+        params0, n, n, loss, autograd_loss_and_grad(loss, sel), potential, sel, shard=shard
+    )
 
 
 def from_module(
@@ -199,7 +221,14 @@ def from_module(
         ps, pf = split(params)
         return full_loss(ps, pf, X, Y)
 
-    return Target(params0, n, batch_size or n, loss, loss_and_grad, full, sel, masks)
+    def shard(lo: int, hi: int) -> Target:
+        return from_module(module, loss_fn, X, Y, hi - lo, batch_size, _rows(params0, lo, hi),
+                           names)
+
+    return Target(
+        params0, n, batch_size or n, loss, loss_and_grad, full, sel, masks,
+        shard=None if masks else shard,
+    )
 
 
 def modular_train_rows(cfg) -> torch.Tensor:
@@ -254,9 +283,22 @@ def from_modular(
             out.append(loss_fn(model.forward(p, x[r]), y[r]))
         return torch.cat(out)
 
+    def shard(lo: int, hi: int) -> Target:
+        return from_modular(cfg, _rows(params0, lo, hi), rows[lo:hi], batch_size, names, None,
+                            max_elems, fast)
+
     sel = _select(params0, names)
+    split = None if masks else shard
     if fast and cfg.model.name == "quadratic" and cfg.train.loss in FAST_LOSSES:
-        chunk = 16 if dev.type == "cpu" else rows.shape[0]  # cache blocking helps CPUs only
+        chunk = CPU_BLOCK if dev.type == "cpu" else rows.shape[0]  # cache blocking: CPUs only
         qg = QuadraticGrad(x, y, rows, cfg.task.p, cfg.train.loss, sel, chunk)
-        return Target(params0, n, batch_size, loss, qg, full, sel, masks, qg)
-    return Target(params0, n, batch_size, loss, autograd_loss_and_grad(loss, sel), full, sel, masks)
+        return Target(params0, n, batch_size, loss, qg, full, sel, masks, qg, split)
+    return Target(
+        params0, n, batch_size, loss, autograd_loss_and_grad(loss, sel), full, sel, masks,
+        shard=split,
+    )
+
+
+def _rows(params: Params, lo: int, hi: int) -> Params:
+    """Replicas lo..hi-1 of every tensor."""
+    return {k: v[lo:hi] for k, v in params.items()}
