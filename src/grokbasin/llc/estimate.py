@@ -116,17 +116,16 @@ def sample(
             return _sample(target, hyper, keys, *args, on_step, fused)
         R = target.replicas
 
-        def run(lo: int, hi: int) -> SampleResult:
+        def run(bound: tuple[int, int]) -> SampleResult:
+            lo, hi = bound
             torch.set_num_threads(1)  # OpenMP's thread count is per thread: a new one has all
             tick = None if on_step is None else (lambda k: on_step(k * (hi - lo) / R))
-            with torch.no_grad():
-                return _sample(
-                    target.shard(lo, hi), hyper.subset(slice(lo, hi)), keys[lo:hi], *args, tick,
-                    fused,
-                )
+            return _sample(
+                target.shard(lo, hi), hyper.subset(slice(lo, hi)), keys[lo:hi], *args, tick, fused
+            )
 
         with ThreadPoolExecutor(len(bounds), thread_name_prefix="grokbasin-shard") as pool:
-            parts = list(pool.map(run, *zip(*bounds, strict=True)))
+            parts = list(pool.map(run, bounds))
     return SampleResult.concat(parts)
 
 

@@ -42,7 +42,7 @@ class Minibatcher:
         self.keys, self.n, self.b = rng.fold_in(keys, _BATCH_TAG), n, min(batch_size, n)
         self.per_epoch = max(1, n // self.b)  # drop the short last batch: every batch has B rows
         self.block = max(1, min(64, max_elems // max(1, keys.shape[0] * n)))  # epochs per draw
-        self._first, self._perms = -1, None  # [R, block, n] permutations of epochs first...
+        self._first, self._perms = -1, None  # [R, block, n]: epochs _first, _first + 1, ...
 
     def __call__(self, step: int) -> torch.Tensor:
         if self.b == self.n:
