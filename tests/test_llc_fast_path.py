@@ -186,3 +186,47 @@ def test_cpu_worker_shards_give_the_same_estimates() -> None:
         assert sum(ticks) == pytest.approx(20.0)
     with pytest.raises(ValueError, match="cpu_workers"):
         estimate_llc(from_modular(cfg, params, rows, 16), cpu_workers=0, **kw)
+
+
+def test_cpu_kernel_noise_is_the_same_stream_closer_to_exact() -> None:
+    # The numba kernel evaluates NormalStream's definition in float64: against pure-Python
+    # SplitMix64 + Box–Muller with library cos/sin within 1e-6 (its angle polynomials are good
+    # to 5e-7), against the float32 torch stream within 2e-5 (that one's rounding near u1 ≈ 1).
+    from grokbasin.llc import cpu_kernels
+
+    keys = rng.key([3, 4, 9])
+    n, m = 2001, 1001
+    torch_z = rng.normal_pairs(keys, 5, n)
+    starts = rng.StreamStarts(keys)(5).numpy().view(np.uint64)
+    for r in range(3):
+        row = np.empty(2 * m, dtype=np.float32)
+        cpu_kernels.fill_normals(starts[r], row)
+        np.testing.assert_allclose(row[:n], torch_z[r].numpy(), atol=2e-5, rtol=0)
+        for i in (0, 1, 500, 1000):
+            word = _splitmix_reference(int(keys[r]), 5, i)
+            u1 = ((word >> 32) + 0.5) * 2.0**-32
+            angle = 2 * math.pi * (((word & 0xFFFFFFFF) + 0.5) * 2.0**-32 - 0.5)
+            rad = math.sqrt(-2.0 * math.log(u1))
+            assert row[i] == pytest.approx(rad * math.cos(angle), abs=1e-6)
+            assert row[m + i] == pytest.approx(rad * math.sin(angle), abs=1e-6)
+
+
+def test_cpu_kernel_update_equals_torch_update() -> None:
+    # FusedSGLD with the compiled CPU loop vs its torch fallback (stream + in-place passes):
+    # the same update with the same stream, float32 round-off of the noise (2e-5·s) apart.
+    R = 4
+    keys = rng.key([1, 2, 3, 4])
+    w = {"V": torch.randn(R, 3, 7), "W": torch.randn(R, 5, 7)}
+    c = {k: v + 0.1 for k, v in w.items()}
+    g = {k: torch.randn_like(v) for k, v in w.items()}
+    h = sgld.make_hyper(R, [1e-3, 2e-3, 3e-3, 4e-3], 30.0, 5.0, 0.01, 1.0)
+    compiled, plain = sgld.FusedSGLD(w, c, h, keys), sgld.FusedSGLD(w, c, h, keys)
+    assert compiled.kernel is not None
+    plain.kernel = None
+    a, b = ({k: v.clone() for k, v in w.items()} for _ in range(2))
+    for t in range(3):
+        compiled.step_(a, g, t)
+        plain.step_(b, g, t)
+    for k in w:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+        assert not torch.equal(a[k], w[k])

@@ -151,16 +151,29 @@ def _horner_(x: torch.Tensor, coeffs: list[torch.Tensor], out: torch.Tensor) -> 
     return out
 
 
+class StreamStarts:
+    """[R] block starts of ``keys``' streams at any counter, hashed ``block`` counters at once."""
+
+    def __init__(self, keys: torch.Tensor, block: int = 64):
+        self.keys, self.block = keys, block
+        self._first, self._starts = 0, None
+
+    def __call__(self, counter: int) -> torch.Tensor:
+        if self._starts is None or not 0 <= counter - self._first < self.block:
+            self._first = counter
+            self._starts = stream_starts(self.keys, range(counter, counter + self.block))
+        return self._starts[:, counter - self._first]
+
+
 class NormalStream:
     """[R, n] standard normals per call from preallocated buffers (see the block comment above).
 
     ``stream(keys, counter)`` returns a view of an internal buffer that the next call overwrites.
-    Block starts are hashed for ``block`` counters at a time (fewer small ops per call).
     """
 
-    def __init__(self, replicas: int, n: int, device=None, dtype=torch.float32, block: int = 64):
+    def __init__(self, replicas: int, n: int, device=None, dtype=torch.float32):
         m = (n + 1) // 2
-        self.shape, self.m, self.block = (replicas, n), m, block
+        self.shape, self.m = (replicas, n), m
         self.weyl = torch.arange(m, dtype=torch.int64, device=device).mul_(_PHI64)
         self.z = torch.empty(replicas, m, dtype=torch.int64, device=device)
         self.tmp = torch.empty_like(self.z)
@@ -172,21 +185,15 @@ class NormalStream:
         self.sin_c, self.cos_c = (
             [torch.tensor(c, dtype=dtype, device=device) for c in cs] for cs in (_SIN, _COS)
         )
-        self._starts: tuple[torch.Tensor, int, torch.Tensor] | None = None  # keys, first, [R, T]
-
-    def starts(self, keys: torch.Tensor, counter: int) -> torch.Tensor:
-        """[R, 1] block starts for ``counter``, from a cache of ``block`` consecutive counters."""
-        c = self._starts
-        if c is None or c[0] is not keys or not 0 <= counter - c[1] < self.block:
-            c = self._starts = (keys, counter, stream_starts(keys, range(counter,
-                                                                         counter + self.block)))
-        return c[2][:, counter - c[1], None]
+        self._starts: StreamStarts | None = None
 
     def __call__(self, keys: torch.Tensor, counter: int) -> torch.Tensor:
         z, tmp, m = self.z, self.tmp, self.m
         if keys.shape != self.shape[:1]:
             raise ValueError(f"NormalStream for {self.shape[0]} replicas got keys {keys.shape}")
-        torch.add(self.weyl[None, :], self.starts(keys, counter), out=z)
+        if self._starts is None or self._starts.keys is not keys:
+            self._starts = StreamStarts(keys)
+        torch.add(self.weyl[None, :], self._starts(counter)[:, None], out=z)
         mix64_(z, tmp)
         radius, sin = self.out[:, :m], self.out[:, m:]
         torch.bitwise_right_shift(z, 32, out=tmp)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from grokbasin import rng
@@ -115,30 +116,58 @@ class FusedSGLD:
     """Plain SGLD (no masks, norms or MALA) updating params in place with no per-step tensors.
 
     Rewrites devinterp's update as w ← a·w + b·w* + c·∇L_B + s·ξ with per-replica constants
-    a = 1 − ε(γ+ω)/2, b = εγ/2, c = −εnβ/2, s = √ε·σ and b·w* precomputed once: three in-place
-    passes per tensor. ξ is exactly :func:`noise`'s, from a preallocated stream.
+    a = 1 − ε(γ+ω)/2, b = εγ/2, c = −εnβ/2, s = √ε·σ and b·w* precomputed once. ξ is
+    :func:`noise`'s stream. On a CPU one compiled loop per replica draws ξ and applies the update
+    (``cpu_kernels``); elsewhere, or for parameters that are not contiguous, a preallocated
+    ``rng.NormalStream`` and three in-place passes per tensor do the same.
     """
 
     def __init__(self, params: Params, center: Params, hyper: Hyper, keys: torch.Tensor):
+        from grokbasin.llc import cpu_kernels
+
         self.names = sorted(params)
         first = params[self.names[0]]
+        R, dev = first.shape[0], first.device
         self.keys = rng.fold_in(keys, _NOISE_TAG)
         n = sum(params[k][0].numel() for k in self.names)
-        self.stream = rng.NormalStream(first.shape[0], n, first.device, first.dtype)
         h = hyper
-        self.a = {k: _b(1.0 - 0.5 * h.step_size * (h.gamma + h.weight_decay), params[k])
-                  for k in self.names}
-        self.c = {k: _b(-0.5 * h.step_size * h.nbeta, params[k]) for k in self.names}
-        self.s = {k: _b(h.step_size.sqrt() * h.noise_level, params[k]) for k in self.names}
+        a = 1.0 - 0.5 * h.step_size * (h.gamma + h.weight_decay)
+        c, s = -0.5 * h.step_size * h.nbeta, h.step_size.sqrt() * h.noise_level
         self.bc = {k: _b(0.5 * h.step_size * h.gamma, params[k]) * center[k] for k in self.names}
         self.grads = {k: torch.empty_like(params[k]) for k in self.names}  # gradient buffers
+        same = len({params[k].dtype for k in self.names}) == 1
+        on_cpu = dev.type == "cpu" and same and cpu_kernels.available()
+        self.kernel = cpu_kernels.sgld_update if on_cpu else None
+        if self.kernel is not None:
+            self.starts = rng.StreamStarts(self.keys)
+            self.acs = [v.to(first.dtype).contiguous().numpy() for v in (a, c, s)]
+            self.row = torch.empty(2 * ((n + 1) // 2), dtype=first.dtype).numpy()
+            self.drift0 = _rows(self.bc, self.names)
+        self.shape, self.dtype = (R, n), first.dtype
+        self.stream = rng.NormalStream(R, n, dev, first.dtype) if self.kernel is None else None
+        self.a = {k: _b(a, params[k]) for k in self.names}
+        self.c = {k: _b(c, params[k]) for k in self.names}
+        self.s = {k: _b(s, params[k]) for k in self.names}
 
     def step_(self, params: Params, grads: Params, t: int) -> None:
         """Advance every replica one step, in place."""
+        if self.kernel is not None and all(params[k].is_contiguous() for k in self.names):
+            starts = self.starts(t).contiguous().numpy().view(np.uint64)
+            self.kernel(_rows(params, self.names), _rows(grads, self.names), self.drift0,
+                        *self.acs, starts, self.row)
+            return
+        if self.stream is None:
+            self.stream = rng.NormalStream(*self.shape, params[self.names[0]].device, self.dtype)
         xi = _split(self.stream(self.keys, t), self.names, params)
         for k in self.names:
             w = torch.addcmul(self.bc[k], params[k], self.a[k], out=params[k])
             w.addcmul_(grads[k], self.c[k]).addcmul_(xi[k], self.s[k])
+
+
+def _rows(tensors: Params, names: list[str]) -> tuple[np.ndarray, ...]:
+    """[R, n_k] numpy views sharing memory with the (contiguous) tensors, in ``names`` order."""
+    return tuple(tensors[k].detach().contiguous().reshape(tensors[k].shape[0], -1).numpy()
+                 for k in names)
 
 
 def init_state(
