@@ -132,8 +132,10 @@ def _ms(fn, reps: int = 20) -> float:
 
 
 def micro(cfg, ckpts: list[dict], workers: int) -> None:
-    """Per-step pieces at R = len(ckpts)·CHAINS, each timed alone."""
+    """Per-step pieces at R = len(ckpts)·CHAINS on one thread, each timed alone."""
     from grokbasin import rng
+    from grokbasin.llc import sgld
+    from grokbasin.llc.fast_quadratic import QuadraticGrad
 
     p0 = {k: torch.cat([c[k] for c in ckpts]).repeat_interleave(CHAINS, 0).contiguous()
           for k in ckpts[0]}
@@ -145,17 +147,29 @@ def micro(cfg, ckpts: list[dict], workers: int) -> None:
     print(f"\n| piece (R = {R}, {n} parameters each) | ms per step |\n|---|---|")
     print(f"| noise: rng.normal (24-bit inverse CDF, 2 lowbias32 rounds) | "
           f"{_ms(lambda: rng.normal(keys, (n,))):.2f} |")
-    print(f"| noise: rng.NormalStream (SplitMix64 + polynomial Box-Muller, in place) | "
+    print(f"| noise: rng.NormalStream (SplitMix64 + polynomial Box-Muller, torch ops) | "
           f"{_ms(lambda: stream(keys, 3)):.2f} |")
     print(f"| noise: torch.randn (not per-replica, for scale) | "
           f"{_ms(lambda: torch.randn(R, n)):.2f} |")
+    hyper = sgld.make_hyper(R, EPS, 26.0, GAMMA)
+    params = {k: v.clone() for k, v in p0.items()}
+    grads = {k: torch.randn_like(v) for k, v in p0.items()}
+    for name, compiled in (("torch ops (stream + 3 passes per tensor)", False),
+                           ("compiled CPU kernel (cpu_kernels.sgld_update)", True)):
+        fused = sgld.FusedSGLD(params, p0, hyper, keys)
+        fused.kernel = fused.kernel if compiled else None
+        steps = iter(range(10**6))
+        print(f"| noise + update: {name} | "
+              f"{_ms(lambda f=fused, t=steps: f.step_(params, grads, next(t))):.2f} |")
     idx = rng.permutation(keys, rows.shape[1])[:, :BATCH]
     ref = from_modular(cfg, p0, rows, BATCH, fast=False)
-    fast = from_modular(cfg, p0, rows, BATCH)
+    x, y = all_pairs(cfg.task.p, cfg.task.op)
     out = {k: torch.empty_like(v) for k, v in p0.items()}
     print(f"| gradient: autograd | {_ms(lambda: ref.loss_and_grad(p0, idx)):.2f} |")
-    print(f"| gradient: hand-written, into buffers | "
-          f"{_ms(lambda: fast.loss_and_grad_into(p0, idx, out)):.2f} |")
+    for name, compiled in (("torch gather/scatter", False), ("compiled gather/scatter", True)):
+        qg = QuadraticGrad(x, y, rows, cfg.task.p, use_kernels=compiled)
+        print(f"| gradient: hand-written, {name}, into buffers | "
+              f"{_ms(lambda q=qg: q(p0, idx, out)):.2f} |")
     for w in sorted({1, workers}):
         ms = batched(cfg, ckpts, CHAINS, 60, True, True, w) / 60 * 1e3
         print(f"| whole fused sampler step, {w} CPU worker(s) | {ms:.2f} |")

@@ -43,11 +43,13 @@ def test_fast_gradients_equal_autograd(loss: str) -> None:
     for k in gr:
         torch.testing.assert_close(gf[k], gr[k], rtol=1e-5, atol=1e-6)
     x, y = all_pairs(cfg.task.p, cfg.task.op)
-    blocks = QuadraticGrad(x, y, rows, cfg.task.p, loss, chunk=2)  # replicas in blocks of 2, 1
-    lb, gb = blocks(params, idx)
-    torch.testing.assert_close(lb, lr, rtol=1e-5, atol=1e-6)
-    for k in gr:
-        torch.testing.assert_close(gb[k], gr[k], rtol=1e-5, atol=1e-6)
+    for use_kernels in (True, False):  # compiled gather/scatter, and the torch ops they replace
+        blocks = QuadraticGrad(x, y, rows, cfg.task.p, loss, chunk=2, use_kernels=use_kernels)
+        lb, gb = blocks(params, idx)  # replicas in blocks of 2, 1
+        assert (blocks._kernels(params["W"].reshape(-1, 16), None) is not None) == use_kernels
+        torch.testing.assert_close(lb, lr, rtol=1e-5, atol=1e-6)
+        for k in gr:
+            torch.testing.assert_close(gb[k], gr[k], rtol=1e-5, atol=1e-6)
     out = {k: torch.full_like(v, 7.0) for k, v in params.items()}  # stale values are overwritten
     _, gi = fast.loss_and_grad_into(params, idx, out)
     for k in gr:

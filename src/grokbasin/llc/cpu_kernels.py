@@ -116,3 +116,24 @@ if numba is not None:
                 for i in range(w.shape[1]):
                     w[r, i] = ar * w[r, i] + b[r, i] + cr * g[r, i] + sr * row[off + i]
                 off += w.shape[1]
+
+    @numba.njit(nogil=True, boundscheck=False, cache=True)
+    def gather_pairs(table, ia, ib, h, h2):
+        """Quadratic-net hidden layer: h[i] = table[ia[i]] + table[ib[i]] and h2 = h² (one pass)."""
+        for i in range(ia.shape[0]):
+            a, b = ia[i], ib[i]
+            for k in range(table.shape[1]):
+                v = table[a, k] + table[b, k]
+                h[i, k] = v
+                h2[i, k] = v * v
+
+    @numba.njit(nogil=True, boundscheck=False, cache=True)
+    def scatter_pairs(grad_table, ia, ib, dh, h):
+        """Backward of :func:`gather_pairs` through h²: rows ia[i] and ib[i] of ``grad_table``
+        each gain 2·dh[i]·h[i] (the rows differ: a < p ≤ p + b)."""
+        for i in range(ia.shape[0]):
+            a, b = ia[i], ib[i]
+            for k in range(grad_table.shape[1]):
+                v = 2.0 * dh[i, k] * h[i, k]
+                grad_table[a, k] += v
+                grad_table[b, k] += v

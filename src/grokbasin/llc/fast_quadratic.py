@@ -37,6 +37,7 @@ class QuadraticGrad:
         loss: str = "centred_mse",
         names: Sequence[str] = ("V", "W"),
         chunk: int = 16,
+        use_kernels: bool = True,
     ):
         if loss not in LOSSES:
             raise ValueError(f"no fast gradient for loss {loss!r}; have {', '.join(LOSSES)}")
@@ -46,7 +47,7 @@ class QuadraticGrad:
         self.ia, self.ib = x[rows, 0] + base, x[rows, 1] + p + base
         self.y = y[rows]
         self.p, self.loss_name, self.names = p, loss, tuple(sorted(names))
-        self.chunk = max(1, chunk)
+        self.chunk, self.use_kernels = max(1, chunk), use_kernels
         self._ws_key: tuple | None = None
         self._ws: dict[str, torch.Tensor] = {}
 
@@ -73,26 +74,50 @@ class QuadraticGrad:
         hot.scatter_(1, self.y.gather(1, idx)[:, None, :], 1.0)
         Wf, loss = W.reshape(R * 2 * p, K), ws["loss"]
         gW = grads["W"].zero_().view(R * 2 * p, K) if "W" in grads else None
+        kernels = self._kernels(Wf, gW)
+        if kernels:  # numpy views for the compiled loops, sliced per block below
+            np_ = {k: v.numpy() for k, v in (("W", Wf), ("ia", ia), ("ib", ib), ("h", ws["h"]),
+                                              ("h2", ws["h2"]), ("dh", ws["dh"]))}
+            if gW is not None:
+                np_["gW"] = gW.numpy()
         for lo in range(0, R, self.chunk):
             hi = min(R, lo + self.chunk)
             rs = slice(lo * B, hi * B)
             n = (hi - lo) * B
-            h = torch.index_select(Wf, 0, ia[rs], out=ws["h"][:n])  # W[a] + W[p+b]  [c·B, K]
-            h.add_(torch.index_select(Wf, 0, ib[rs], out=ws["h2"][:n]))
-            h2 = torch.mul(h, h, out=ws["h2"][:n]).view(hi - lo, B, K)
+            h, h2 = ws["h"][:n], ws["h2"][:n]
+            if kernels:  # h = W[a] + W[p+b] and h² in one compiled pass
+                kernels.gather_pairs(np_["W"], np_["ia"][rs], np_["ib"][rs], np_["h"][:n],
+                                     np_["h2"][:n])
+            else:
+                torch.index_select(Wf, 0, ia[rs], out=h)
+                h.add_(torch.index_select(Wf, 0, ib[rs], out=h2))
+                torch.mul(h, h, out=h2)
+            h2 = h2.view(hi - lo, B, K)
             g = torch.bmm(V[lo:hi], h2.transpose(1, 2), out=ws["out_t"][lo:hi])  # [c, p, B]
             self._loss_grad_(g, hot[lo:hi], loss[lo:hi])
             if "V" in grads:
                 torch.bmm(g, h2, out=grads["V"][lo:hi])
             if gW is not None:
-                dh = torch.bmm(g.transpose(1, 2), V[lo:hi], out=ws["dh"][: hi - lo])
-                dh = dh.view(-1, K).mul_(h)
-                # a contiguous index broadcast along K takes scatter_add_'s sorted fast path
-                gW.scatter_add_(0, ia[rs, None].expand(-1, K), dh)
-                gW.scatter_add_(0, ib[rs, None].expand(-1, K), dh)
-        if gW is not None:
+                dh = torch.bmm(g.transpose(1, 2), V[lo:hi], out=ws["dh"][: hi - lo]).view(-1, K)
+                if kernels:  # gW[a] += 2·dh·h, gW[p+b] += 2·dh·h
+                    kernels.scatter_pairs(np_["gW"], np_["ia"][rs], np_["ib"][rs],
+                                          np_["dh"][: hi - lo].reshape(n, K), np_["h"][:n])
+                else:
+                    dh.mul_(h)
+                    # a contiguous index broadcast along K takes scatter_add_'s sorted fast path
+                    gW.scatter_add_(0, ia[rs, None].expand(-1, K), dh)
+                    gW.scatter_add_(0, ib[rs, None].expand(-1, K), dh)
+        if gW is not None and not kernels:
             gW.mul_(2.0)  # d(h²)/dh = 2h
         return loss.clone(), grads
+
+    def _kernels(self, Wf: torch.Tensor, gW: torch.Tensor | None):
+        """``cpu_kernels`` when the compiled gather/scatter apply (CPU, float32, plain memory)."""
+        from grokbasin.llc import cpu_kernels
+
+        ok = (self.use_kernels and Wf.device.type == "cpu" and Wf.dtype == torch.float32
+              and Wf.is_contiguous() and not Wf.requires_grad and cpu_kernels.available())
+        return cpu_kernels if ok and (gW is None or gW.is_contiguous()) else None
 
     def _workspace(self, R: int, B: int, K: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
         """Preallocated intermediates for (R, B, K), rebuilt only when a shape or dtype changes."""

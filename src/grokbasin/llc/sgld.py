@@ -143,6 +143,7 @@ class FusedSGLD:
             self.acs = [v.to(first.dtype).contiguous().numpy() for v in (a, c, s)]
             self.row = torch.empty(2 * ((n + 1) // 2), dtype=first.dtype).numpy()
             self.drift0 = _rows(self.bc, self.names)
+            self._views: dict[tuple, tuple] = {}
         self.shape, self.dtype = (R, n), first.dtype
         self.stream = rng.NormalStream(R, n, dev, first.dtype) if self.kernel is None else None
         self.a = {k: _b(a, params[k]) for k in self.names}
@@ -153,8 +154,8 @@ class FusedSGLD:
         """Advance every replica one step, in place."""
         if self.kernel is not None and all(params[k].is_contiguous() for k in self.names):
             starts = self.starts(t).contiguous().numpy().view(np.uint64)
-            self.kernel(_rows(params, self.names), _rows(grads, self.names), self.drift0,
-                        *self.acs, starts, self.row)
+            self.kernel(self._rows(params), self._rows(grads), self.drift0, *self.acs, starts,
+                        self.row)
             return
         if self.stream is None:
             self.stream = rng.NormalStream(*self.shape, params[self.names[0]].device, self.dtype)
@@ -162,6 +163,20 @@ class FusedSGLD:
         for k in self.names:
             w = torch.addcmul(self.bc[k], params[k], self.a[k], out=params[k])
             w.addcmul_(grads[k], self.c[k]).addcmul_(xi[k], self.s[k])
+
+
+    def _rows(self, tensors: Params) -> tuple[np.ndarray, ...]:
+        """:func:`_rows` of ``tensors``, reused while they are the same contiguous tensors (the
+        usual case: params and gradient buffers are updated in place)."""
+        ts = [tensors[k] for k in self.names]
+        if not all(t.is_contiguous() for t in ts):
+            return _rows(tensors, self.names)
+        key = tuple((id(t), t.data_ptr()) for t in ts)
+        if key not in self._views:
+            if len(self._views) > 4:
+                self._views.clear()
+            self._views[key] = (_rows(tensors, self.names), ts)  # ts keeps the ids in use
+        return self._views[key][0]
 
 
 def _rows(tensors: Params, names: list[str]) -> tuple[np.ndarray, ...]:
