@@ -129,11 +129,11 @@ if numba is not None:
 
     @numba.njit(nogil=True, boundscheck=False, cache=True)
     def scatter_pairs(grad_table, ia, ib, dh, h):
-        """Backward of :func:`gather_pairs` through h²: rows ia[i] and ib[i] of ``grad_table``
-        each gain 2·dh[i]·h[i] (the rows differ: a < p ≤ p + b)."""
+        """Backward of :func:`gather_pairs` (with the 2 of d(h²)/dh folded into ``dh``): rows
+        ia[i] and ib[i] of ``grad_table`` each gain dh[i]·h[i] (the rows differ: a < p ≤ p + b)."""
         for i in range(ia.shape[0]):
             a, b = ia[i], ib[i]
             for k in range(grad_table.shape[1]):
-                v = 2.0 * dh[i, k] * h[i, k]
+                v = dh[i, k] * h[i, k]
                 grad_table[a, k] += v
                 grad_table[b, k] += v

@@ -75,40 +75,20 @@ class QuadraticGrad:
         Wf, loss = W.reshape(R * 2 * p, K), ws["loss"]
         gW = grads["W"].zero_().view(R * 2 * p, K) if "W" in grads else None
         kernels = self._kernels(Wf, gW)
-        if kernels:  # numpy views for the compiled loops, sliced per block below
-            np_ = {k: v.numpy() for k, v in (("W", Wf), ("ia", ia), ("ib", ib), ("h", ws["h"]),
-                                              ("h2", ws["h2"]), ("dh", ws["dh"]))}
-            if gW is not None:
-                np_["gW"] = gW.numpy()
         for lo in range(0, R, self.chunk):
             hi = min(R, lo + self.chunk)
-            rs = slice(lo * B, hi * B)
-            n = (hi - lo) * B
+            rs, n = slice(lo * B, hi * B), (hi - lo) * B
             h, h2 = ws["h"][:n], ws["h2"][:n]
-            if kernels:  # h = W[a] + W[p+b] and h² in one compiled pass
-                kernels.gather_pairs(np_["W"], np_["ia"][rs], np_["ib"][rs], np_["h"][:n],
-                                     np_["h2"][:n])
-            else:
-                torch.index_select(Wf, 0, ia[rs], out=h)
-                h.add_(torch.index_select(Wf, 0, ib[rs], out=h2))
-                torch.mul(h, h, out=h2)
+            _gather(Wf, ia[rs], ib[rs], h, h2, kernels)
             h2 = h2.view(hi - lo, B, K)
             g = torch.bmm(V[lo:hi], h2.transpose(1, 2), out=ws["out_t"][lo:hi])  # [c, p, B]
             self._loss_grad_(g, hot[lo:hi], loss[lo:hi])
             if "V" in grads:
                 torch.bmm(g, h2, out=grads["V"][lo:hi])
             if gW is not None:
+                g.mul_(2.0)  # d(h²)/dh = 2h
                 dh = torch.bmm(g.transpose(1, 2), V[lo:hi], out=ws["dh"][: hi - lo]).view(-1, K)
-                if kernels:  # gW[a] += 2·dh·h, gW[p+b] += 2·dh·h
-                    kernels.scatter_pairs(np_["gW"], np_["ia"][rs], np_["ib"][rs],
-                                          np_["dh"][: hi - lo].reshape(n, K), np_["h"][:n])
-                else:
-                    dh.mul_(h)
-                    # a contiguous index broadcast along K takes scatter_add_'s sorted fast path
-                    gW.scatter_add_(0, ia[rs, None].expand(-1, K), dh)
-                    gW.scatter_add_(0, ib[rs, None].expand(-1, K), dh)
-        if gW is not None and not kernels:
-            gW.mul_(2.0)  # d(h²)/dh = 2h
+                _scatter(gW, ia[rs], ib[rs], dh, h, kernels)
         return loss.clone(), grads
 
     def _kernels(self, Wf: torch.Tensor, gW: torch.Tensor | None):
@@ -145,3 +125,23 @@ class QuadraticGrad:
         logp = torch.log_softmax(out_t, dim=1)
         torch.sum(logp * hot, (1, 2), out=loss).div_(-B)
         torch.exp(logp, out=out_t).sub_(hot).div_(B)
+
+
+def _gather(table, ia, ib, h, h2, kernels) -> None:
+    """h = table[ia] + table[ib] and h2 = h² (rows of the flattened [R·2p, K] weight table)."""
+    if kernels:
+        kernels.gather_pairs(table.numpy(), ia.numpy(), ib.numpy(), h.numpy(), h2.numpy())
+        return
+    torch.index_select(table, 0, ia, out=h)
+    h.add_(torch.index_select(table, 0, ib, out=h2))
+    torch.mul(h, h, out=h2)
+
+
+def _scatter(grad_table, ia, ib, dh, h, kernels) -> None:
+    """Rows ia and ib of ``grad_table`` each gain dh ⊙ h (``dh`` is overwritten)."""
+    if kernels:
+        kernels.scatter_pairs(grad_table.numpy(), ia.numpy(), ib.numpy(), dh.numpy(), h.numpy())
+        return
+    dh.mul_(h)  # a contiguous index broadcast along K takes scatter_add_'s sorted fast path
+    grad_table.scatter_add_(0, ia[:, None].expand(-1, h.shape[1]), dh)
+    grad_table.scatter_add_(0, ib[:, None].expand(-1, h.shape[1]), dh)
