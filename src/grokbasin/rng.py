@@ -106,8 +106,8 @@ def randint(keys: torch.Tensor, high: int, shape: tuple[int, ...]) -> torch.Tens
 # different (replica, counter) pairs sit at unrelated places on the 2⁶⁴ cycle (overlap odds ~
 # streams²·n/2⁶⁴). Each 64-bit word gives two 32-bit uniforms u₁, u₂ and Box–Muller turns them
 # into two normals: radius √(−2 ln u₁) (tail cut at 6.7σ) and angle 2πw, w = u₂ − ½. cos 2πw and
-# sin 2πw come from fixed polynomials in w² (absolute error < 5e-7; float32 sin's own is 2e-7),
-# because on a CPU library sin and cos cost ~3× the rest of the stream. A value depends only
+# sin 2πw come from fixed polynomials in w² (absolute error < 5e-7; float32 sin's own is 2e-7):
+# library sin and cos were a third of the stream's cost on a CPU. A value depends only
 # on (key, counter, element index); all work is in place in preallocated buffers.
 
 
@@ -116,11 +116,13 @@ def _i64(c: int) -> int:
     return c - (1 << 64) if c >= (1 << 63) else c
 
 
-_PHI64, _M64A, _M64B = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
+# SplitMix64's Weyl increment and finaliser multipliers (unsigned), shared with llc.cpu_kernels
+SPLITMIX64 = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+_PHI64, _M64A, _M64B = (_i64(c) for c in SPLITMIX64)
 # least-squares fits on w ∈ [−½, ½]: sin(2πw) ≈ w·Σ S_k w^2k, cos(2πw) ≈ Σ C_k w^2k
-_SIN = (6.2831827932940385, -41.341419375071474, 81.59613848541618, -76.57968507422852,
+SIN_POLY = (6.2831827932940385, -41.341419375071474, 81.59613848541618, -76.57968507422852,
         41.203731292378585, -12.268840194963092)
-_COS = (0.9999999890584856, -19.73920449927408, 64.93911745030452, -85.45013934672254,
+COS_POLY = (0.9999999890584856, -19.73920449927408, 64.93911745030452, -85.45013934672254,
         60.167629372346404, -25.967593074131116, 6.5286491801761874)
 
 
@@ -183,7 +185,7 @@ class NormalStream:
             torch.empty(replicas, m, dtype=dtype, device=device) for _ in range(3)
         )
         self.sin_c, self.cos_c = (
-            [torch.tensor(c, dtype=dtype, device=device) for c in cs] for cs in (_SIN, _COS)
+            [torch.tensor(c, dtype=dtype, device=device) for c in cs] for cs in (SIN_POLY, COS_POLY)
         )
         self._starts: StreamStarts | None = None
 

@@ -1,14 +1,17 @@
-"""Numba kernels for the CPU sampler's memory-bound tail: SGLD noise and update in one pass.
+"""Numba kernels for the CPU sampler's memory-bound work, where eager PyTorch makes many passes.
 
-In eager PyTorch the noise stream and the update are ~30 passes over [R, N] tensors per step,
-about as costly as the gradient's matmuls. Here one compiled loop per replica hashes, transforms
-and applies the noise without storing it: 3-4× faster on a CPU (``BENCHMARKS.md``). The stream is
-``rng.NormalStream``'s, element for element (same SplitMix64 words, same Box–Muller mapping and
-angle polynomials); it is evaluated in float64, so it sits closer to the exact normals than the
-float32 torch version (< 1e-6 against < 1e-5 absolute). ``log`` is written out as exponent plus
-an atanh series so that the loop vectorises without a vector math library. Compiled on first use
-and cached on disk (``cache=True``); ``available()`` is False where numba is missing, and the
-sampler then uses the torch path.
+``sgld_update``: in eager PyTorch the noise stream and the update are ~30 passes over [R, N]
+tensors per step, about as costly as the gradient's matmuls. Here one compiled loop per replica
+hashes, transforms and applies the noise without storing it: 3-4× faster (``BENCHMARKS.md``).
+The stream is ``rng.NormalStream``'s, element for element (same SplitMix64 words, same
+Box–Muller mapping and angle polynomials), evaluated in float64, so it sits closer to the exact
+normals than the float32 torch version (< 1e-6 against < 1e-5 absolute). ``log`` is written out
+as exponent plus an atanh series so that the loop vectorises without a vector math library.
+``gather_pairs`` / ``scatter_pairs``: the quadratic net's hidden layer and its backward, one
+pass each instead of three or four (``fast_quadratic``).
+
+Compiled on first use and cached on disk (``cache=True``). ``available()`` is False where numba
+is missing; callers then use their torch ops.
 """
 
 from __future__ import annotations
@@ -32,10 +35,8 @@ def available() -> bool:
 
 
 if numba is not None:
-    _PHI = np.uint64(rng._PHI64 & 0xFFFFFFFFFFFFFFFF)
-    _M1 = np.uint64(rng._M64A & 0xFFFFFFFFFFFFFFFF)
-    _M2 = np.uint64(rng._M64B & 0xFFFFFFFFFFFFFFFF)
-    _S, _C = rng._SIN, rng._COS
+    _PHI, _M1, _M2 = (np.uint64(c) for c in rng.SPLITMIX64)
+    _S, _C = rng.SIN_POLY, rng.COS_POLY
     _LN2, _SQRT2 = math.log(2.0), math.sqrt(2.0)
     _MANT, _ONE = np.uint64(0x000FFFFFFFFFFFFF), np.uint64(0x3FF0000000000000)
 
