@@ -82,20 +82,40 @@ def test_reduced_rank_regression_matches_aoyagi_watanabe(M: int, N: int, H: int,
     # (n = 100, full batch) so L_n(w*) = 0 and w* is the exact minimum. nβ = 1e3 with ε = 2e-5
     # (ε·nβ·curvature ≈ 0.02-0.06), γ = 1. Tolerance: 15% (spec); MC error ≈ 3%. Shorter runs
     # (800 steps) still underestimate by ~10% (the running estimate is rising): 1500 steps.
-    # Cases with H > r (true rank below model rank) mix too slowly along the singular valley for a
-    # CPU test (they reach ~0.9λ in 3000 steps) and are left to the benchmark scripts.
+    est = _rrr_estimate(M, N, H, r, step_size=2e-5, burnin=500, draws=1000)
+    lam = float(np.nanmean(est.llc))
+    assert lam == pytest.approx(rrr_learning_coefficient(M, N, H, r)[0], rel=0.15)
+
+
+@pytest.mark.parametrize(("M", "N", "H", "r"), [(3, 3, 2, 1), (4, 3, 3, 1)])
+def test_reduced_rank_regression_below_model_rank(M: int, N: int, H: int, r: int) -> None:
+    # True rank r < model rank H: w* sits where the unused rows of A and columns of B vanish, the
+    # genuinely singular case (λ = 7/2 and 5, multiplicity 2). The chains mix slowly along the
+    # singular valley: at ε = 2e-5 even 6000 steps reach only ~0.92λ, so ε = 5e-5 and 1000 + 3000
+    # steps, after which the estimate no longer moves (0.93-0.94λ at 4000 or 6000 steps and across
+    # seeds, R-hat healthy); the stable ~6% shortfall is plausibly the finite-nβ correction that
+    # multiplicity 2 brings (order 1/ln nβ). Tolerance: 15% (spec); MC error ≈ 3%.
+    est = _rrr_estimate(M, N, H, r, step_size=5e-5, burnin=1000, draws=3000)
+    lam = float(np.nanmean(est.llc))
+    assert lam == pytest.approx(rrr_learning_coefficient(M, N, H, r)[0], rel=0.15)
+    assert not est.diagnostics[0]["flags"]
+
+
+def _rrr_estimate(M: int, N: int, H: int, r: int, step_size: float, burnin: int, draws: int):
+    """Two-layer linear net BA (A [H, M], B [N, H]) at a true product of rank r ≤ H with
+    unit-norm factors, on noiseless data (n = 100, full batch): L_n(w*) = 0, w* the exact
+    minimum. nβ = 1e3, γ = 1, 24 chains."""
     g = torch.Generator().manual_seed(0)
     n, C = 100, 24
     X = torch.randn(n, M, generator=g)
     A0 = torch.nn.functional.normalize(torch.randn(H, M, generator=g), dim=1)
     B0 = torch.nn.functional.normalize(torch.randn(N, H, generator=g), dim=0)
+    A0[r:], B0[:, r:] = 0.0, 0.0
     Y = X @ (B0 @ A0).T
     p0 = {"A": A0.expand(C, H, M).clone(), "B": B0.expand(C, N, H).clone()}
     target = from_functional(_two_layer, _mse, p0, X, Y)
-    est = estimate_llc(target, chains=C, nbetas=[1e3], step_size=2e-5, gamma=1.0, burnin=500,
-                       draws=1000)
-    lam = float(np.nanmean(est.llc))
-    assert lam == pytest.approx(rrr_learning_coefficient(M, N, H, r)[0], rel=0.15)
+    return estimate_llc(target, chains=C, nbetas=[1e3], step_size=step_size, gamma=1.0,
+                        burnin=burnin, draws=draws)
 
 
 def test_polynomial_potential() -> None:
