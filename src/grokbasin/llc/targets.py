@@ -142,7 +142,7 @@ def from_functional(
 
     def shard(lo: int, hi: int) -> Target:
         X_, Y_ = (X[lo:hi], Y[lo:hi]) if per_replica else (X, Y)
-        return from_functional(forward, loss_fn, _rows(params0, lo, hi), X_, Y_, batch_size,
+        return from_functional(forward, loss_fn, _replicas(params0, lo, hi), X_, Y_, batch_size,
                                names, None, per_replica)
 
     sel = _select(params0, names)
@@ -164,7 +164,7 @@ def from_potential(
         return potential(params)
 
     def shard(lo: int, hi: int) -> Target:
-        return from_potential(potential, _rows(params0, lo, hi), n, names)
+        return from_potential(potential, _replicas(params0, lo, hi), n, names)
 
     sel = _select(params0, names)
     return Target(
@@ -222,7 +222,7 @@ def from_module(
         return full_loss(ps, pf, X, Y)
 
     def shard(lo: int, hi: int) -> Target:
-        return from_module(module, loss_fn, X, Y, hi - lo, batch_size, _rows(params0, lo, hi),
+        return from_module(module, loss_fn, X, Y, hi - lo, batch_size, _replicas(params0, lo, hi),
                            names)
 
     return Target(
@@ -284,7 +284,7 @@ def from_modular(
         return torch.cat(out)
 
     def shard(lo: int, hi: int) -> Target:
-        return from_modular(cfg, _rows(params0, lo, hi), rows[lo:hi], batch_size, names, None,
+        return from_modular(cfg, _replicas(params0, lo, hi), rows[lo:hi], batch_size, names, None,
                             max_elems, fast)
 
     sel = _select(params0, names)
@@ -299,6 +299,6 @@ def from_modular(
     )
 
 
-def _rows(params: Params, lo: int, hi: int) -> Params:
+def _replicas(params: Params, lo: int, hi: int) -> Params:
     """Replicas lo..hi-1 of every tensor."""
     return {k: v[lo:hi] for k, v in params.items()}
