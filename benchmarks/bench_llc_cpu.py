@@ -96,10 +96,18 @@ def devinterp_baseline(ckpts: list[dict], x, y, rows, nbeta: float) -> float | N
     t0 = time.perf_counter()
     for ck in ckpts:
         estimate_learning_coeff(
-            QuadNet(ck["W"][0], ck["V"][0]), loader, evaluate=evaluate, sampling_method=SGLD,
+            QuadNet(ck["W"][0], ck["V"][0]),
+            loader,
+            evaluate=evaluate,
+            sampling_method=SGLD,
             optimizer_kwargs={"lr": EPS, "localization": GAMMA, "nbeta": nbeta},
-            num_chains=CHAINS, num_draws=DRAWS, num_burnin_steps=BURNIN, cores=1, seed=0,
-            device="cpu", verbose=False,
+            num_chains=CHAINS,
+            num_draws=DRAWS,
+            num_burnin_steps=BURNIN,
+            cores=1,
+            seed=0,
+            device="cpu",
+            verbose=False,
         )
     return time.perf_counter() - t0
 
@@ -116,9 +124,19 @@ def batched(
     target = from_modular(cfg, p0, rows, BATCH, fast=fast)
     burnin = steps // 3
     t0 = time.perf_counter()
-    estimate_llc(target, groups=len(ckpts), chains=copies, step_size=EPS, gamma=GAMMA,
-                 burnin=burnin, draws=steps - burnin, seed=1, diagnose=False, fused=fused,
-                 cpu_workers=workers)
+    estimate_llc(
+        target,
+        groups=len(ckpts),
+        chains=copies,
+        step_size=EPS,
+        gamma=GAMMA,
+        burnin=burnin,
+        draws=steps - burnin,
+        seed=1,
+        diagnose=False,
+        fused=fused,
+        cpu_workers=workers,
+    )
     return time.perf_counter() - t0
 
 
@@ -137,30 +155,42 @@ def micro(cfg, ckpts: list[dict], workers: int) -> None:
     from grokbasin.llc import sgld
     from grokbasin.llc.fast_quadratic import QuadraticGrad
 
-    p0 = {k: torch.cat([c[k] for c in ckpts]).repeat_interleave(CHAINS, 0).contiguous()
-          for k in ckpts[0]}
+    p0 = {
+        k: torch.cat([c[k] for c in ckpts]).repeat_interleave(CHAINS, 0).contiguous()
+        for k in ckpts[0]
+    }
     R = p0["W"].shape[0]
     n = sum(v[0].numel() for v in p0.values())
     rows = modular_train_rows(cfg).repeat(len(ckpts), 1).repeat_interleave(CHAINS, 0)
     keys = rng.key(list(range(R)))
     stream = rng.NormalStream(R, n)
     print(f"\n| piece (R = {R}, {n} parameters each) | ms per step |\n|---|---|")
-    print(f"| noise: rng.normal (24-bit inverse CDF, 2 lowbias32 rounds) | "
-          f"{_ms(lambda: rng.normal(keys, (n,))):.2f} |")
-    print(f"| noise: rng.NormalStream (SplitMix64 + polynomial Box-Muller, torch ops) | "
-          f"{_ms(lambda: stream(keys, 3)):.2f} |")
-    print(f"| noise: torch.randn (not per-replica, for scale) | "
-          f"{_ms(lambda: torch.randn(R, n)):.2f} |")
+    print(
+        f"| noise: rng.normal (24-bit inverse CDF, 2 lowbias32 rounds) | "
+        f"{_ms(lambda: rng.normal(keys, (n,))):.2f} |"
+    )
+    print(
+        f"| noise: rng.NormalStream (SplitMix64 + polynomial Box-Muller, torch ops) | "
+        f"{_ms(lambda: stream(keys, 3)):.2f} |"
+    )
+    print(
+        f"| noise: torch.randn (not per-replica, for scale) | "
+        f"{_ms(lambda: torch.randn(R, n)):.2f} |"
+    )
     hyper = sgld.make_hyper(R, EPS, 26.0, GAMMA)
     params = {k: v.clone() for k, v in p0.items()}
     grads = {k: torch.randn_like(v) for k, v in p0.items()}
-    for name, compiled in (("torch ops (stream + 3 passes per tensor)", False),
-                           ("compiled CPU kernel (cpu_kernels.sgld_update)", True)):
+    for name, compiled in (
+        ("torch ops (stream + 3 passes per tensor)", False),
+        ("compiled CPU kernel (cpu_kernels.sgld_update)", True),
+    ):
         fused = sgld.FusedSGLD(params, p0, hyper, keys)
         fused.kernel = fused.kernel if compiled else None
         steps = iter(range(10**6))
-        print(f"| noise + update: {name} | "
-              f"{_ms(lambda f=fused, t=steps: f.step_(params, grads, next(t))):.2f} |")
+        print(
+            f"| noise + update: {name} | "
+            f"{_ms(lambda f=fused, t=steps: f.step_(params, grads, next(t))):.2f} |"
+        )
     idx = rng.permutation(keys, rows.shape[1])[:, :BATCH]
     ref = from_modular(cfg, p0, rows, BATCH, fast=False)
     x, y = all_pairs(cfg.task.p, cfg.task.op)
@@ -168,8 +198,10 @@ def micro(cfg, ckpts: list[dict], workers: int) -> None:
     print(f"| gradient: autograd | {_ms(lambda: ref.loss_and_grad(p0, idx)):.2f} |")
     for name, compiled in (("torch gather/scatter", False), ("compiled gather/scatter", True)):
         qg = QuadraticGrad(x, y, rows, cfg.task.p, use_kernels=compiled)
-        print(f"| gradient: hand-written, {name}, into buffers | "
-              f"{_ms(lambda q=qg: q(p0, idx, out)):.2f} |")
+        print(
+            f"| gradient: hand-written, {name}, into buffers | "
+            f"{_ms(lambda q=qg: q(p0, idx, out)):.2f} |"
+        )
     for w in sorted({1, workers}):
         ms = batched(cfg, ckpts, CHAINS, 60, True, True, w) / 60 * 1e3
         print(f"| whole fused sampler step, {w} CPU worker(s) | {ms:.2f} |")
@@ -195,19 +227,31 @@ def main() -> None:
     cfg = build_config({}, {"train.checkpoint_every": 125})
     run = train(cfg, a.root, progress=False).run
     epochs = run.checkpoint_epochs()[1 : a.checkpoints + 1]
-    llc = LLCConfig(chains=CHAINS, burnin=BURNIN, draws=DRAWS, batch_size=BATCH, step_size=EPS,
-                    gamma=GAMMA, checkpoints=",".join(map(str, epochs)), seed=12345)
+    llc = LLCConfig(
+        chains=CHAINS,
+        burnin=BURNIN,
+        draws=DRAWS,
+        batch_size=BATCH,
+        step_size=EPS,
+        gamma=GAMMA,
+        checkpoints=",".join(map(str, epochs)),
+        seed=12345,
+    )
     x, y = all_pairs(cfg.task.p, cfg.task.op)
     rows = modular_train_rows(cfg)[0]
     nbeta = llc.resolve_nbeta(rows.shape[0])
     ckpts = [run.load_checkpoint(e) for e in epochs]
     cs = len(epochs) * CHAINS * STEPS
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"workers={a.workers}; {load}")
-    print(f"# {len(epochs)} checkpoints x {CHAINS} chains x {STEPS} steps = {cs} chain-steps, "
-          f"p={cfg.task.p} K={cfg.model.width} batch {BATCH} eps {EPS} gamma {GAMMA} "
-          f"nbeta {nbeta:.2f}")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"workers={a.workers}; {load}"
+    )
+    print(
+        f"# {len(epochs)} checkpoints x {CHAINS} chains x {STEPS} steps = {cs} chain-steps, "
+        f"p={cfg.task.p} K={cfg.model.width} batch {BATCH} eps {EPS} gamma {GAMMA} "
+        f"nbeta {nbeta:.2f}"
+    )
     print("| method | wall s | chain-steps/s | vs devinterp |\n|---|---|---|---|")
 
     def grokbasin(workers: int) -> float:
@@ -255,8 +299,9 @@ def main() -> None:
             copies = R // len(groups)
             steps = 60
             dt = batched(cfg, groups, copies, steps, True, True)
-            print(f"| {len(groups) * copies} | {len(groups) * copies * steps / dt:.0f} |",
-                  flush=True)
+            print(
+                f"| {len(groups) * copies} | {len(groups) * copies * steps / dt:.0f} |", flush=True
+            )
 
 
 if __name__ == "__main__":

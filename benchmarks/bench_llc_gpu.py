@@ -38,8 +38,10 @@ def main() -> None:
     ap.add_argument("--root", default="/tmp/grokbasin-bench-gpu")
     a = ap.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("bench_llc_gpu: CUDA is not available on this machine; nothing to measure "
-                 "(run it on a GPU host; the CPU comparison is benchmarks/bench_llc_cpu.py)")
+        sys.exit(
+            "bench_llc_gpu: CUDA is not available on this machine; nothing to measure "
+            "(run it on a GPU host; the CPU comparison is benchmarks/bench_llc_cpu.py)"
+        )
     from grokbasin.config import LLCConfig, build_config
     from grokbasin.llc.targets import modular_train_rows
     from grokbasin.llc.trajectory import estimate_runs
@@ -49,12 +51,21 @@ def main() -> None:
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from bench_llc_cpu import QuadNet
 
-    cfg = build_config({}, {"task.p": P, "model.width": K, "train.checkpoint_every": 25,
-                            "device": "cuda"})
+    cfg = build_config(
+        {}, {"task.p": P, "model.width": K, "train.checkpoint_every": 25, "device": "cuda"}
+    )
     run = train(cfg, a.root, progress=False).run
     epochs = run.checkpoint_epochs()[1 : a.checkpoints + 1]
-    llc = LLCConfig(chains=CHAINS, burnin=BURNIN, draws=DRAWS, batch_size=BATCH, step_size=EPS,
-                    gamma=GAMMA, checkpoints=",".join(map(str, epochs)), seed=1)
+    llc = LLCConfig(
+        chains=CHAINS,
+        burnin=BURNIN,
+        draws=DRAWS,
+        batch_size=BATCH,
+        step_size=EPS,
+        gamma=GAMMA,
+        checkpoints=",".join(map(str, epochs)),
+        seed=1,
+    )
     run.llc.unlink(missing_ok=True)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -66,8 +77,10 @@ def main() -> None:
     peak = next((v for k, v in PEAK_BW.items() if k in name), None)
     rate = cs / t_gb
     bw = rate * bytes_per_chain_step(P, K, BATCH)
-    print(f"# {name}, torch {torch.__version__}; {len(epochs)} checkpoints x {CHAINS} chains x "
-          f"{BURNIN + DRAWS} steps, p={P} K={K} batch {BATCH}")
+    print(
+        f"# {name}, torch {torch.__version__}; {len(epochs)} checkpoints x {CHAINS} chains x "
+        f"{BURNIN + DRAWS} steps, p={P} K={K} batch {BATCH}"
+    )
     frac = f" ({bw / peak:.1%} of peak)" if peak else ""
     print(f"grokbasin: {t_gb:.2f} s, {rate:.0f} chain-steps/s, ~{bw / 1e9:.0f} GB/s{frac}")
     if a.skip_devinterp:
@@ -91,16 +104,29 @@ def main() -> None:
     for e in sub:
         ck = run.load_checkpoint(e, "cuda")
         estimate_learning_coeff(
-            QuadNet(ck["W"][0], ck["V"][0]), loader, evaluate=evaluate, sampling_method=SGLD,
-            optimizer_kwargs={"lr": EPS, "localization": GAMMA,
-                              "nbeta": llc.resolve_nbeta(rows.shape[0])},
-            num_chains=CHAINS, num_draws=DRAWS, num_burnin_steps=BURNIN, cores=1, seed=0,
-            device="cuda", verbose=False,
+            QuadNet(ck["W"][0], ck["V"][0]),
+            loader,
+            evaluate=evaluate,
+            sampling_method=SGLD,
+            optimizer_kwargs={
+                "lr": EPS,
+                "localization": GAMMA,
+                "nbeta": llc.resolve_nbeta(rows.shape[0]),
+            },
+            num_chains=CHAINS,
+            num_draws=DRAWS,
+            num_burnin_steps=BURNIN,
+            cores=1,
+            seed=0,
+            device="cuda",
+            verbose=False,
         )
     torch.cuda.synchronize()
     di_rate = len(sub) * CHAINS * (BURNIN + DRAWS) / (time.perf_counter() - t0)
-    print(f"devinterp 1.3.2 ({len(sub)} checkpoints): {di_rate:.0f} chain-steps/s; "
-          f"ratio {rate / di_rate:.0f}x")
+    print(
+        f"devinterp 1.3.2 ({len(sub)} checkpoints): {di_rate:.0f} chain-steps/s; "
+        f"ratio {rate / di_rate:.0f}x"
+    )
 
 
 if __name__ == "__main__":

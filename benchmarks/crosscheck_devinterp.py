@@ -35,8 +35,9 @@ def main() -> None:
     ap.add_argument("--root", default="/tmp/grokbasin-crosscheck")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = build_config({}, {"task.p": 23, "model.width": 64, "train.epochs": 1500,
-                            "train.checkpoint_every": 500})
+    cfg = build_config(
+        {}, {"task.p": 23, "model.width": 64, "train.epochs": 1500, "train.checkpoint_every": 500}
+    )
     run = train(cfg, a.root, progress=False).run
     ck = run.load_checkpoint(run.checkpoint_epochs()[-1])
     rows = modular_train_rows(cfg)[:1]
@@ -45,9 +46,16 @@ def main() -> None:
     C = a.chains
     p0 = {k: v[:1].repeat_interleave(C, 0).contiguous() for k, v in ck.items()}
     est = estimate_llc(
-        from_modular(cfg, p0, rows.expand(C, -1).contiguous(), a.batch), chains=C,
-        nbetas=[nbeta], step_size=a.step_size, gamma=a.gamma, burnin=a.burnin, draws=a.draws,
-        baseline="devinterp", seed=7, diagnose=False,
+        from_modular(cfg, p0, rows.expand(C, -1).contiguous(), a.batch),
+        chains=C,
+        nbetas=[nbeta],
+        step_size=a.step_size,
+        gamma=a.gamma,
+        burnin=a.burnin,
+        draws=a.draws,
+        baseline="devinterp",
+        seed=7,
+        diagnose=False,
     )
     gb = est.llc[0, 0]
 
@@ -64,20 +72,32 @@ def main() -> None:
         return centred_mse(model(data[0])[None], data[1][None])[0]
 
     out = estimate_learning_coeff_with_summary(
-        QuadNet(ck["W"][0], ck["V"][0]), loader, evaluate=evaluate, sampling_method=SGLD,
+        QuadNet(ck["W"][0], ck["V"][0]),
+        loader,
+        evaluate=evaluate,
+        sampling_method=SGLD,
         optimizer_kwargs={"lr": a.step_size, "localization": a.gamma, "nbeta": nbeta},
-        num_chains=C, num_draws=a.draws, num_burnin_steps=a.burnin, cores=1, seed=3,
-        device="cpu", verbose=False,
+        num_chains=C,
+        num_draws=a.draws,
+        num_burnin_steps=a.burnin,
+        cores=1,
+        seed=3,
+        device="cpu",
+        verbose=False,
     )
     di = np.array([out[f"llc-chain/{i}"] for i in range(C)])
     se = math.sqrt(gb.var(ddof=1) / C + di.var(ddof=1) / C)
     diff, tol = abs(gb.mean() - di.mean()), se + 0.05 * abs(di.mean())
-    print(f"# p={cfg.task.p} K={cfg.model.width} n={n} batch {a.batch} eps {a.step_size} "
-          f"gamma {a.gamma} nbeta {nbeta:.2f} chains {C} burn-in {a.burnin} draws {a.draws}")
+    print(
+        f"# p={cfg.task.p} K={cfg.model.width} n={n} batch {a.batch} eps {a.step_size} "
+        f"gamma {a.gamma} nbeta {nbeta:.2f} chains {C} burn-in {a.burnin} draws {a.draws}"
+    )
     print(f"grokbasin      : {gb.mean():.3f} ± {gb.std(ddof=1) / math.sqrt(C):.3f} (se)")
     print(f"devinterp 1.3.2: {di.mean():.3f} ± {di.std(ddof=1) / math.sqrt(C):.3f} (se)")
-    print(f"|diff| = {diff:.3f} vs allowed {tol:.3f} (combined se + 5%): "
-          f"{'AGREE' if diff <= tol else 'MISMATCH'}")
+    print(
+        f"|diff| = {diff:.3f} vs allowed {tol:.3f} (combined se + 5%): "
+        f"{'AGREE' if diff <= tol else 'MISMATCH'}"
+    )
     sys.exit(0 if diff <= tol else 1)
 
 

@@ -15,8 +15,15 @@ from grokbasin.experiments.registry import get, list_experiments, run_experiment
 from grokbasin.report.figures import linear_fit
 from grokbasin.store.rundir import RunDir, read_parquet, write_parquet
 
-NAMES = {"llc-vs-p", "llc-vs-width", "trajectory-robustness", "gsm-vs-lr", "gsm-vs-weight-decay",
-         "critical-data-size", "sgld-sensitivity"}
+NAMES = {
+    "llc-vs-p",
+    "llc-vs-width",
+    "trajectory-robustness",
+    "gsm-vs-lr",
+    "gsm-vs-weight-decay",
+    "critical-data-size",
+    "sgld-sensitivity",
+}
 
 
 def test_registry_lists_every_paper_a_experiment():
@@ -45,22 +52,45 @@ def linear_llc(monkeypatch):
             old = read_parquet(run.llc).to_pylist() if run.llc.exists() else []
             e = sw.selected_epochs(run, llc_cfg)[-1]
             nb = llc_cfg.resolve_nbeta(int(c["task"]["frac"] * c["task"]["p"] ** 2))
-            new = [{"epoch": e, "replica": 0, "chain": ch, "nbeta": nb, "llc": val + ch - 0.5,
-                    "sampler_hash": llc_cfg.sampler_hash()} for ch in (0, 1)]
+            new = [
+                {
+                    "epoch": e,
+                    "replica": 0,
+                    "chain": ch,
+                    "nbeta": nb,
+                    "llc": val + ch - 0.5,
+                    "sampler_hash": llc_cfg.sampler_hash(),
+                }
+                for ch in (0, 1)
+            ]
             write_parquet(run.llc, old + new)
 
     monkeypatch.setattr(sw, "_estimator", lambda: estimate)
 
 
-def test_llc_scaling_fits_recover_the_slope_and_write_outputs(tmp_path, linear_llc,
-                                                               monkeypatch):
+def test_llc_scaling_fits_recover_the_slope_and_write_outputs(tmp_path, linear_llc, monkeypatch):
     # 20-epoch runs do not generalise; treat every last checkpoint as a solution so all are fitted
-    monkeypatch.setattr(paper_a.C, "solution_epoch",
-                        lambda rows: (max(r["epoch"] for r in rows), True))
+    monkeypatch.setattr(
+        paper_a.C, "solution_epoch", lambda rows: (max(r["epoch"] for r in rows), True)
+    )
     train = {"epochs": 20, "checkpoint_every": 10, "batch_size": 0, "lr": [3e-3]}
     llc = {"chains": 2, "draws": 5, "batch_size": 16, "checkpoints": "last"}
-    res = paper_a._llc_scaling("llc-vs-p", "task.p", "model.width", [11, 13, 17], [8, 16],
-                               "tiny", tmp_path, "local", 1, "cpu", False, train, llc, 0.5)
+    res = paper_a._llc_scaling(
+        "llc-vs-p",
+        "task.p",
+        "model.width",
+        [11, 13, 17],
+        [8, 16],
+        "tiny",
+        tmp_path,
+        "local",
+        1,
+        "cpu",
+        False,
+        train,
+        llc,
+        0.5,
+    )
     # exact linear data (chain offsets ±0.5 cancel in the mean): slope 1.5·K, R² = 1 to 1e-9
     by_k = {s["width"]: s for s in res.summary}
     assert by_k[8]["slope"] == pytest.approx(12.0, rel=1e-9)
@@ -74,21 +104,55 @@ def test_llc_scaling_fits_recover_the_slope_and_write_outputs(tmp_path, linear_l
     assert len(rows) == 6 and {"p", "width", "llc", "theory_under"} <= set(rows[0])
     assert "<img" in res.report.read_text()
     # a second invocation does no new training or sampling and gives the same summary
-    again = paper_a._llc_scaling("llc-vs-p", "task.p", "model.width", [11, 13, 17], [8, 16],
-                                 "tiny", tmp_path, "local", 1, "cpu", False, train, llc, 0.5)
+    again = paper_a._llc_scaling(
+        "llc-vs-p",
+        "task.p",
+        "model.width",
+        [11, 13, 17],
+        [8, 16],
+        "tiny",
+        tmp_path,
+        "local",
+        1,
+        "cpu",
+        False,
+        train,
+        llc,
+        0.5,
+    )
     assert again.summary == res.summary
-    cfgs = sw.expand(sw.sweep_from_dict({"base": {"task": {"frac": 0.5}, "train": train},
-                                         "grid": {"task.p": [11], "model.width": [8]},
-                                         "seeds": [0], "llc": llc}))
+    cfgs = sw.expand(
+        sw.sweep_from_dict(
+            {
+                "base": {"task": {"frac": 0.5}, "train": train},
+                "grid": {"task.p": [11], "model.width": [8]},
+                "seeds": [0],
+                "llc": llc,
+            }
+        )
+    )
     assert sw.jobs_for(cfgs, tmp_path, True) == []
 
 
 # ---------------------------------------------------------------- real estimator, tiny scale
 
-_TINY_TRAIN = {"epochs": 30, "checkpoint_every": 10, "batch_size": 0, "lr": [1e-2],
-               "weight_decay": [1e-4]}
-_TINY_LLC = {"chains": 2, "burnin": 5, "draws": 10, "step_size": 1e-3, "gamma": 30.0,
-             "nbeta": 30.0, "batch_size": 16, "checkpoints": "last"}
+_TINY_TRAIN = {
+    "epochs": 30,
+    "checkpoint_every": 10,
+    "batch_size": 0,
+    "lr": [1e-2],
+    "weight_decay": [1e-4],
+}
+_TINY_LLC = {
+    "chains": 2,
+    "burnin": 5,
+    "draws": 10,
+    "step_size": 1e-3,
+    "gamma": 30.0,
+    "nbeta": 30.0,
+    "batch_size": 16,
+    "checkpoints": "last",
+}
 
 
 def _llc_mtimes(root: Path) -> dict[str, int]:
@@ -105,14 +169,32 @@ def _no_new_work(monkeypatch) -> None:
     monkeypatch.setattr(sw, "_estimator", lambda: boom)
 
 
-@pytest.mark.parametrize("name,xkey,skey,xs,series", [
-    ("llc-vs-p", "task.p", "model.width", [5, 7, 11], [8]),
-    ("llc-vs-width", "model.width", "task.p", [4, 8, 12], [7]),
-])
-def test_llc_scaling_end_to_end_with_the_real_estimator(tmp_path, monkeypatch, name, xkey,
-                                                        skey, xs, series):
-    res = paper_a._llc_scaling(name, xkey, skey, xs, series, "tiny", tmp_path, "local", 1,
-                               "cpu", False, _TINY_TRAIN, _TINY_LLC, 0.6)
+@pytest.mark.parametrize(
+    "name,xkey,skey,xs,series",
+    [
+        ("llc-vs-p", "task.p", "model.width", [5, 7, 11], [8]),
+        ("llc-vs-width", "model.width", "task.p", [4, 8, 12], [7]),
+    ],
+)
+def test_llc_scaling_end_to_end_with_the_real_estimator(
+    tmp_path, monkeypatch, name, xkey, skey, xs, series
+):
+    res = paper_a._llc_scaling(
+        name,
+        xkey,
+        skey,
+        xs,
+        series,
+        "tiny",
+        tmp_path,
+        "local",
+        1,
+        "cpu",
+        False,
+        _TINY_TRAIN,
+        _TINY_LLC,
+        0.6,
+    )
     assert res.figures[name].read_bytes()[:4] == b"\x89PNG"
     assert res.tables[name].exists() and res.report.exists()
     with res.tables[name].open() as f:
@@ -129,19 +211,38 @@ def test_llc_scaling_end_to_end_with_the_real_estimator(tmp_path, monkeypatch, n
     before = _llc_mtimes(tmp_path)
     assert before
     _no_new_work(monkeypatch)
-    again = paper_a._llc_scaling(name, xkey, skey, xs, series, "tiny", tmp_path, "local", 1,
-                                 "cpu", False, _TINY_TRAIN, _TINY_LLC, 0.6)
+    again = paper_a._llc_scaling(
+        name,
+        xkey,
+        skey,
+        xs,
+        series,
+        "tiny",
+        tmp_path,
+        "local",
+        1,
+        "cpu",
+        False,
+        _TINY_TRAIN,
+        _TINY_LLC,
+        0.6,
+    )
     assert _llc_mtimes(tmp_path) == before  # nothing re-sampled
     assert [r["slope"] for r in again.summary] == pytest.approx(
-        [r["slope"] for r in res.summary], nan_ok=True)  # exact reuse: same numbers
+        [r["slope"] for r in res.summary], nan_ok=True
+    )  # exact reuse: same numbers
 
 
 def test_gsm_vs_lr_end_to_end_with_the_real_estimator(tmp_path, monkeypatch):
-    base = {"task": {"p": 7, "frac": 0.6}, "model": {"width": 8},
-            "train": {**_TINY_TRAIN, "epochs": 20}}
+    base = {
+        "task": {"p": 7, "frac": 0.6},
+        "model": {"width": 8},
+        "train": {**_TINY_TRAIN, "epochs": 20},
+    }
     settings = (base, [0, 1], {**_TINY_LLC, "checkpoints": "all"})
-    res = paper_a._gsm_sweep("gsm-vs-lr", "train.lr", [3e-3, 1e-2], "tiny", tmp_path, "local", 1,
-                             "cpu", False, settings)
+    res = paper_a._gsm_sweep(
+        "gsm-vs-lr", "train.lr", [3e-3, 1e-2], "tiny", tmp_path, "local", 1, "cpu", False, settings
+    )
     assert res.figures["gsm-vs-lr"].read_bytes()[:4] == b"\x89PNG"
     with res.tables["gsm-vs-lr"].open() as f:
         rows = list(csv.DictReader(f))
@@ -153,8 +254,9 @@ def test_gsm_vs_lr_end_to_end_with_the_real_estimator(tmp_path, monkeypatch):
     assert all(math.isnan(a["gsm_mean"]) or a["gsm_mean"] >= 0 for a in agg)
     before = _llc_mtimes(tmp_path)
     _no_new_work(monkeypatch)
-    again = paper_a._gsm_sweep("gsm-vs-lr", "train.lr", [3e-3, 1e-2], "tiny", tmp_path, "local",
-                               1, "cpu", False, settings)
+    again = paper_a._gsm_sweep(
+        "gsm-vs-lr", "train.lr", [3e-3, 1e-2], "tiny", tmp_path, "local", 1, "cpu", False, settings
+    )
     assert _llc_mtimes(tmp_path) == before
     assert repr(again.summary[1:]) == repr(agg)  # same numbers (repr: nan == nan)
 
@@ -164,25 +266,39 @@ def test_sgld_sensitivity_cells_one_call_cached(tmp_path, monkeypatch):
     from grokbasin.llc import calibrate as cal
     from grokbasin.train.runner import train
 
-    cfg = build_config({}, {"task.p": 7, "model.width": 8, "train.epochs": 30,
-                            "train.checkpoint_every": 10, "train.batch_size": 0,
-                            "train.lr": [1e-2]})
+    cfg = build_config(
+        {},
+        {
+            "task.p": 7,
+            "model.width": 8,
+            "train.epochs": 30,
+            "train.checkpoint_every": 10,
+            "train.batch_size": 0,
+            "train.lr": [1e-2],
+        },
+    )
     run = train(cfg, tmp_path, progress=False).run
     calls = []
     real = cal.calibrate
     monkeypatch.setattr(cal, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
     llc = {**_TINY_LLC, "draws": 30}
-    rows = paper_a.sensitivity_cells(run.path, 30, llc, [1e-4, 1e-3], [1.0, 300.0],
-                                     tmp_path / "cache")
+    rows = paper_a.sensitivity_cells(
+        run.path, 30, llc, [1e-4, 1e-3], [1.0, 300.0], tmp_path / "cache"
+    )
     assert len(calls) == 1  # the whole ε × γ grid in one sampler call
     assert [(r["step_size"], r["gamma"]) for r in rows] == [
-        (1e-4, 1.0), (1e-4, 300.0), (1e-3, 1.0), (1e-3, 300.0)]
+        (1e-4, 1.0),
+        (1e-4, 300.0),
+        (1e-3, 1.0),
+        (1e-3, 300.0),
+    ]
     assert all(math.isfinite(r["llc"]) for r in rows)
     by = {(r["step_size"], r["gamma"]): r["llc"] for r in rows}
     # strong localisation (γ = 300) shrinks the excursion: λ̂ drops (no tolerance: ordering only)
     assert by[(1e-3, 300.0)] < by[(1e-3, 1.0)]
-    again = paper_a.sensitivity_cells(run.path, 30, llc, [1e-4, 1e-3], [1.0, 300.0],
-                                      tmp_path / "cache")
+    again = paper_a.sensitivity_cells(
+        run.path, 30, llc, [1e-4, 1e-3], [1.0, 300.0], tmp_path / "cache"
+    )
     assert len(calls) == 1 and again == rows  # cached: no new sampling, identical rows
 
 

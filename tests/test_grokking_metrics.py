@@ -97,9 +97,20 @@ def _table(replicas: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
     rows = []
     for rep, (at, av) in replicas.items():
         for e, a, v in zip(EPOCHS, at, av, strict=True):
-            rows.append({"epoch": int(e), "step": int(e) * 2, "replica": rep, "seed": rep,
-                         "lr": 1e-3 * (rep + 1), "weight_decay": 1e-4, "train_loss": 1 - a,
-                         "val_loss": 1 - v, "train_acc": float(a), "val_acc": float(v)})
+            rows.append(
+                {
+                    "epoch": int(e),
+                    "step": int(e) * 2,
+                    "replica": rep,
+                    "seed": rep,
+                    "lr": 1e-3 * (rep + 1),
+                    "weight_decay": 1e-4,
+                    "train_loss": 1 - a,
+                    "val_loss": 1 - v,
+                    "train_acc": float(a),
+                    "val_acc": float(v),
+                }
+            )
     return rows[::-1]  # reversed order: the function must sort by replica and epoch
 
 

@@ -15,10 +15,20 @@ from grokbasin.train.runner import train
 
 
 def row(eps: float, gam: float, flags: list[str], lap_gap: float = math.nan, nb: float = 10.0):
-    healthy = not any(f in ("nonfinite", "explosion", "negative", "rhat", "nonstationary")
-                      for f in flags)
-    return {"step_size": eps, "gamma": gam, "nbeta": nb, "flags": flags, "healthy": healthy,
-            "laplace": 1.0, "laplace_gap": lap_gap, "llc_mean": 1.0, "llc_std": 0.1}
+    healthy = not any(
+        f in ("nonfinite", "explosion", "negative", "rhat", "nonstationary") for f in flags
+    )
+    return {
+        "step_size": eps,
+        "gamma": gam,
+        "nbeta": nb,
+        "flags": flags,
+        "healthy": healthy,
+        "laplace": 1.0,
+        "laplace_gap": lap_gap,
+        "llc_mean": 1.0,
+        "llc_std": 0.1,
+    }
 
 
 def test_per_replica_layout_matches_the_estimator() -> None:
@@ -49,8 +59,16 @@ def test_recommend_without_laplace_and_without_healthy_cells() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = build_config({}, {"task.p": 7, "model.width": 8, "train.batch_size": 0,
-                            "train.epochs": 20, "train.checkpoint_every": 20})
+    cfg = build_config(
+        {},
+        {
+            "task.p": 7,
+            "model.width": 8,
+            "train.batch_size": 0,
+            "train.epochs": 20,
+            "train.checkpoint_every": 20,
+        },
+    )
     return train(cfg, tmp_path_factory.mktemp("runs"), progress=False).run.path
 
 

@@ -129,8 +129,9 @@ def test_fused_update_equals_reference_step() -> None:
     w = {"a": torch.randn(R, 4), "b": torch.randn(R, 2, 5)}
     c = {k: v + 0.1 for k, v in w.items()}
     g = {k: torch.randn_like(v) for k, v in w.items()}
-    h = sgld.make_hyper(R, [1e-3, 2e-3, 3e-3], [10.0, 20.0, 30.0], [1.0, 2.0, 3.0],
-                        [0.0, 0.1, 0.2], [1.0, 0.5, 2.0])
+    h = sgld.make_hyper(
+        R, [1e-3, 2e-3, 3e-3], [10.0, 20.0, 30.0], [1.0, 2.0, 3.0], [0.0, 0.1, 0.2], [1.0, 0.5, 2.0]
+    )
     want, _, _ = sgld.step("sgld", w, g, c, {}, h, keys, t=4)
     fused = sgld.FusedSGLD(w, c, h, keys)
     got = {k: v.clone() for k, v in w.items()}
@@ -146,8 +147,9 @@ def test_fast_sampler_matches_reference_traces_and_estimates() -> None:
     cfg, params, rows = _setup(R=1, K=24)
     params = {k: v.repeat_interleave(4, 0) for k, v in params.items()}
     rows = rows.expand(4, -1).contiguous()
-    kw = dict(groups=1, chains=4, step_size=1e-3, gamma=5.0, burnin=10, draws=30, seed=3,
-              diagnose=False)
+    kw = dict(
+        groups=1, chains=4, step_size=1e-3, gamma=5.0, burnin=10, draws=30, seed=3, diagnose=False
+    )
     fast = estimate_llc(from_modular(cfg, params, rows, 16), **kw)
     ref = estimate_llc(from_modular(cfg, params, rows, 16, fast=False), fused=False, **kw)
     np.testing.assert_allclose(fast.result.traces, ref.result.traces, rtol=1e-4, atol=1e-7)
@@ -176,13 +178,15 @@ def test_cpu_worker_shards_give_the_same_estimates() -> None:
     cfg, params, rows = _setup(R=1, K=24)
     params = {k: v.repeat_interleave(6, 0) for k, v in params.items()}
     rows = rows.expand(6, -1).contiguous()
-    kw = dict(groups=2, chains=3, step_size=1e-3, gamma=5.0, burnin=5, draws=15, seed=4,
-              diagnose=False)
+    kw = dict(
+        groups=2, chains=3, step_size=1e-3, gamma=5.0, burnin=5, draws=15, seed=4, diagnose=False
+    )
     one = estimate_llc(from_modular(cfg, params, rows, 16), cpu_workers=1, **kw)
     for workers in (2, 4):
         ticks: list[float] = []
-        many = estimate_llc(from_modular(cfg, params, rows, 16), cpu_workers=workers,
-                            on_step=ticks.append, **kw)
+        many = estimate_llc(
+            from_modular(cfg, params, rows, 16), cpu_workers=workers, on_step=ticks.append, **kw
+        )
         np.testing.assert_allclose(many.result.traces, one.result.traces, rtol=1e-5)
         np.testing.assert_array_equal(many.result.init_loss, one.result.init_loss)
         assert sum(ticks) == pytest.approx(20.0)

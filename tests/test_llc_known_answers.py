@@ -70,8 +70,9 @@ def test_regular_linear_regression_is_d_over_2() -> None:
     W_hat = torch.linalg.lstsq(X, Y).solution.T  # [N, M]
     target = from_functional(_linear, _mse, {"W": W_hat.expand(C, N, M).clone()}, X, Y, 500)
     nb = n / math.log(n)
-    est = estimate_llc(target, chains=C, nbetas=[nb], step_size=1e-4, gamma=1.0, burnin=150,
-                       draws=300)
+    est = estimate_llc(
+        target, chains=C, nbetas=[nb], step_size=1e-4, gamma=1.0, burnin=150, draws=300
+    )
     lam = float(est.llc_mean[0, 0])
     assert lam == pytest.approx(M * N / 2, rel=0.10)
 
@@ -114,8 +115,9 @@ def _rrr_estimate(M: int, N: int, H: int, r: int, step_size: float, burnin: int,
     Y = X @ (B0 @ A0).T
     p0 = {"A": A0.expand(C, H, M).clone(), "B": B0.expand(C, N, H).clone()}
     target = from_functional(_two_layer, _mse, p0, X, Y)
-    return estimate_llc(target, chains=C, nbetas=[1e3], step_size=step_size, gamma=1.0,
-                        burnin=burnin, draws=draws)
+    return estimate_llc(
+        target, chains=C, nbetas=[1e3], step_size=step_size, gamma=1.0, burnin=burnin, draws=draws
+    )
 
 
 def test_polynomial_potential() -> None:
@@ -127,6 +129,7 @@ def test_polynomial_potential() -> None:
     k = torch.tensor([1.0, 2.0, 3.0])
     C = 128
     target = from_potential(lambda p: (p["w"] ** (2 * k)).sum(1), {"w": torch.zeros(C, 3)})
-    est = estimate_llc(target, chains=C, nbetas=[100.0], step_size=2.5e-4, gamma=1e-3, burnin=300,
-                       draws=1200)
+    est = estimate_llc(
+        target, chains=C, nbetas=[100.0], step_size=2.5e-4, gamma=1e-3, burnin=300, draws=1200
+    )
     assert float(est.llc_mean[0, 0]) == pytest.approx(float((1 / (2 * k)).sum()), rel=0.10)

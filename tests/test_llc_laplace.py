@@ -97,13 +97,20 @@ def test_slq_matches_exact_on_a_small_model() -> None:
 def test_laplace_for_checkpoint_exact_and_slq_agree(tmp_path: Path) -> None:
     cfg = build_config(
         {},
-        {"task.p": 7, "model.width": 8, "train.batch_size": 0, "train.epochs": 20,
-         "train.checkpoint_every": 10, "train.seeds": [0, 1]},
+        {
+            "task.p": 7,
+            "model.width": 8,
+            "train.batch_size": 0,
+            "train.epochs": 20,
+            "train.checkpoint_every": 10,
+            "train.seeds": [0, 1],
+        },
     )
     run = train(cfg, tmp_path, progress=False).run
     ex = L.laplace_for_checkpoint(run.path, 20, 1, [26.4, 500.0], [1.0, 5.0], method="exact")
-    sl = L.laplace_for_checkpoint(run.path, 20, 1, [26.4, 500.0], [1.0, 5.0], method="slq",
-                                  probes=16, steps=24)
+    sl = L.laplace_for_checkpoint(
+        run.path, 20, 1, [26.4, 500.0], [1.0, 5.0], method="slq", probes=16, steps=24
+    )
     assert ex.values.shape == (2, 2) and ex.method == "exact" and sl.method == "slq"
     assert ex.rank is not None and ex.limit == ex.rank / 2
     np.testing.assert_allclose(sl.values, ex.values, rtol=0.12)  # SLQ noise, 16 probes: 12%

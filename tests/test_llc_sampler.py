@@ -36,8 +36,9 @@ def test_sgld_step_is_devinterp_update() -> None:
     w = {"a": torch.randn(R, 4), "b": torch.randn(R, 2, 2)}
     c = {k: v + 0.1 for k, v in w.items()}
     g = {k: torch.randn_like(v) for k, v in w.items()}
-    h = sgld.make_hyper(R, [1e-3, 2e-3, 3e-3], [10.0, 20.0, 30.0], [1.0, 2.0, 3.0],
-                        [0.0, 0.1, 0.2], [1.0, 0.5, 2.0])
+    h = sgld.make_hyper(
+        R, [1e-3, 2e-3, 3e-3], [10.0, 20.0, 30.0], [1.0, 2.0, 3.0], [0.0, 0.1, 0.2], [1.0, 0.5, 2.0]
+    )
     new, _, norms = sgld.step("sgld", w, g, c, {}, h, keys, t=4, with_norms=True)
     xi = sgld.noise(keys, 4, w)
     for k in w:
@@ -61,16 +62,23 @@ def test_batched_traces_equal_one_at_a_time() -> None:
     G, C, nbs = 3, 2, [20.0, 40.0]
     base = {"W": torch.randn(G, 2, 3) * 0.3, "b": torch.zeros(G, 2)}
     rep = {k: v.repeat_interleave(len(nbs) * C, 0) for k, v in base.items()}
-    kw = dict(chains=C, nbetas=nbs, step_size=1e-3, gamma=1.0, burnin=5, draws=20, seed=11,
-              diagnose=False)
-    all_ = estimate_llc(from_functional(_linear, _mse, rep, X, Y, 16), groups=G,
-                        group_ids=[[g] for g in range(G)], **kw)
+    kw = dict(
+        chains=C, nbetas=nbs, step_size=1e-3, gamma=1.0, burnin=5, draws=20, seed=11, diagnose=False
+    )
+    all_ = estimate_llc(
+        from_functional(_linear, _mse, rep, X, Y, 16),
+        groups=G,
+        group_ids=[[g] for g in range(G)],
+        **kw,
+    )
     for g in range(G):
         one = {k: v[g : g + 1].repeat_interleave(len(nbs) * C, 0) for k, v in base.items()}
-        alone = estimate_llc(from_functional(_linear, _mse, one, X, Y, 16), groups=1,
-                             group_ids=[[g]], **kw)
-        np.testing.assert_allclose(all_.result.traces.reshape(G, -1, 20)[g],
-                                   alone.result.traces, rtol=1e-5, atol=1e-7)
+        alone = estimate_llc(
+            from_functional(_linear, _mse, one, X, Y, 16), groups=1, group_ids=[[g]], **kw
+        )
+        np.testing.assert_allclose(
+            all_.result.traces.reshape(G, -1, 20)[g], alone.result.traces, rtol=1e-5, atol=1e-7
+        )
 
 
 def test_restricted_llc_keeps_other_parameters_at_centre() -> None:
@@ -107,8 +115,13 @@ def test_diverged_chain_is_frozen_and_others_unaffected() -> None:
     res = sample(from_potential(pot, p0), h, keys, burnin=2, draws=10)
     assert res.diverged.tolist() == [True, False, False]
     assert np.isnan(res.traces[0]).any() and np.isfinite(res.traces[1:]).all()
-    sub = sample(from_potential(pot, {"w": torch.ones(2, 2)}), h.subset(torch.tensor([1, 2])),
-                 keys[1:], burnin=2, draws=10)
+    sub = sample(
+        from_potential(pot, {"w": torch.ones(2, 2)}),
+        h.subset(torch.tensor([1, 2])),
+        keys[1:],
+        burnin=2,
+        draws=10,
+    )
     np.testing.assert_array_equal(res.traces[1:], sub.traces)
 
 
@@ -135,15 +148,19 @@ def test_module_target_gradients_match_autograd() -> None:
         torch.testing.assert_close(grads["bias"][r], ref.bias.grad, rtol=1e-5, atol=1e-6)
     full = t.full_loss(p0)
     assert full.shape == (R,) and torch.isfinite(full).all()
-    kw = dict(chains=4, nbetas=[20.0], step_size=1e-4, gamma=1.0, burnin=5, draws=10,
-              diagnose=False)
+    kw = dict(
+        chains=4, nbetas=[20.0], step_size=1e-4, gamma=1.0, burnin=5, draws=10, diagnose=False
+    )
     est = estimate_llc(
-        from_module(net, torch.nn.functional.mse_loss, X, Y, replicas=4, batch_size=16), **kw)
+        from_module(net, torch.nn.functional.mse_loss, X, Y, replicas=4, batch_size=16), **kw
+    )
     assert np.isfinite(est.llc).all()
     # torch.func transforms also run in the sampler's worker threads (2 shards): same traces
     two = estimate_llc(
         from_module(net, torch.nn.functional.mse_loss, X, Y, replicas=4, batch_size=16),
-        cpu_workers=2, **kw)
+        cpu_workers=2,
+        **kw,
+    )
     np.testing.assert_allclose(two.result.traces, est.result.traces, rtol=1e-5)
 
 
@@ -154,8 +171,17 @@ def test_other_samplers_on_a_regular_quadratic(method: str, eps: float) -> None:
     C = 64
     hdiag = torch.tensor([1.0, 2.0, 0.5, 1.5])
     t = from_potential(lambda p: 0.5 * (hdiag * p["w"] ** 2).sum(1), {"w": torch.zeros(C, 4)})
-    est = estimate_llc(t, chains=C, nbetas=[100.0], step_size=eps, gamma=0.0, burnin=200,
-                       draws=400, method=method, diagnose=False)
+    est = estimate_llc(
+        t,
+        chains=C,
+        nbetas=[100.0],
+        step_size=eps,
+        gamma=0.0,
+        burnin=200,
+        draws=400,
+        method=method,
+        diagnose=False,
+    )
     assert float(est.llc_mean[0, 0]) == pytest.approx(2.0, rel=0.15)
 
 

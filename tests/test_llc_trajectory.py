@@ -16,9 +16,17 @@ from grokbasin.train.runner import train
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    cfg = build_config({}, {"task.p": 11, "model.width": 16, "train.epochs": 60,
-                            "train.checkpoint_every": 20, "train.batch_size": 16,
-                            "train.seeds": [0, 1]})
+    cfg = build_config(
+        {},
+        {
+            "task.p": 11,
+            "model.width": 16,
+            "train.epochs": 60,
+            "train.checkpoint_every": 20,
+            "train.batch_size": 16,
+            "train.seeds": [0, 1],
+        },
+    )
     return train(cfg, tmp_path_factory.mktemp("runs"), progress=False).run
 
 

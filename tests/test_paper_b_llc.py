@@ -74,9 +74,19 @@ def test_generic_trainer_replica_independent_and_learns():
 
     def run(sel):
         p = {k: v[sel] for k, v in MR.autoencoder_init(keys, 6, 2, width=16).items()}
-        return fit(lambda q, x: MR.autoencoder_forward(q, x, mask[sel]), p, data.x[sel],
-                   data.y[sel], MR.mse, keys[sel], steps=300, batch_size=16, optimizer="adam",
-                   lr=1e-2, log_every=100)
+        return fit(
+            lambda q, x: MR.autoencoder_forward(q, x, mask[sel]),
+            p,
+            data.x[sel],
+            data.y[sel],
+            MR.mse,
+            keys[sel],
+            steps=300,
+            batch_size=16,
+            optimizer="adam",
+            lr=1e-2,
+            log_every=100,
+        )
 
     both, one = run(slice(0, 2)), run(slice(1, 2))
     assert torch.allclose(both.losses[1:], one.losses, rtol=1e-5, atol=1e-7)

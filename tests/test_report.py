@@ -46,19 +46,29 @@ def synthetic_run(n_chains: int = 3) -> tuple[dict, dict]:
     epoch = np.arange(0, 2001, 50, dtype=float)
     train_acc = _sigmoid((epoch - 250) / 20)
     val_acc = 0.05 + 0.95 * _sigmoid((epoch - 1400) / 40)
-    metrics = {"epoch": epoch, "train_acc": train_acc, "val_acc": val_acc,
-               "train_loss": 0.5 * (1 - train_acc) + 1e-4, "val_loss": 0.6 * (1 - val_acc) + 1e-3}
+    metrics = {
+        "epoch": epoch,
+        "train_acc": train_acc,
+        "val_acc": val_acc,
+        "train_loss": 0.5 * (1 - train_acc) + 1e-4,
+        "val_loss": 0.6 * (1 - val_acc) + 1e-3,
+    }
     bump = 200 + 600 * _sigmoid((epoch - 250) / 40) - 400 * _sigmoid((epoch - 1400) / 80)
     rng = np.random.default_rng(0)
-    llc = {"epoch": epoch, "llc": bump[:, None] * (1 + 0.05 * rng.standard_normal((len(epoch),
-                                                                                    n_chains)))}
+    llc = {
+        "epoch": epoch,
+        "llc": bump[:, None] * (1 + 0.05 * rng.standard_normal((len(epoch), n_chains))),
+    }
     return metrics, llc
 
 
 def _vlines_at(ax, x: float) -> int:
-    return sum(1 for ln in ax.get_lines()
-               if len(set(np.atleast_1d(ln.get_xdata()))) == 1
-               and math.isclose(float(np.atleast_1d(ln.get_xdata())[0]), x))
+    return sum(
+        1
+        for ln in ax.get_lines()
+        if len(set(np.atleast_1d(ln.get_xdata()))) == 1
+        and math.isclose(float(np.atleast_1d(ln.get_xdata())[0]), x)
+    )
 
 
 def _all_text(fig) -> str:
@@ -95,9 +105,11 @@ def test_off_scale_theory_is_noted_not_drawn():
     theory = [{"name": "closed form K(3p−1)/2", "value": far}, {"name": "numeric", "value": near}]
     fig = trajectory_figure(metrics, llc, theory=theory, marks={"t_mem": T_MEM})
     ax_llc = fig.get_axes()[2]
-    hlines = [float(np.atleast_1d(ln.get_ydata())[0]) for ln in ax_llc.get_lines()
-              if len(np.atleast_1d(ln.get_ydata())) == 2
-              and len(set(np.atleast_1d(ln.get_ydata()))) == 1]
+    hlines = [
+        float(np.atleast_1d(ln.get_ydata())[0])
+        for ln in ax_llc.get_lines()
+        if len(np.atleast_1d(ln.get_ydata())) == 2 and len(set(np.atleast_1d(ln.get_ydata()))) == 1
+    ]
     assert any(math.isclose(h, near) for h in hlines)  # exact: the on-scale one is drawn
     assert not any(math.isclose(h, far) for h in hlines)
     assert f"closed form K(3p−1)/2 = {fmt_num(far)} (off scale)" in _all_text(fig)
@@ -105,9 +117,16 @@ def test_off_scale_theory_is_noted_not_drawn():
 
 
 def test_split_theory_factor():
-    on, off = split_theory([{"name": "a", "value": 290.0}, {"name": "b", "value": 310.0},
-                            {"name": "c", "value": 30.0}, {"name": "d", "value": 35.0}],
-                           lo=100.0, hi=100.0)
+    on, off = split_theory(
+        [
+            {"name": "a", "value": 290.0},
+            {"name": "b", "value": 310.0},
+            {"name": "c", "value": 30.0},
+            {"name": "d", "value": 35.0},
+        ],
+        lo=100.0,
+        hi=100.0,
+    )
     # range [100, 100]; the 3x window is [33.3, 300] (exact boundaries)
     assert [t["name"] for t in on] == ["a", "d"]
     assert [t["name"] for t in off] == ["b", "c"]
@@ -143,8 +162,9 @@ def test_trace_figure_and_png_written(tmp_path: Path):
     rng = np.random.default_rng(1)
     traces = 0.01 + 0.001 * rng.standard_normal((3, 2, 120))  # [K, C, D]
     traces[1, 1, 90:] = np.nan  # chain 1 of checkpoint 1 diverged at draw 90
-    fig = trace_figure(traces, np.full(3, 0.005), 26.4, epochs=[0, 100, 200], burnin=20,
-                       laplace=[0.1, 0.1, 1e6])
+    fig = trace_figure(
+        traces, np.full(3, 0.005), 26.4, epochs=[0, 100, 200], burnin=20, laplace=[0.1, 0.1, 1e6]
+    )
     assert len([a for a in fig.get_axes() if a.get_visible()]) == 3
     assert "(off scale)" in _all_text(fig)  # λ_Lap 1e6 is far from λ̂ ≈ 0.13
     assert "chain diverged (NaN loss)" in _all_text(fig)
@@ -155,34 +175,73 @@ def test_trace_figure_and_png_written(tmp_path: Path):
 
 
 def test_trajectory_inputs_select_replica_sampler_nbeta():
-    metrics_rows = [{"epoch": e, "step": e, "replica": r, "seed": r, "lr": 1e-3,
-                     "weight_decay": 1e-4, "train_loss": 0.1 + r, "train_acc": 0.5,
-                     "val_loss": 0.2, "val_acc": 0.1} for e in (100, 0) for r in (0, 1)]
-    grid = [("old", 0, 26.0), ("old", 100, 26.0), ("new", 0, 26.0), ("new", 100, 26.0),
-            ("new", 100, 50.0)]  # newest hash last; nβ 26 has the most rows, 50 is a sweep extra
-    llc_rows = [{"epoch": e, "replica": r, "chain": c, "nbeta": nb,
-                 "llc": 10.0 * c + e + nb + (1000.0 if h == "old" else 0.0),
-                 "init_loss": 0.0, "mean_loss": 0.0, "rhat": 1.0, "ess": 100.0, "trend": 0.0,
-                 "flags": "rhat" if (e == 100 and c == 1) else "", "sampler_hash": h}
-                for h, e, nb in grid for r in (0, 1) for c in (0, 1)]
-    m, ll = trajectory_inputs(pa.Table.from_pylist(metrics_rows), pa.Table.from_pylist(llc_rows),
-                              replica=1)
+    metrics_rows = [
+        {
+            "epoch": e,
+            "step": e,
+            "replica": r,
+            "seed": r,
+            "lr": 1e-3,
+            "weight_decay": 1e-4,
+            "train_loss": 0.1 + r,
+            "train_acc": 0.5,
+            "val_loss": 0.2,
+            "val_acc": 0.1,
+        }
+        for e in (100, 0)
+        for r in (0, 1)
+    ]
+    grid = [
+        ("old", 0, 26.0),
+        ("old", 100, 26.0),
+        ("new", 0, 26.0),
+        ("new", 100, 26.0),
+        ("new", 100, 50.0),
+    ]  # newest hash last; nβ 26 has the most rows, 50 is a sweep extra
+    llc_rows = [
+        {
+            "epoch": e,
+            "replica": r,
+            "chain": c,
+            "nbeta": nb,
+            "llc": 10.0 * c + e + nb + (1000.0 if h == "old" else 0.0),
+            "init_loss": 0.0,
+            "mean_loss": 0.0,
+            "rhat": 1.0,
+            "ess": 100.0,
+            "trend": 0.0,
+            "flags": "rhat" if (e == 100 and c == 1) else "",
+            "sampler_hash": h,
+        }
+        for h, e, nb in grid
+        for r in (0, 1)
+        for c in (0, 1)
+    ]
+    m, ll = trajectory_inputs(
+        pa.Table.from_pylist(metrics_rows), pa.Table.from_pylist(llc_rows), replica=1
+    )
     np.testing.assert_array_equal(m["epoch"], [0, 100])  # sorted by epoch
     np.testing.assert_allclose(m["train_loss"], [1.1, 1.1])
     assert ll is not None and ll["sampler"]["nbeta"] == 26.0  # most frequent nβ by default
     np.testing.assert_allclose(ll["llc"], [[26.0, 36.0], [126.0, 136.0]])
     assert ll["flagged"].tolist() == [False, True]
-    _, ll50 = trajectory_inputs(pa.Table.from_pylist(metrics_rows),
-                                pa.Table.from_pylist(llc_rows), replica=0, nbeta=50.0,
-                                sampler_hash="new")
+    _, ll50 = trajectory_inputs(
+        pa.Table.from_pylist(metrics_rows),
+        pa.Table.from_pylist(llc_rows),
+        replica=0,
+        nbeta=50.0,
+        sampler_hash="new",
+    )
     assert ll50 is not None
     np.testing.assert_allclose(ll50["epoch"], [100.0])
     np.testing.assert_allclose(ll50["llc"], [[150.0, 160.0]])
-    _, old = trajectory_inputs(pa.Table.from_pylist(metrics_rows),
-                               pa.Table.from_pylist(llc_rows), sampler_hash="old")
+    _, old = trajectory_inputs(
+        pa.Table.from_pylist(metrics_rows), pa.Table.from_pylist(llc_rows), sampler_hash="old"
+    )
     assert old is not None and old["llc"][0, 0] == 1026.0
-    m_all, ll_all = trajectory_inputs(pa.Table.from_pylist(metrics_rows),
-                                      pa.Table.from_pylist(llc_rows), replica="all")
+    m_all, ll_all = trajectory_inputs(
+        pa.Table.from_pylist(metrics_rows), pa.Table.from_pylist(llc_rows), replica="all"
+    )
     np.testing.assert_allclose(m_all["train_loss"], [0.6, 0.6])  # mean of 0.1 and 1.1
     assert ll_all is not None and ll_all["llc"].shape == (2, 4)  # 2 replicas x 2 chains
 
@@ -196,10 +255,14 @@ def test_format_value():
 
 def _report_inputs(fig_png: bytes) -> dict:
     return dict(
-        config={"task": {"p": 23, "frac": 0.4}, "train": {"note": "<script>alert(1)</script>"},
-                "device": "cpu"},
-        metrics_summary=[{"replica": 0, "t_mem": 300, "t_gen": 1500, "GSM": 0.41,
-                          "regime": "grokking"}],
+        config={
+            "task": {"p": 23, "frac": 0.4},
+            "train": {"note": "<script>alert(1)</script>"},
+            "device": "cpu",
+        },
+        metrics_summary=[
+            {"replica": 0, "t_mem": 300, "t_gen": 1500, "GSM": 0.41, "regime": "grokking"}
+        ],
         theory_rows=[{"quantity": "closed form K(3p−1)/2", "value": 8704}],
         llc_summary=[{"epoch": 300, "llc": 812.5, "rhat": 1.3}],
         health=["epoch 300: chains disagree (R-hat 1.3 > 1.1)"],
@@ -212,8 +275,9 @@ def fig_png() -> bytes:
     metrics, llc = synthetic_run()
     from grokbasin.report.figures import figure_png
 
-    return figure_png(trajectory_figure(metrics, llc, marks={"t_mem": T_MEM, "t_gen": T_GEN}),
-                      dpi=60)
+    return figure_png(
+        trajectory_figure(metrics, llc, marks={"t_mem": T_MEM, "t_gen": T_GEN}), dpi=60
+    )
 
 
 def test_html_report_self_contained_and_escaped(tmp_path: Path, fig_png: bytes):
@@ -246,23 +310,29 @@ def test_markdown_report_links_pngs(tmp_path: Path, fig_png: bytes):
     args["figures"] = {"LLC trajectory": "figures/trajectory.png"}
     text, files = build_run_markdown(tmp_path, **args)
     assert "(figures/trajectory.png)" in text and files == {}
-    path = write_markdown(tmp_path / "rep" / "report.md", "t",
-                          [Section("Figs", figures=[fig_png])])
+    path = write_markdown(tmp_path / "rep" / "report.md", "t", [Section("Figs", figures=[fig_png])])
     assert (path.parent / "figures" / "figure-1.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_health_lines_group_flags():
     from grokbasin.report.html import health_lines
 
-    rows = [{"replica": 0, "epoch": 100, "nbeta": 26.4, "chain": 0, "flags": ["rhat"]},
-            {"replica": 0, "epoch": 100, "nbeta": 26.4, "chain": 1, "flags": "low_ess,rhat"},
-            {"replica": 0, "epoch": 200, "nbeta": 26.4, "chain": 0, "flags": []}]
+    rows = [
+        {"replica": 0, "epoch": 100, "nbeta": 26.4, "chain": 0, "flags": ["rhat"]},
+        {"replica": 0, "epoch": 100, "nbeta": 26.4, "chain": 1, "flags": "low_ess,rhat"},
+        {"replica": 0, "epoch": 200, "nbeta": 26.4, "chain": 0, "flags": []},
+    ]
     assert health_lines(rows) == ["replica 0, epoch 100, nβ 26.4: low_ess, rhat"]
 
 
 def test_merge_equal_theory_values():
     from grokbasin.report.figures import merge_equal
 
-    out = merge_equal([{"name": "a", "value": 8704}, {"name": "b", "value": 2415.0},
-                       {"name": "c", "value": 8704.0}])
+    out = merge_equal(
+        [
+            {"name": "a", "value": 8704},
+            {"name": "b", "value": 2415.0},
+            {"name": "c", "value": 8704.0},
+        ]
+    )
     assert out == [{"name": "a, c", "value": 8704.0}, {"name": "b", "value": 2415.0}]

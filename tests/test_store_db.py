@@ -26,9 +26,18 @@ def store(tmp_path_factory):
         train(build_config(TINY, {"train.seeds": [s]}), root, progress=False).run for s in (0, 1)
     ]
     rows = [
-        {"epoch": e, "replica": 0, "chain": c, "nbeta": 5.0, "llc": float(e + c), "init_loss": 0.1,
-         "mean_loss": 0.2, "sampler_hash": "abc"}
-        for e in (0, 20, 40) for c in (0, 1)
+        {
+            "epoch": e,
+            "replica": 0,
+            "chain": c,
+            "nbeta": 5.0,
+            "llc": float(e + c),
+            "init_loss": 0.1,
+            "mean_loss": 0.2,
+            "sampler_hash": "abc",
+        }
+        for e in (0, 20, 40)
+        for c in (0, 1)
     ]
     write_parquet(runs[0].llc, rows)
     return root, runs
@@ -68,8 +77,9 @@ def test_empty_and_missing_root(tmp_path):
 
 def test_corrupt_file_is_skipped_with_a_warning(tmp_path):
     good = train(build_config(TINY, {"train.epochs": 20}), tmp_path, progress=False).run
-    bad = train(build_config(TINY, {"train.epochs": 20, "train.seeds": [5]}), tmp_path,
-                progress=False).run
+    bad = train(
+        build_config(TINY, {"train.epochs": 20, "train.seeds": [5]}), tmp_path, progress=False
+    ).run
     bad.metrics.write_bytes(b"PAR1 this is not parquet")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "config.yaml").write_text(": : not yaml [")

@@ -30,8 +30,14 @@ def _fake_estimate(calls: list):
             run = RunDir(d)
             old = read_parquet(run.llc).to_pylist() if run.llc.exists() else []
             new = [
-                {"epoch": e, "replica": 0, "chain": 0, "nbeta": 1.0,
-                 "llc": float(e) * llc_cfg.gamma, "sampler_hash": llc_cfg.sampler_hash()}
+                {
+                    "epoch": e,
+                    "replica": 0,
+                    "chain": 0,
+                    "nbeta": 1.0,
+                    "llc": float(e) * llc_cfg.gamma,
+                    "sampler_hash": llc_cfg.sampler_hash(),
+                }
                 for e in sw.selected_epochs(run, llc_cfg)
             ]
             write_parquet(run.llc, old + new)
@@ -47,10 +53,14 @@ def fake_llc(monkeypatch):
 
 
 def test_expand_makes_one_single_replica_config_per_cell_point_seed():
-    s = sw.sweep_from_dict({
-        "base": BASE, "grid": {"model.width": [8, 16], "train.lr": [1e-3, 3e-3]},
-        "points": [{"task.p": 11}, {"task.p": 13}], "seeds": [0, 1, 2],
-    })
+    s = sw.sweep_from_dict(
+        {
+            "base": BASE,
+            "grid": {"model.width": [8, 16], "train.lr": [1e-3, 3e-3]},
+            "points": [{"task.p": 11}, {"task.p": 13}],
+            "seeds": [0, 1, 2],
+        }
+    )
     cfgs = sw.expand(s)
     assert len(cfgs) == 2 * 2 * 2 * 3 and len({c.run_hash() for c in cfgs}) == 24
     assert all(len(c.train.replicas()) == 1 for c in cfgs)
@@ -75,8 +85,12 @@ def test_bad_sweeps_are_one_line_config_errors(tmp_path):
 
 
 def test_second_invocation_does_no_new_training_or_sampling(tmp_path, fake_llc):
-    spec = {"base": BASE, "grid": {"train.lr": [1e-3, 3e-3]}, "seeds": [0, 1],
-            "llc": {"chains": 1, "draws": 5, "checkpoints": "all"}}
+    spec = {
+        "base": BASE,
+        "grid": {"train.lr": [1e-3, 3e-3]},
+        "seeds": [0, 1],
+        "llc": {"chains": 1, "draws": 5, "checkpoints": "all"},
+    }
     first = sw.run_sweep(sw.sweep_from_dict(spec), tmp_path, progress=False)
     assert (first.trained, first.sampled) == (4, 4) and len(fake_llc) == 1  # one batched call
     stamps = {p: p.stat().st_mtime_ns for r in first.runs for p in r.path.rglob("*") if p.is_file()}
@@ -129,8 +143,12 @@ def test_killed_sweep_rerun_completes_with_the_same_results(tmp_path):
     script.write_text(KILLER.replace("{SPEC}", repr(spec)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     # metrics are written at each of 3 checkpoints x 2 runs per group: die mid-second group
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "killed"), "9"], env=env,
-                          capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "killed"), "9"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == -9
     half = sw.plan(tmp_path / "killed", sw.expand(sw.sweep_from_dict(spec)), estimate=False)
     assert {p.train for p in half} == {"cached", "resume"}  # one group done, one interrupted

@@ -22,8 +22,9 @@ class _Reference(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(p, d)
         self.pos = nn.Parameter(torch.zeros(2, d)) if positional else None
-        layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, activation="gelu",
-                                           batch_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d, heads, ff, dropout=0.0, activation="gelu", batch_first=True
+        )
         self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out = nn.Linear(d, p)
 
@@ -70,8 +71,9 @@ def _perturbed(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("heads,positional", [(1, False), (2, True)])
 def test_forward_matches_torch_reference(heads: int, positional: bool) -> None:
     p, d, layers, ff, R = 7, 16, 2, 24, 3
-    params = _perturbed(T.init(rng.key([0, 1, 2]), p, p, d, layers, heads, ff,
-                               positional=positional))
+    params = _perturbed(
+        T.init(rng.key([0, 1, 2]), p, p, d, layers, heads, ff, positional=positional)
+    )
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
     x = torch.stack([a.reshape(-1), b.reshape(-1)], dim=1)  # all p² pairs
     got = T.forward(params, x, heads=heads)
@@ -125,8 +127,10 @@ def test_replica_independent_of_batch() -> None:
 
 def test_gradients_flow_to_every_parameter() -> None:
     p, R = 7, 2
-    params = {k: v.requires_grad_(True)
-              for k, v in _perturbed(T.init(rng.key([0, 1]), p, p, 16, 2, 1, 16)).items()}
+    params = {
+        k: v.requires_grad_(True)
+        for k, v in _perturbed(T.init(rng.key([0, 1]), p, p, 16, 2, 1, 16)).items()
+    }
     x = rng.randint(rng.key([1]), p, (20, 2))[0]
     y = (x[:, 0] + x[:, 1]) % p
     loss = centred_mse(T.forward(params, x), y.expand(R, -1))
@@ -141,10 +145,16 @@ def test_inits_follow_pytorch_defaults() -> None:
     d, ff, p = 64, 128, 31
     params = T.init(rng.key(list(range(4))), p, p, d, 2, 1, ff)
     assert sorted(k for k in params if k.startswith("L1.")) == sorted(
-        k.replace("L0.", "L1.") for k in params if k.startswith("L0."))
+        k.replace("L0.", "L1.") for k in params if k.startswith("L0.")
+    )
     # Uniform(-c, c) has std c/sqrt(3); 4 replicas × ≥4096 draws put the sample std within 5%.
-    bounds = {"L0.Wqkv": math.sqrt(6 / (4 * d)), "L0.Wo": 1 / math.sqrt(d),
-              "L0.W1": 1 / math.sqrt(d), "L1.W2": 1 / math.sqrt(ff), "Wout": 1 / math.sqrt(d)}
+    bounds = {
+        "L0.Wqkv": math.sqrt(6 / (4 * d)),
+        "L0.Wo": 1 / math.sqrt(d),
+        "L0.W1": 1 / math.sqrt(d),
+        "L1.W2": 1 / math.sqrt(ff),
+        "Wout": 1 / math.sqrt(d),
+    }
     for k, c in bounds.items():
         v = params[k]
         assert v.abs().max() <= c, k
@@ -168,7 +178,11 @@ def test_settings_use_the_papers_model_and_optimiser() -> None:
         m, t = base["model"], base["train"]
         assert (m["name"], m["layers"], m["heads"]) == ("transformer", 2, 1)
         assert (t["loss"], t["optimizer"], t["lr"], t["weight_decay"]) == (
-            "centred_mse", "adam", [1e-3], [1e-5])
+            "centred_mse",
+            "adam",
+            [1e-3],
+            [1e-5],
+        )
         assert llc["checkpoints"].split(",")[0] == str(t["checkpoint_every"]) and len(seeds) >= 2
         assert llc["nbeta"] == 1000.0 and llc["gamma"] == 1000.0  # the calibrated sampler
     paper = settings("paper")[0]

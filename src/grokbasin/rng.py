@@ -59,8 +59,9 @@ def fold_in(keys: torch.Tensor, data: int) -> torch.Tensor:
 
 def fold_in_many(keys: torch.Tensor, data: list[int] | range) -> torch.Tensor:
     """[*keys.shape, len(data)]: ``fold_in(keys, d)`` for every d at once (same bits)."""
-    d = torch.tensor([_i32(int(v) & 0xFFFFFFFF) for v in data], dtype=torch.int32,
-                     device=keys.device)
+    d = torch.tensor(
+        [_i32(int(v) & 0xFFFFFFFF) for v in data], dtype=torch.int32, device=keys.device
+    )
     return mix32(keys[..., None] ^ mix32(d ^ _TAG))
 
 
@@ -120,10 +121,23 @@ def _i64(c: int) -> int:
 SPLITMIX64 = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 _PHI64, _M64A, _M64B = (_i64(c) for c in SPLITMIX64)
 # least-squares fits on w ∈ [−½, ½]: sin(2πw) ≈ w·Σ S_k w^2k, cos(2πw) ≈ Σ C_k w^2k
-SIN_POLY = (6.2831827932940385, -41.341419375071474, 81.59613848541618, -76.57968507422852,
-        41.203731292378585, -12.268840194963092)
-COS_POLY = (0.9999999890584856, -19.73920449927408, 64.93911745030452, -85.45013934672254,
-        60.167629372346404, -25.967593074131116, 6.5286491801761874)
+SIN_POLY = (
+    6.2831827932940385,
+    -41.341419375071474,
+    81.59613848541618,
+    -76.57968507422852,
+    41.203731292378585,
+    -12.268840194963092,
+)
+COS_POLY = (
+    0.9999999890584856,
+    -19.73920449927408,
+    64.93911745030452,
+    -85.45013934672254,
+    60.167629372346404,
+    -25.967593074131116,
+    6.5286491801761874,
+)
 
 
 def mix64_(z: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
@@ -139,8 +153,7 @@ def mix64_(z: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
 
 def stream_starts(keys: torch.Tensor, counters: range) -> torch.Tensor:
     """[R, T] int64 SplitMix64 block starts for (replica key, counter), T = len(counters)."""
-    t = torch.tensor([int(c) & 0xFFFFFFFF for c in counters], dtype=torch.int64,
-                     device=keys.device)
+    t = torch.tensor([int(c) & 0xFFFFFFFF for c in counters], dtype=torch.int64, device=keys.device)
     z = ((keys.to(torch.int64) & 0xFFFFFFFF) << 32)[:, None] | t
     return mix64_(z, torch.empty_like(z))
 

@@ -36,8 +36,11 @@ def delta_free_energy(
 
 
 def grokking_times(
-    epochs: np.ndarray, train_acc: np.ndarray, val_acc: np.ndarray,
-    train_threshold: float = 1.0, val_threshold: float = 0.95,
+    epochs: np.ndarray,
+    train_acc: np.ndarray,
+    val_acc: np.ndarray,
+    train_threshold: float = 1.0,
+    val_threshold: float = 0.95,
 ) -> tuple[int, int] | None:
     """(i, j): first checkpoint with train acc ≥ 1 and first with val acc ≥ 0.95 at or after it."""
     e, tr, va = (np.asarray(a) for a in (epochs, train_acc, val_acc))
@@ -72,7 +75,10 @@ class Transition:
 
 
 def detect_transitions(
-    loss: np.ndarray, window: int = 5, min_fraction: float = 0.1, rate_factor: float = 2.0,
+    loss: np.ndarray,
+    window: int = 5,
+    min_fraction: float = 0.1,
+    rate_factor: float = 2.0,
     max_gap: int | None = None,
 ) -> list[Transition]:
     """Drops of the smoothed loss that are fast and ≥ ``min_fraction`` of its total decrease.
@@ -154,9 +160,7 @@ def arrhenius_fit(
     return ArrheniusFit(float(slope), float(icpt), r2, (float(q[0]), float(q[1])), n, level)
 
 
-def transition_pairs(
-    steps: np.ndarray, transitions: list[Transition]
-) -> list[tuple[int, int]]:
+def transition_pairs(steps: np.ndarray, transitions: list[Transition]) -> list[tuple[int, int]]:
     """(step_a, step_b) for consecutive transitions: the step just after each one ends."""
     ends = [int(np.asarray(steps)[min(t.end, len(steps) - 1)]) for t in transitions]
     return list(zip(ends[:-1], ends[1:], strict=True))

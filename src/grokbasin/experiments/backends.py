@@ -33,8 +33,9 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_local(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1,
-              on_result: OnResult | None = None) -> list[R]:
+def run_local(
+    fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1, on_result: OnResult | None = None
+) -> list[R]:
     """Inline for one worker; otherwise a spawn-based process pool of ``workers``."""
     out: list[Any] = [None] * len(jobs)
     if workers <= 1 or len(jobs) <= 1:
@@ -44,8 +45,12 @@ def run_local(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1,
                 on_result(i, out[i])
         return out
     n = min(workers, len(jobs))
-    with ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(_threads_per_worker(n),)) as pool:
+    with ProcessPoolExecutor(
+        n,
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(_threads_per_worker(n),),
+    ) as pool:
         futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
         pending = set(futures)
         while pending:
@@ -68,15 +73,24 @@ def _import_ray() -> Any:
     return ray
 
 
-def run_ray(fn: Callable[[J], R], jobs: Sequence[J], address: str | None = None,
-            workers: int | None = None, on_result: OnResult | None = None) -> list[R]:
+def run_ray(
+    fn: Callable[[J], R],
+    jobs: Sequence[J],
+    address: str | None = None,
+    workers: int | None = None,
+    on_result: OnResult | None = None,
+) -> list[R]:
     """Each job a Ray task (1 CPU). ``address``: a cluster ('auto', 'ray://host:10001'); None
     starts a local instance with ``workers`` CPUs, shut down again afterwards."""
     ray = _import_ray()
     started = False
     if not ray.is_initialized():
-        kw: dict[str, Any] = {"address": address, "include_dashboard": False,
-                              "log_to_driver": False, "configure_logging": False}
+        kw: dict[str, Any] = {
+            "address": address,
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "configure_logging": False,
+        }
         if address is None:
             kw["num_cpus"] = workers or os.cpu_count() or 1
         ray.init(**kw)
@@ -101,8 +115,14 @@ def run_ray(fn: Callable[[J], R], jobs: Sequence[J], address: str | None = None,
             time.sleep(0.1)
 
 
-def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], backend: str = "local", workers: int = 1,
-             address: str | None = None, on_result: OnResult | None = None) -> list[R]:
+def run_jobs(
+    fn: Callable[[J], R],
+    jobs: Sequence[J],
+    backend: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    on_result: OnResult | None = None,
+) -> list[R]:
     """Run ``fn`` over ``jobs`` on the named backend; results in job order."""
     if not jobs:
         return []

@@ -16,12 +16,21 @@ from grokbasin.experiments.sweep import SweepResult, expand, run_configs, sweep_
 from grokbasin.store.rundir import RunDir, atomic_write, read_parquet
 
 
-def configs(base: dict[str, Any], grid: dict[str, list[Any]] | None = None,
-            points: list[dict[str, Any]] | None = None, seeds: list[int] | None = None,
-            llc: dict[str, Any] | None = None, device: str = "cpu") -> list[RunConfig]:
+def configs(
+    base: dict[str, Any],
+    grid: dict[str, list[Any]] | None = None,
+    points: list[dict[str, Any]] | None = None,
+    seeds: list[int] | None = None,
+    llc: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> list[RunConfig]:
     """Expand a sweep given inline (same structure as a sweep file)."""
-    spec: dict[str, Any] = {"base": base, "grid": grid or {}, "points": points or [{}],
-                            "device": device}
+    spec: dict[str, Any] = {
+        "base": base,
+        "grid": grid or {},
+        "points": points or [{}],
+        "device": device,
+    }
     if seeds is not None:
         spec["seeds"] = seeds
     if llc is not None:
@@ -29,8 +38,9 @@ def configs(base: dict[str, Any], grid: dict[str, list[Any]] | None = None,
     return expand(sweep_from_dict(spec))
 
 
-def execute(cfgs: list[RunConfig], root: Path, estimate: bool, backend: str, workers: int,
-            progress: bool) -> SweepResult:
+def execute(
+    cfgs: list[RunConfig], root: Path, estimate: bool, backend: str, workers: int, progress: bool
+) -> SweepResult:
     """Train (and sample) what is missing; everything finished is reused."""
     return run_configs(cfgs, root, estimate, backend, workers, None, progress)
 
@@ -89,9 +99,9 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
 
 def base_cfg(**overrides: Any) -> dict[str, Any]:
     """A nested config dict from dotted overrides (validated later, per point)."""
-    return build_config({}, overrides).model_dump(
-        mode="json", include={"task", "model", "train"}
-    ) | {}
+    return (
+        build_config({}, overrides).model_dump(mode="json", include={"task", "model", "train"}) | {}
+    )
 
 
 def log_linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
@@ -103,8 +113,9 @@ def log_linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float
     return linear_fit(xa[ok], np.log(ya[ok]))
 
 
-def solution_epoch(rows: Sequence[dict[str, Any]], train_acc: float = 0.99,
-                   val_acc: float = 0.95) -> tuple[int, bool]:
+def solution_epoch(
+    rows: Sequence[dict[str, Any]], train_acc: float = 0.99, val_acc: float = 0.95
+) -> tuple[int, bool]:
     """The checkpoint that stands for a run's learned solution, and whether it generalised.
 
     Among checkpoints with train acc ≥ ``train_acc`` and val acc ≥ ``val_acc``, the one with the
@@ -136,9 +147,16 @@ def at_solution(cfgs: Sequence[RunConfig], root: Path) -> list[RunConfig]:
     return out
 
 
-def finish(name: str, scale: str, root: Path, figs: dict[str, Any],
-           tables: dict[str, list[dict[str, Any]]], summary: list[dict[str, Any]],
-           notes: list[str], intro: str) -> ExperimentResult:
+def finish(
+    name: str,
+    scale: str,
+    root: Path,
+    figs: dict[str, Any],
+    tables: dict[str, list[dict[str, Any]]],
+    summary: list[dict[str, Any]],
+    notes: list[str],
+    intro: str,
+) -> ExperimentResult:
     """Write PNGs, CSVs and a one-section HTML report under root/experiments/<name>-<scale>."""
     from grokbasin.report.figures import save_png
     from grokbasin.report.html import Section, Table, write_report
@@ -151,7 +169,8 @@ def finish(name: str, scale: str, root: Path, figs: dict[str, Any],
     for key, rows in tables.items():
         res.tables[key] = write_csv(d / f"{key}.csv", rows)
     section = Section(
-        f"{name} ({scale})", paragraphs=[intro, *notes],
+        f"{name} ({scale})",
+        paragraphs=[intro, *notes],
         tables=[Table(summary, title="summary")] if summary else [],
         figures=[res.figures[k].read_bytes() for k in figs],
     )

@@ -59,9 +59,10 @@ def _sampler(kind: str, n: int, nbeta: float | None = None) -> dict[str, Any]:
 
 
 def _describe(kw: dict[str, Any], chains: int, batch: str = "full batch") -> str:
-    return (f"SGLD ε={kw['step_size']:g}, γ={kw['gamma']:g}, nβ={kw['nbetas'][0]:.4g}, "
-            f"{kw['burnin']} burn-in + {kw['draws']} draws, {chains} chains, {batch}")
-
+    return (
+        f"SGLD ε={kw['step_size']:g}, γ={kw['gamma']:g}, nβ={kw['nbetas'][0]:.4g}, "
+        f"{kw['burnin']} burn-in + {kw['draws']} draws, {chains} chains, {batch}"
+    )
 
 
 def _chains_per_group(est: Any) -> np.ndarray:
@@ -73,9 +74,16 @@ def _chains_per_group(est: Any) -> np.ndarray:
 # LLC scaling families.
 
 
-def polynomial_llcs(degrees: list[int], widths: list[float], repeats: int, chains: int,
-                    n: int = 500, device: str = "cpu", seed: int = 0,
-                    sampler: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def polynomial_llcs(
+    degrees: list[int],
+    widths: list[float],
+    repeats: int,
+    chains: int,
+    n: int = 500,
+    device: str = "cpu",
+    seed: int = 0,
+    sampler: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """λ̂ per (degree, c, repeat) at the least-squares fit, in one batched sampler run (float64)."""
     grid = [(dg, c, r) for c in widths for dg in degrees for r in range(repeats)]
     G, D = len(grid), max(degrees)
@@ -87,23 +95,42 @@ def polynomial_llcs(degrees: list[int], widths: list[float], repeats: int, chain
     p0 = MR.poly_lstsq(x, y, D, mask)
     mk = mask.repeat_interleave(chains, 0)
     feats = MR.poly_features(x, D).repeat_interleave(chains, 0)  # computed once, not per step
-    target = from_functional(lambda p, fb: MR.poly_forward_features(p, fb, mk), MR.mse,
-                             repeat_replicas(p0, chains), feats, y.repeat_interleave(chains, 0),
-                             batch_size=n, per_replica=True)
+    target = from_functional(
+        lambda p, fb: MR.poly_forward_features(p, fb, mk),
+        MR.mse,
+        repeat_replicas(p0, chains),
+        feats,
+        y.repeat_interleave(chains, 0),
+        batch_size=n,
+        per_replica=True,
+    )
     kw = sampler or _sampler("polynomial", n)
     est = estimate_llc(target, groups=G, chains=chains, seed=seed, diagnose=False, **kw)
     lam = _chains_per_group(est)
-    return [{"degree": dg, "c": c, "repeat": r, "llc": float(np.nanmean(lam[g])),
-             "llc_std": float(np.nanstd(lam[g])), "theory": TH.polynomial_llc(dg),
-             "theory_paper": TH.polynomial_llc_paper(dg)} for g, (dg, c, r) in enumerate(grid)]
+    return [
+        {
+            "degree": dg,
+            "c": c,
+            "repeat": r,
+            "llc": float(np.nanmean(lam[g])),
+            "llc_std": float(np.nanstd(lam[g])),
+            "theory": TH.polynomial_llc(dg),
+            "theory_paper": TH.polynomial_llc_paper(dg),
+        }
+        for g, (dg, c, r) in enumerate(grid)
+    ]
 
 
 @register("llc-polynomial", "Paper B: LLC of polynomial regressors vs degree for c = 1, .75, .5")
-def llc_polynomial(scale: str, root: Path, backend: str, workers: int, device: str,
-                   progress: bool) -> ExperimentResult:
+def llc_polynomial(
+    scale: str, root: Path, backend: str, workers: int, device: str, progress: bool
+) -> ExperimentResult:
     small = scale == "small"
-    degrees = [1, 2, 4, 8, 16, 32, 64] if small else sorted(
-        {int(round(v)) for v in np.logspace(0, 3, 16)})
+    degrees = (
+        [1, 2, 4, 8, 16, 32, 64]
+        if small
+        else sorted({int(round(v)) for v in np.logspace(0, 3, 16)})
+    )
     widths, repeats, chains, n = [1.0, 0.75, 0.5], (2 if small else 10), (2 if small else 4), 500
     kw = _sampler("polynomial", n)
     rows = polynomial_llcs(degrees, widths, repeats, chains, n, device, sampler=kw)
@@ -111,42 +138,84 @@ def llc_polynomial(scale: str, root: Path, backend: str, workers: int, device: s
     a = ax[0, 0]
     summary = []
     for i, c in enumerate(widths):
-        m = np.array([[r["llc"] for r in rows if r["c"] == c and r["degree"] == dg]
-                      for dg in degrees])
-        a.errorbar(degrees, m.mean(1), yerr=m.std(1), fmt="o-", color=PALETTE[i], ms=3,
-                   capsize=2, label=f"SGLD λ̂, c = {c:g}")
+        m = np.array(
+            [[r["llc"] for r in rows if r["c"] == c and r["degree"] == dg] for dg in degrees]
+        )
+        a.errorbar(
+            degrees,
+            m.mean(1),
+            yerr=m.std(1),
+            fmt="o-",
+            color=PALETTE[i],
+            ms=3,
+            capsize=2,
+            label=f"SGLD λ̂, c = {c:g}",
+        )
         below = float(np.mean(m.mean(1) < [TH.polynomial_llc(d) for d in degrees]))
-        summary.append({"c": c, "llc_at_max_degree": float(m[-1].mean()),
-                        "theory_at_max_degree": TH.polynomial_llc(degrees[-1]),
-                        "fraction_of_degrees_below_theory": below})
+        summary.append(
+            {
+                "c": c,
+                "llc_at_max_degree": float(m[-1].mean()),
+                "theory_at_max_degree": TH.polynomial_llc(degrees[-1]),
+                "fraction_of_degrees_below_theory": below,
+            }
+        )
     dd = np.array(degrees, float)
     a.plot(dd, (dd + 1) / 2, "--", color=THEORY_COLORS[0], label="theory (d+1)/2")
     a.plot(dd, dd / 2, ":", color=THEORY_COLORS[1], label="paper's line d/2")
-    a.set(xscale="log", yscale="log", xlabel="degree d", ylabel="LLC",
-          title=f"Polynomial regressors, N = {n}: {_describe(kw, chains)}")
+    a.set(
+        xscale="log",
+        yscale="log",
+        xlabel="degree d",
+        ylabel="LLC",
+        title=f"Polynomial regressors, N = {n}: {_describe(kw, chains)}",
+    )
     a.title.set_fontsize(7)
     a.legend()
-    ordered = all(summary[i]["llc_at_max_degree"] >= summary[i + 1]["llc_at_max_degree"]
-                  for i in range(len(summary) - 1))
+    ordered = all(
+        summary[i]["llc_at_max_degree"] >= summary[i + 1]["llc_at_max_degree"]
+        for i in range(len(summary) - 1)
+    )
     notes = [
-        f"Estimates at degree {degrees[-1]}: " + ", ".join(
-            f"c={s['c']:g}: {s['llc_at_max_degree']:.3g}" for s in summary)
+        f"Estimates at degree {degrees[-1]}: "
+        + ", ".join(f"c={s['c']:g}: {s['llc_at_max_degree']:.3g}" for s in summary)
         + f" vs theory {TH.polynomial_llc(degrees[-1]):g}.",
         "Paper B: estimates fall below (d+1)/2 and drop for narrower domains. Ours: "
-        + ("below theory at high degree" if all(s["llc_at_max_degree"] < s["theory_at_max_degree"]
-                                               for s in summary) else "NOT below theory")
-        + (" and ordered c=1 > .75 > .5 at the largest degree, as in the paper." if ordered else
-           "; the narrow-domain ordering does NOT hold at the largest degree."),
+        + (
+            "below theory at high degree"
+            if all(s["llc_at_max_degree"] < s["theory_at_max_degree"] for s in summary)
+            else "NOT below theory"
+        )
+        + (
+            " and ordered c=1 > .75 > .5 at the largest degree, as in the paper."
+            if ordered
+            else "; the narrow-domain ordering does NOT hold at the largest degree."
+        ),
         "Why: monomials on [−c, c] have a Gram matrix whose eigenvalues fall geometrically (faster"
         " for small c), so most of the d+1 directions are too flat for nβ = n/ln n to resolve"
         " against γ; the estimate counts only the resolved ones (localised Laplace picture).",
     ]
-    return finish("llc-polynomial", scale, root, {"llc_polynomial": fig}, {"llc_polynomial": rows},
-                   summary, notes, "λ̂ at the exact least-squares fit (float64) vs degree.")
+    return finish(
+        "llc-polynomial",
+        scale,
+        root,
+        {"llc_polynomial": fig},
+        {"llc_polynomial": rows},
+        summary,
+        notes,
+        "λ̂ at the exact least-squares fit (float64) vs degree.",
+    )
 
 
-def low_rank_llcs(d: int, ranks: list[int], chains: int, n: int, device: str = "cpu",
-                  seed: int = 0, sampler: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def low_rank_llcs(
+    d: int,
+    ranks: list[int],
+    chains: int,
+    n: int,
+    device: str = "cpu",
+    seed: int = 0,
+    sampler: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """λ̂ of W₂W₁ (d → r → d) at the balanced SVD factorisation of a rank-r truth, per r."""
     G = len(ranks)
     keys = rng.key([seed * 100003 + r for r in ranks], device)
@@ -156,16 +225,30 @@ def low_rank_llcs(d: int, ranks: list[int], chains: int, n: int, device: str = "
     p = MR.lowrank_from_matrix(M, max(ranks))
     p0 = {"W1": p["W1"] * mask[:, :, None], "W2": p["W2"] * mask[:, None, :]}
     mk = mask.repeat_interleave(chains, 0)
-    target = from_functional(lambda q, xb: MR.lowrank_forward(q, xb, mk), MR.mse,
-                             repeat_replicas(p0, chains), data.x.repeat_interleave(chains, 0),
-                             data.y.repeat_interleave(chains, 0), batch_size=n, per_replica=True)
+    target = from_functional(
+        lambda q, xb: MR.lowrank_forward(q, xb, mk),
+        MR.mse,
+        repeat_replicas(p0, chains),
+        data.x.repeat_interleave(chains, 0),
+        data.y.repeat_interleave(chains, 0),
+        batch_size=n,
+        per_replica=True,
+    )
     kw = sampler or _sampler("low_rank", n)
     est = estimate_llc(target, groups=G, chains=chains, seed=seed, diagnose=False, **kw)
     lam = _chains_per_group(est)
     aw = _aoyagi_watanabe(d, ranks)
-    return [{"d": d, "rank": r, "llc": float(np.nanmean(lam[g])),
-             "llc_std": float(np.nanstd(lam[g])), "theory": TH.low_rank_llc(d, r),
-             "theory_aw": aw[g]} for g, r in enumerate(ranks)]
+    return [
+        {
+            "d": d,
+            "rank": r,
+            "llc": float(np.nanmean(lam[g])),
+            "llc_std": float(np.nanstd(lam[g])),
+            "theory": TH.low_rank_llc(d, r),
+            "theory_aw": aw[g],
+        }
+        for g, r in enumerate(ranks)
+    ]
 
 
 def _aoyagi_watanabe(d: int, ranks: list[int]) -> list[float]:
@@ -176,8 +259,9 @@ def _aoyagi_watanabe(d: int, ranks: list[int]) -> list[float]:
 
 
 @register("llc-low-rank", "Paper B: LLC of low-rank linear networks W2W1 vs rank, with theory")
-def llc_low_rank(scale: str, root: Path, backend: str, workers: int, device: str,
-                 progress: bool) -> ExperimentResult:
+def llc_low_rank(
+    scale: str, root: Path, backend: str, workers: int, device: str, progress: bool
+) -> ExperimentResult:
     small = scale == "small"
     d = 10 if small else 100
     ranks = list(range(1, d + 1))
@@ -190,63 +274,125 @@ def llc_low_rank(scale: str, root: Path, backend: str, workers: int, device: str
     fig, ax = new_figure(width=6.4, row_height=4.0)
     a = ax[0, 0]
     a.plot(r, lam, "o", color=PALETTE[0], ms=3, label="SGLD λ̂")
-    a.plot(r, coef[0] * r**2 + coef[1] * r, "-", color=PALETTE[0],
-           label=f"fit {coef[0]:.3g} r² + {coef[1]:.3g} r")
+    a.plot(
+        r,
+        coef[0] * r**2 + coef[1] * r,
+        "-",
+        color=PALETTE[0],
+        label=f"fit {coef[0]:.3g} r² + {coef[1]:.3g} r",
+    )
     a.plot(r, r * (2 * d - r) / 2, "--", color=THEORY_COLORS[0], label="theory r(2d − r)/2")
     if d == 100:
-        a.plot(r, -0.429 * r**2 + 87.3 * r, ":", color=THEORY_COLORS[1],
-               label="paper's fit −0.429 r² + 87.3 r")
+        a.plot(
+            r,
+            -0.429 * r**2 + 87.3 * r,
+            ":",
+            color=THEORY_COLORS[1],
+            label="paper's fit −0.429 r² + 87.3 r",
+        )
     a.set(xlabel="rank r", ylabel="LLC", title=f"W₂W₁, d = {d}, N = {n}: {_describe(kw, chains)}")
     a.title.set_fontsize(7)
     a.legend()
     ratio = lam / (r * (2 * d - r) / 2)
-    summary = [{"d": d, "fit_a": float(coef[0]), "fit_b": float(coef[1]),
-                "theory_a": -0.5, "theory_b": float(d), "paper_a_d100": -0.429,
-                "paper_b_d100": 87.3, "median_ratio_to_theory": float(np.median(ratio))}]
+    summary = [
+        {
+            "d": d,
+            "fit_a": float(coef[0]),
+            "fit_b": float(coef[1]),
+            "theory_a": -0.5,
+            "theory_b": float(d),
+            "paper_a_d100": -0.429,
+            "paper_b_d100": 87.3,
+            "median_ratio_to_theory": float(np.median(ratio)),
+        }
+    ]
     notes = [
         f"Fit λ̂ ≈ {coef[0]:.3g} r² + {coef[1]:.3g} r; theory −0.5 r² + {d} r; "
         f"median λ̂/theory = {np.median(ratio):.3f} (range {ratio.min():.3f}–{ratio.max():.3f}).",
         "Paper B at d = 100: −0.429 r² + 87.3 r, i.e. ~13% below theory in the linear term. "
-        + ("Ours is likewise below theory." if np.median(ratio) < 1 else
-           "Ours is NOT below theory at these settings."),
+        + (
+            "Ours is likewise below theory."
+            if np.median(ratio) < 1
+            else "Ours is NOT below theory at these settings."
+        ),
     ]
     if small:
-        notes.append("Small scale uses d = 10, so the paper's d = 100 coefficients are not directly"
-                     " comparable; compare the ratio to theory instead.")
-    return finish("llc-low-rank", scale, root, {"llc_low_rank": fig}, {"llc_low_rank": rows},
-                   summary, notes, "λ̂ at an exact minimum (balanced SVD factors of the OLS fit).")
+        notes.append(
+            "Small scale uses d = 10, so the paper's d = 100 coefficients are not directly"
+            " comparable; compare the ratio to theory instead."
+        )
+    return finish(
+        "llc-low-rank",
+        scale,
+        root,
+        {"llc_low_rank": fig},
+        {"llc_low_rank": rows},
+        summary,
+        notes,
+        "λ̂ at an exact minimum (balanced SVD factors of the OLS fit).",
+    )
 
 
-def autoencoder_llcs(d: int, bottlenecks: list[int], chains: int, n: int, train_steps: int,
-                     device: str = "cpu", seed: int = 0,
-                     sampler: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], Any]:
+def autoencoder_llcs(
+    d: int,
+    bottlenecks: list[int],
+    chains: int,
+    n: int,
+    train_steps: int,
+    device: str = "cpu",
+    seed: int = 0,
+    sampler: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], Any]:
     """Train the d → 128 → r → 128 → d ReLU autoencoder for every r at once, then estimate λ̂."""
     G = len(bottlenecks)
     keys = rng.key([seed * 100003 + r for r in bottlenecks], device)
     data = TR.low_rank_autoencoder(keys, d, bottlenecks, n)
     mask = MR.size_mask(bottlenecks, device)
     p = MR.autoencoder_init(keys, d, max(bottlenecks))
-    res = fit(lambda q, xb: MR.autoencoder_forward(q, xb, mask), p, data.x, data.y, MR.mse, keys,
-              steps=train_steps, batch_size=min(100, n), optimizer="adam", lr=1e-3,
-              log_every=max(1, train_steps // 50))
+    res = fit(
+        lambda q, xb: MR.autoencoder_forward(q, xb, mask),
+        p,
+        data.x,
+        data.y,
+        MR.mse,
+        keys,
+        steps=train_steps,
+        batch_size=min(100, n),
+        optimizer="adam",
+        lr=1e-3,
+        log_every=max(1, train_steps // 50),
+    )
     mk = mask.repeat_interleave(chains, 0)
-    target = from_functional(lambda q, xb: MR.autoencoder_forward(q, xb, mk), MR.mse,
-                             repeat_replicas(res.params, chains),
-                             data.x.repeat_interleave(chains, 0),
-                             data.y.repeat_interleave(chains, 0), batch_size=n, per_replica=True)
+    target = from_functional(
+        lambda q, xb: MR.autoencoder_forward(q, xb, mk),
+        MR.mse,
+        repeat_replicas(res.params, chains),
+        data.x.repeat_interleave(chains, 0),
+        data.y.repeat_interleave(chains, 0),
+        batch_size=n,
+        per_replica=True,
+    )
     kw = sampler or _sampler("autoencoder", n)
     est = estimate_llc(target, groups=G, chains=chains, seed=seed, diagnose=False, **kw)
     lam = _chains_per_group(est)
     final = res.losses[:, -1].tolist()
-    rows = [{"d": d, "bottleneck": r, "llc": float(np.nanmean(lam[g])),
-             "llc_std": float(np.nanstd(lam[g])), "train_loss": final[g]}
-            for g, r in enumerate(bottlenecks)]
+    rows = [
+        {
+            "d": d,
+            "bottleneck": r,
+            "llc": float(np.nanmean(lam[g])),
+            "llc_std": float(np.nanstd(lam[g])),
+            "train_loss": final[g],
+        }
+        for g, r in enumerate(bottlenecks)
+    ]
     return rows, res
 
 
 @register("llc-autoencoder", "Paper B: LLC of low-rank ReLU autoencoders vs bottleneck width")
-def llc_autoencoder(scale: str, root: Path, backend: str, workers: int, device: str,
-                    progress: bool) -> ExperimentResult:
+def llc_autoencoder(
+    scale: str, root: Path, backend: str, workers: int, device: str, progress: bool
+) -> ExperimentResult:
     small = scale == "small"
     d = 20 if small else 100
     bn = [1, 2, 4, 6, 8, 12, 16] if small else [1, 2, 4, 8, 16, 24, 32, 48, 64]
@@ -254,16 +400,26 @@ def llc_autoencoder(scale: str, root: Path, backend: str, workers: int, device: 
     kw = _sampler("autoencoder", n)
     rows, res = autoencoder_llcs(d, bn, chains, n, steps, device, sampler=kw)
     fig, ax = new_figure(1, 2, width=9.0, row_height=3.6)
-    slope, icpt, r2 = plot_linear_fit(ax[0, 0], bn, [r["llc"] for r in rows], color=PALETTE[0],
-                                      label="SGLD λ̂", yerr=[r["llc_std"] for r in rows])
+    slope, icpt, r2 = plot_linear_fit(
+        ax[0, 0],
+        bn,
+        [r["llc"] for r in rows],
+        color=PALETTE[0],
+        label="SGLD λ̂",
+        yerr=[r["llc_std"] for r in rows],
+    )
     ax[0, 0].set(xlabel="bottleneck r", ylabel="LLC", title=_describe(kw, chains))
     ax[0, 0].title.set_fontsize(7)
     ax[0, 0].legend()
     curve = res.losses.cpu().numpy()
     for g, r in enumerate(bn):
         ax[0, 1].plot(res.steps, curve[g], color=PALETTE[g % len(PALETTE)], label=f"r = {r}")
-    ax[0, 1].set(yscale="log", xlabel="Adam step", ylabel="train MSE",
-                 title=f"training, x = Az, d = {d}, N = {n}")
+    ax[0, 1].set(
+        yscale="log",
+        xlabel="Adam step",
+        ylabel="train MSE",
+        title=f"training, x = Az, d = {d}, N = {n}",
+    )
     ax[0, 1].legend(fontsize=6)
     summary = [{"d": d, "slope": slope, "intercept": icpt, "r2": r2}]
     notes = [
@@ -273,9 +429,16 @@ def llc_autoencoder(scale: str, root: Path, backend: str, workers: int, device: 
         " networks are not at exact minima (train MSE still falling, higher for larger r), and at"
         " ε = 1e-5 over 2000 steps stationarity of λ̂ is not checked here.",
     ]
-    return finish("llc-autoencoder", scale, root, {"llc_autoencoder": fig},
-                   {"llc_autoencoder": rows}, summary, notes,
-                   "λ̂ of trained ReLU autoencoders on rank-r Gaussian data x = Az.")
+    return finish(
+        "llc-autoencoder",
+        scale,
+        root,
+        {"llc_autoencoder": fig},
+        {"llc_autoencoder": rows},
+        summary,
+        notes,
+        "λ̂ of trained ReLU autoencoders on rank-r Gaussian data x = Az.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,9 +452,14 @@ def _arrhenius_figure(df: np.ndarray, r: np.ndarray, title: str) -> tuple[Any, A
     fitres = None
     if len(df) >= 3 and np.ptp(np.log(r)) > 0:
         fitres = FE.arrhenius_fit(df, r)
-        plot_linear_fit(a, np.log(r), df, color=PALETTE[0],
-                        label=f"runs (n={len(df)}), 95% CI [{fitres.slope_ci[0]:.3g}, "
-                              f"{fitres.slope_ci[1]:.3g}]")
+        plot_linear_fit(
+            a,
+            np.log(r),
+            df,
+            color=PALETTE[0],
+            label=f"runs (n={len(df)}), 95% CI [{fitres.slope_ci[0]:.3g}, "
+            f"{fitres.slope_ci[1]:.3g}]",
+        )
     else:
         a.plot(np.log(r), df, "o", color=PALETTE[0], label=f"runs (n={len(df)}): too few to fit")
     a.set(xlabel="log r (time to transition)", ylabel="ΔF", title=title)
@@ -305,9 +473,12 @@ def _fit_notes(fitres: Any, paper: str) -> list[str]:
         return ["Too few transitions to fit ΔF against log r.", paper]
     sign = "negative" if fitres.slope < 0 else "positive"
     ci0 = fitres.slope_ci[0] < 0 < fitres.slope_ci[1]
-    return [f"ΔF ≈ {fitres.slope:.3g}·log r + {fitres.intercept:.3g}, R² = {fitres.r2:.3f}, "
-            f"95% bootstrap slope interval [{fitres.slope_ci[0]:.3g}, {fitres.slope_ci[1]:.3g}] "
-            f"over {fitres.n} runs: slope {sign}" + (", interval covers 0." if ci0 else "."), paper]
+    return [
+        f"ΔF ≈ {fitres.slope:.3g}·log r + {fitres.intercept:.3g}, R² = {fitres.r2:.3f}, "
+        f"95% bootstrap slope interval [{fitres.slope_ci[0]:.3g}, {fitres.slope_ci[1]:.3g}] "
+        f"over {fitres.n} runs: slope {sign}" + (", interval covers 0." if ci0 else "."),
+        paper,
+    ]
 
 
 def grokking_config(small: bool, seeds: int) -> Any:
@@ -319,16 +490,27 @@ def grokking_config(small: bool, seeds: int) -> Any:
     if small:
         ov: dict[str, Any] = {"train.epochs": 3000, "train.checkpoint_every": 50}
     else:
-        ov = {"task.p": 53, "task.frac": 0.3, "model.name": "mlp", "model.embed_dim": 128,
-              "model.width": 512, "train.loss": "cross_entropy", "train.optimizer": "adamw",
-              "train.lr": 1e-3, "train.weight_decay": 1.0, "train.batch_size": 128,
-              "train.epochs": 5000, "train.checkpoint_every": 20}
+        ov = {
+            "task.p": 53,
+            "task.frac": 0.3,
+            "model.name": "mlp",
+            "model.embed_dim": 128,
+            "model.width": 512,
+            "train.loss": "cross_entropy",
+            "train.optimizer": "adamw",
+            "train.lr": 1e-3,
+            "train.weight_decay": 1.0,
+            "train.batch_size": 128,
+            "train.epochs": 5000,
+            "train.checkpoint_every": 20,
+        }
     return build_config({}, ov | {"train.seeds": list(range(seeds))})
 
 
 @register("arrhenius-grokking", "Paper B: ΔF vs log time-to-grok over many seeds of the MLP")
-def arrhenius_grokking(scale: str, root: Path, backend: str, workers: int, device: str,
-                       progress: bool) -> ExperimentResult:
+def arrhenius_grokking(
+    scale: str, root: Path, backend: str, workers: int, device: str, progress: bool
+) -> ExperimentResult:
     from grokbasin.store.rundir import read_parquet
     from grokbasin.train.runner import train
 
@@ -342,9 +524,11 @@ def arrhenius_grokking(scale: str, root: Path, backend: str, workers: int, devic
     grokked = []
     for rep, rows in sorted(by.items()):
         rows.sort(key=lambda q: q["epoch"])
-        t = FE.grokking_times(np.array([q["epoch"] for q in rows]),
-                              np.array([q["train_acc"] for q in rows]),
-                              np.array([q["val_acc"] for q in rows]))
+        t = FE.grokking_times(
+            np.array([q["epoch"] for q in rows]),
+            np.array([q["train_acc"] for q in rows]),
+            np.array([q["val_acc"] for q in rows]),
+        )
         if t is not None and t[1] > t[0]:
             loss = {q["epoch"]: q["train_loss"] for q in rows}
             grokked.append((rep, t[0], t[1], loss[t[0]], loss[t[1]]))
@@ -363,39 +547,96 @@ def arrhenius_grokking(scale: str, root: Path, backend: str, workers: int, devic
         p0 = repeat_replicas({k: torch.stack(v) for k, v in params.items()}, chains)
         rows = modular_train_rows(cfg).to(device)[torch.tensor(reps, device=device)]
         target = from_modular(cfg, p0, rows.repeat_interleave(chains, 0), batch_size=bs)
-        est = estimate_llc(target, groups=len(reps), chains=chains, nbetas=[2.0], step_size=eps,
-                           gamma=gamma, burnin=burn, draws=steps - burn, diagnose=False)
+        est = estimate_llc(
+            target,
+            groups=len(reps),
+            chains=chains,
+            nbetas=[2.0],
+            step_size=eps,
+            gamma=gamma,
+            burnin=burn,
+            draws=steps - burn,
+            diagnose=False,
+        )
         lam = np.nanmean(_chains_per_group(est), axis=1).reshape(-1, 2)
         n = cfg.task.n_train
         for (rep, i, j, li, lj), (a, b) in zip(grokked, lam, strict=True):
-            table.append({"replica": rep, "t_train_acc_1": i, "t_val_acc_095": j, "r": j - i,
-                          "llc_i": a, "llc_j": b, "loss_i": li, "loss_j": lj,
-                          "delta_F": float(FE.delta_free_energy(a, b, li, lj, n))})
+            table.append(
+                {
+                    "replica": rep,
+                    "t_train_acc_1": i,
+                    "t_val_acc_095": j,
+                    "r": j - i,
+                    "llc_i": a,
+                    "llc_j": b,
+                    "loss_i": li,
+                    "loss_j": lj,
+                    "delta_F": float(FE.delta_free_energy(a, b, li, lj, n)),
+                }
+            )
     df = np.array([t["delta_F"] for t in table])
     r = np.array([t["r"] for t in table], float)
     kw = {"step_size": eps, "gamma": gamma, "burnin": burn, "draws": steps - burn, "nbetas": [2.0]}
-    title = (f"grokking {cfg.model.name} p={cfg.task.p}, {len(table)}/{len(by)} grokked\n"
-             f"{_describe(kw, chains, 'batch ' + str(bs))}")
+    title = (
+        f"grokking {cfg.model.name} p={cfg.task.p}, {len(table)}/{len(by)} grokked\n"
+        f"{_describe(kw, chains, 'batch ' + str(bs))}"
+    )
     fig, fitres = _arrhenius_figure(df, r, title)
-    summary = [{"runs": len(by), "grokked": len(table)}
-               | ({} if fitres is None else {"slope": fitres.slope, "r2": fitres.r2,
-                                             "slope_lo": fitres.slope_ci[0],
-                                             "slope_hi": fitres.slope_ci[1]})]
+    summary = [
+        {"runs": len(by), "grokked": len(table)}
+        | (
+            {}
+            if fitres is None
+            else {
+                "slope": fitres.slope,
+                "r2": fitres.r2,
+                "slope_lo": fitres.slope_ci[0],
+                "slope_hi": fitres.slope_ci[1],
+            }
+        )
+    ]
     notes = _fit_notes(fitres, "Paper B: 168 of 500 runs grokked; slope negative with low R².")
-    return finish("arrhenius-grokking", scale, root, {"arrhenius_grokking": fig},
-                   {"arrhenius_grokking": table}, summary, notes,
-                   "i = first checkpoint with train acc 1, j = first with val acc ≥ 0.95, "
-                   "r = j − i; ΔF = (λ̂_j − λ̂_i)·log N + N·(L_j − L_i).")
+    return finish(
+        "arrhenius-grokking",
+        scale,
+        root,
+        {"arrhenius_grokking": fig},
+        {"arrhenius_grokking": table},
+        summary,
+        notes,
+        "i = first checkpoint with train acc 1, j = first with val acc ≥ 0.95, "
+        "r = j − i; ΔF = (λ̂_j − λ̂_i)·log N + N·(L_j − L_i).",
+    )
 
 
-def tms_runs(seeds: int, steps: int, log_every: int, ckpt_every: int, device: str = "cpu",
-             n_features: int = 8, n_hidden: int = 2, n: int = 1000) -> tuple[Any, Any, Any]:
+def tms_runs(
+    seeds: int,
+    steps: int,
+    log_every: int,
+    ckpt_every: int,
+    device: str = "cpu",
+    n_features: int = 8,
+    n_hidden: int = 2,
+    n: int = 1000,
+) -> tuple[Any, Any, Any]:
     """Paper B's TMS training (SGD lr 0.01, momentum 0.9, batch 100) for many seeds at once."""
     keys = rng.key(list(range(seeds)), device)
     data = TR.tms_one_hot(keys, n_features, n)
-    res = fit(TMS.forward, TMS.init(keys, n_features, n_hidden), data.x, data.y, tms_loss, keys,
-              steps=steps, batch_size=100, optimizer="sgd", lr=0.01, momentum=0.9,
-              log_every=log_every, checkpoint_every=ckpt_every)
+    res = fit(
+        TMS.forward,
+        TMS.init(keys, n_features, n_hidden),
+        data.x,
+        data.y,
+        tms_loss,
+        keys,
+        steps=steps,
+        batch_size=100,
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.9,
+        log_every=log_every,
+        checkpoint_every=ckpt_every,
+    )
     return keys, data, res
 
 
@@ -405,8 +646,9 @@ def tms_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @register("arrhenius-tms", "Paper B: ΔF vs log time between loss-curve transitions in TMS runs")
-def arrhenius_tms(scale: str, root: Path, backend: str, workers: int, device: str,
-                  progress: bool) -> ExperimentResult:
+def arrhenius_tms(
+    scale: str, root: Path, backend: str, workers: int, device: str, progress: bool
+) -> ExperimentResult:
     small = scale == "small"
     seeds, steps = (48, 6000) if small else (500, 30000)
     log_every, ckpt_every, n = 20, 100, 1000
@@ -427,29 +669,56 @@ def arrhenius_tms(scale: str, root: Path, backend: str, workers: int, device: st
     table: list[dict[str, Any]] = []
     if pairs:
         groups = sorted({(rep, c) for rep, a, b in pairs for c in (a, b)})
-        p0 = {k: torch.stack([res.checkpoints[c][k][rep] for rep, c in groups])
-              for k in res.params}
+        p0 = {k: torch.stack([res.checkpoints[c][k][rep] for rep, c in groups]) for k in res.params}
         gx = torch.stack([data.x[rep] for rep, _ in groups])
-        target = from_functional(TMS.forward, tms_loss, repeat_replicas(p0, chains),
-                                 gx.repeat_interleave(chains, 0), gx.repeat_interleave(chains, 0),
-                                 batch_size=100, per_replica=True)
-        est = estimate_llc(target, groups=len(groups), chains=chains, nbetas=[nb],
-                           step_size=eps, gamma=gamma, burnin=burn, draws=total - burn,
-                           diagnose=False)
+        target = from_functional(
+            TMS.forward,
+            tms_loss,
+            repeat_replicas(p0, chains),
+            gx.repeat_interleave(chains, 0),
+            gx.repeat_interleave(chains, 0),
+            batch_size=100,
+            per_replica=True,
+        )
+        est = estimate_llc(
+            target,
+            groups=len(groups),
+            chains=chains,
+            nbetas=[nb],
+            step_size=eps,
+            gamma=gamma,
+            burnin=burn,
+            draws=total - burn,
+            diagnose=False,
+        )
         lam = dict(zip(groups, np.nanmean(_chains_per_group(est), axis=1).tolist(), strict=True))
         with torch.no_grad():
             full = tms_loss(TMS.forward(p0, gx), gx).tolist()
         loss = dict(zip(groups, full, strict=True))
         for rep, a, b in pairs:
             la, lb, fa, fb = lam[(rep, a)], lam[(rep, b)], loss[(rep, a)], loss[(rep, b)]
-            table.append({"replica": rep, "step_a": a, "step_b": b, "r": b - a, "llc_a": la,
-                          "llc_b": lb, "loss_a": fa, "loss_b": fb,
-                          "delta_F": float(FE.delta_free_energy(la, lb, fa, fb, n))})
+            table.append(
+                {
+                    "replica": rep,
+                    "step_a": a,
+                    "step_b": b,
+                    "r": b - a,
+                    "llc_a": la,
+                    "llc_b": lb,
+                    "loss_a": fa,
+                    "loss_b": fb,
+                    "delta_F": float(FE.delta_free_energy(la, lb, fa, fb, n)),
+                }
+            )
     df = np.array([t["delta_F"] for t in table])
     r = np.array([t["r"] for t in table], float)
     kw = {"step_size": eps, "gamma": gamma, "burnin": burn, "draws": total - burn, "nbetas": [nb]}
-    fig, fitres = _arrhenius_figure(df, r, f"TMS 8→2, {seeds} runs, {len(table)} transition "
-                                    f"pairs\n{_describe(kw, chains, 'batch 100')}")
+    fig, fitres = _arrhenius_figure(
+        df,
+        r,
+        f"TMS 8→2, {seeds} runs, {len(table)} transition "
+        f"pairs\n{_describe(kw, chains, 'batch 100')}",
+    )
     fig2, ax = new_figure(width=6.4, row_height=3.6)
     for i, rep in enumerate(range(min(6, seeds))):
         col = PALETTE[i % len(PALETTE)]
@@ -458,16 +727,35 @@ def arrhenius_tms(scale: str, root: Path, backend: str, workers: int, device: st
             ax[0, 0].axvline(steps_arr[t.at], color=col, ls=":", lw=0.8)
     for k in range(2, 9):
         ax[0, 0].axhline(TH.tms_kgon_loss(8, k), color="#999999", lw=0.6, ls="--")
-    ax[0, 0].set(xlabel="SGD step", ylabel="train loss",
-                 title="TMS loss curves of 6 runs (dotted: detected transitions;\n"
-                       "dashed: k-gon losses (n−k)(n−1)/n², k = 2..8)")
+    ax[0, 0].set(
+        xlabel="SGD step",
+        ylabel="train loss",
+        title="TMS loss curves of 6 runs (dotted: detected transitions;\n"
+        "dashed: k-gon losses (n−k)(n−1)/n², k = 2..8)",
+    )
     ax[0, 0].title.set_fontsize(7)
-    summary = [{"runs": seeds, "pairs": len(table)}
-               | ({} if fitres is None else {"slope": fitres.slope, "r2": fitres.r2,
-                                             "slope_lo": fitres.slope_ci[0],
-                                             "slope_hi": fitres.slope_ci[1]})]
+    summary = [
+        {"runs": seeds, "pairs": len(table)}
+        | (
+            {}
+            if fitres is None
+            else {
+                "slope": fitres.slope,
+                "r2": fitres.r2,
+                "slope_lo": fitres.slope_ci[0],
+                "slope_hi": fitres.slope_ci[1],
+            }
+        )
+    ]
     notes = _fit_notes(fitres, "Paper B: TMS inconclusive (slightly positive slope).")
-    return finish("arrhenius-tms", scale, root, {"arrhenius_tms": fig, "tms_curves": fig2},
-                   {"arrhenius_tms": table}, summary, notes,
-                   "Transitions: fast drops of the smoothed loss ≥ 10% of its total decrease; r ="
-                   " steps between consecutive transitions, ΔF between the checkpoints after them.")
+    return finish(
+        "arrhenius-tms",
+        scale,
+        root,
+        {"arrhenius_tms": fig, "tms_curves": fig2},
+        {"arrhenius_tms": table},
+        summary,
+        notes,
+        "Transitions: fast drops of the smoothed loss ≥ 10% of its total decrease; r ="
+        " steps between consecutive transitions, ΔF between the checkpoints after them.",
+    )

@@ -31,8 +31,9 @@ class ExperimentResult:
 
 
 class ExperimentFn(Protocol):
-    def __call__(self, scale: str, root: Path, backend: str, workers: int, device: str,
-                 progress: bool) -> ExperimentResult: ...
+    def __call__(
+        self, scale: str, root: Path, backend: str, workers: int, device: str, progress: bool
+    ) -> ExperimentResult: ...
 
 
 @dataclass(frozen=True)
@@ -79,16 +80,35 @@ def out_dir(root: str | Path, name: str, scale: str) -> Path:
     return Path(root) / "experiments" / f"{name}-{scale}"
 
 
-def run_experiment(name: str, scale: str = "small", root: str | Path = "runs",
-                   backend: str = "local", workers: int = 1, device: str = "cpu",
-                   progress: bool = True) -> ExperimentResult:
+def run_experiment(
+    name: str,
+    scale: str = "small",
+    root: str | Path = "runs",
+    backend: str = "local",
+    workers: int = 1,
+    device: str = "cpu",
+    progress: bool = True,
+) -> ExperimentResult:
     """Run a named experiment at a scale; finished runs and estimates are reused."""
     if scale not in SCALES:
         raise ConfigError(f"--scale: got {scale!r}; use small or paper")
     exp = get(name)
-    return exp.fn(scale=scale, root=Path(root), backend=backend, workers=workers, device=device,
-                  progress=progress)
+    return exp.fn(
+        scale=scale,
+        root=Path(root),
+        backend=backend,
+        workers=workers,
+        device=device,
+        progress=progress,
+    )
 
 
-__all__ = ["ExperimentResult", "SCALES", "get", "list_experiments", "out_dir", "register",
-           "run_experiment"]
+__all__ = [
+    "ExperimentResult",
+    "SCALES",
+    "get",
+    "list_experiments",
+    "out_dir",
+    "register",
+    "run_experiment",
+]

@@ -45,20 +45,44 @@ def trained_checkpoints(epochs: int, every: int) -> str:
 def settings(scale: str) -> tuple[dict[str, Any], list[int], dict[str, Any]]:
     """(base config, seeds, LLC settings) of a scale; the paper's model and optimiser at both."""
     model = {"name": "transformer", "layers": 2, "heads": 1}
-    train = {"loss": "centred_mse", "optimizer": "adam", "lr": [1e-3], "weight_decay": [1e-5],
-             "batch_size": 128}
+    train = {
+        "loss": "centred_mse",
+        "optimizer": "adam",
+        "lr": [1e-3],
+        "weight_decay": [1e-5],
+        "batch_size": 128,
+    }
     if scale == "paper":
-        base = {"task": {"p": 53, "frac": 0.4},
-                "model": {**model, "embed_dim": 256, "ff": 256},
-                "train": {**train, "epochs": 20000, "checkpoint_every": 200}}
-        return base, [0, 1, 2], {**SAMPLER, "chains": 3, "burnin": 200, "draws": 500,
-                                 "batch_size": 128,
-                                 "checkpoints": trained_checkpoints(20000, 200)}
-    base = {"task": {"p": 23, "frac": 0.4},
-            "model": {**model, "embed_dim": 64, "ff": 128},
-            "train": {**train, "epochs": 1000, "checkpoint_every": 50}}
-    llc = {**SAMPLER, "chains": 2, "burnin": 100, "draws": 200, "batch_size": 64,
-           "checkpoints": trained_checkpoints(1000, 50)}
+        base = {
+            "task": {"p": 53, "frac": 0.4},
+            "model": {**model, "embed_dim": 256, "ff": 256},
+            "train": {**train, "epochs": 20000, "checkpoint_every": 200},
+        }
+        return (
+            base,
+            [0, 1, 2],
+            {
+                **SAMPLER,
+                "chains": 3,
+                "burnin": 200,
+                "draws": 500,
+                "batch_size": 128,
+                "checkpoints": trained_checkpoints(20000, 200),
+            },
+        )
+    base = {
+        "task": {"p": 23, "frac": 0.4},
+        "model": {**model, "embed_dim": 64, "ff": 128},
+        "train": {**train, "epochs": 1000, "checkpoint_every": 50},
+    }
+    llc = {
+        **SAMPLER,
+        "chains": 2,
+        "burnin": 100,
+        "draws": 200,
+        "batch_size": 64,
+        "checkpoints": trained_checkpoints(1000, 50),
+    }
     return base, [0, 1], llc
 
 
@@ -71,19 +95,26 @@ def pooled_tables(cfgs: list[RunConfig], root: Path) -> tuple[pa.Table, pa.Table
         metrics += [{**r, "replica": i} for r in read_parquet(run.metrics).to_pylist()]
         if run.llc.exists():
             h, want = c.llc.sampler_hash(), set(select_epochs(run, c.llc.checkpoints))
-            llc += [{**r, "replica": i} for r in read_parquet(run.llc).to_pylist()
-                    if r["sampler_hash"] == h and r["epoch"] in want]
+            llc += [
+                {**r, "replica": i}
+                for r in read_parquet(run.llc).to_pylist()
+                if r["sampler_hash"] == h and r["epoch"] in want
+            ]
     return pa.Table.from_pylist(metrics), pa.Table.from_pylist(llc) if llc else None
 
 
-def llc_error_correlation(epochs: np.ndarray, llc: np.ndarray, m: dict[str, np.ndarray],
-                          start: float | None = None) -> dict[str, float]:
+def llc_error_correlation(
+    epochs: np.ndarray, llc: np.ndarray, m: dict[str, np.ndarray], start: float | None = None
+) -> dict[str, float]:
     """Pearson r of the chain-mean LLC with validation error and validation loss at its epochs
     (from epoch ``start`` on, when given); nan with fewer than 3 common epochs."""
     at = {float(e): k for k, e in enumerate(m["epoch"])}
     lo = -math.inf if start is None else float(start)
-    keep = [k for k, e in enumerate(epochs)
-            if float(e) in at and float(e) >= lo and np.isfinite(llc[k]).any()]
+    keep = [
+        k
+        for k, e in enumerate(epochs)
+        if float(e) in at and float(e) >= lo and np.isfinite(llc[k]).any()
+    ]
     if len(keep) < 3:
         return {"r_llc_val_error": math.nan, "r_llc_val_loss": math.nan}
     lam = np.array([np.nanmean(llc[k]) for k in keep])
@@ -97,15 +128,24 @@ def llc_error_correlation(epochs: np.ndarray, llc: np.ndarray, m: dict[str, np.n
 
 
 @register(NAME, "H.3.1: transformer on modular addition, losses/accuracy and LLC trajectory")
-def transformer_trajectory(scale: str, root: Path, backend: str, workers: int, device: str,
-                           progress: bool) -> ExperimentResult:
+def transformer_trajectory(
+    scale: str, root: Path, backend: str, workers: int, device: str, progress: bool
+) -> ExperimentResult:
     base, seeds, llc = settings(scale)
     return run(base, seeds, llc, scale, root, backend, workers, device, progress)
 
 
-def run(base: dict[str, Any], seeds: list[int], llc: dict[str, Any], scale: str, root: Path,
-        backend: str = "local", workers: int = 1, device: str = "cpu",
-        progress: bool = False) -> ExperimentResult:
+def run(
+    base: dict[str, Any],
+    seeds: list[int],
+    llc: dict[str, Any],
+    scale: str,
+    root: Path,
+    backend: str = "local",
+    workers: int = 1,
+    device: str = "cpu",
+    progress: bool = False,
+) -> ExperimentResult:
     """Train/sample what is missing for (base, seeds, llc), then write figure, CSV and report."""
     cfgs = C.configs(base, seeds=seeds, llc=llc, device=device)
     C.execute(cfgs, root, True, backend, workers, progress)
@@ -115,29 +155,56 @@ def run(base: dict[str, Any], seeds: list[int], llc: dict[str, Any], scale: str,
     marks = curve_metrics(m["epoch"], m["train_acc"], m["val_acc"])
     per_seed = grokking_metrics(metrics_t)
     n = cfg0.task.n_train
-    sampler = {"nbeta": cfg0.llc.resolve_nbeta(n), "step_size": cfg0.llc.step_size,
-               "gamma": cfg0.llc.gamma, "chains": cfg0.llc.chains * len(cfgs),
-               "draws": cfg0.llc.draws, "burnin": cfg0.llc.burnin,
-               "baseline": cfg0.llc.baseline}
+    sampler = {
+        "nbeta": cfg0.llc.resolve_nbeta(n),
+        "step_size": cfg0.llc.step_size,
+        "gamma": cfg0.llc.gamma,
+        "chains": cfg0.llc.chains * len(cfgs),
+        "draws": cfg0.llc.draws,
+        "burnin": cfg0.llc.burnin,
+        "baseline": cfg0.llc.baseline,
+    }
     mc = cfg0.model
-    title = (f"transformer (d={mc.embed_dim}, {mc.layers} layers, {mc.heads} head, ff {mc.ff}), "
-             f"p={cfg0.task.p}, frac={cfg0.task.frac}, Adam lr {cfg0.train.lr[0]:g} "
-             f"wd {cfg0.train.weight_decay[0]:g}; mean of {len(seeds)} seeds")
-    fig = trajectory_figure(m, lam, [], {"t_mem": marks["t_mem"], "t_gen": marks["t_gen"]},
-                            title=title, sampler=sampler)
+    title = (
+        f"transformer (d={mc.embed_dim}, {mc.layers} layers, {mc.heads} head, ff {mc.ff}), "
+        f"p={cfg0.task.p}, frac={cfg0.task.frac}, Adam lr {cfg0.train.lr[0]:g} "
+        f"wd {cfg0.train.weight_decay[0]:g}; mean of {len(seeds)} seeds"
+    )
+    fig = trajectory_figure(
+        m, lam, [], {"t_mem": marks["t_mem"], "t_gen": marks["t_gen"]}, title=title, sampler=sampler
+    )
     nan = {"r_llc_val_error": math.nan, "r_llc_val_loss": math.nan}
     corr = llc_error_correlation(lam["epoch"], lam["llc"], m) if lam is not None else nan
-    late = (llc_error_correlation(lam["epoch"], lam["llc"], m, marks["t_mem"])
-            if lam is not None and marks["t_mem"] is not None else nan)
+    late = (
+        llc_error_correlation(lam["epoch"], lam["llc"], m, marks["t_mem"])
+        if lam is not None and marks["t_mem"] is not None
+        else nan
+    )
     rows = _plotted_rows(m, lam)
     grokked = sum(s.get("regime") == "grokking" for s in per_seed)
-    summary = [{"seed": s.get("seed"), "regime": s.get("regime"), "t_mem": s.get("t_mem"),
-                "t_gen": s.get("t_gen"), "final_train_acc": s.get("final_train_acc"),
-                "final_val_acc": s.get("final_val_acc")} for s in per_seed]
-    summary.append({"seed": "mean curve", "regime": marks["regime"], "t_mem": marks["t_mem"],
-                    "t_gen": marks["t_gen"], "final_train_acc": marks["final_train_acc"],
-                    "final_val_acc": marks["final_val_acc"], **corr,
-                    **{f"{k}_after_t_mem": v for k, v in late.items()}})
+    summary = [
+        {
+            "seed": s.get("seed"),
+            "regime": s.get("regime"),
+            "t_mem": s.get("t_mem"),
+            "t_gen": s.get("t_gen"),
+            "final_train_acc": s.get("final_train_acc"),
+            "final_val_acc": s.get("final_val_acc"),
+        }
+        for s in per_seed
+    ]
+    summary.append(
+        {
+            "seed": "mean curve",
+            "regime": marks["regime"],
+            "t_mem": marks["t_mem"],
+            "t_gen": marks["t_gen"],
+            "final_train_acc": marks["final_train_acc"],
+            "final_val_acc": marks["final_val_acc"],
+            **corr,
+            **{f"{k}_after_t_mem": v for k, v in late.items()},
+        }
+    )
     peak = _peak(lam)
     notes = [
         f"{grokked} of {len(per_seed)} seeds grokked (regime 'grokking': val acc ≥ 0.95 well "
@@ -150,10 +217,18 @@ def run(base: dict[str, Any], seeds: list[int], llc: dict[str, Any], scale: str,
         f"{late['r_llc_val_error']:.2f} / {late['r_llc_val_loss']:.2f} from t_mem on "
         "(paper: the LLC curve correlates with the test-error curve).",
     ]
-    return C.finish(NAME, scale, root, {NAME: fig}, {NAME: rows}, summary, notes,
-                   f"{len(cfgs)} seed(s) {seeds}; model {mc.model_dump()}; training "
-                   f"{cfg0.train.model_dump(include={'epochs', 'batch_size', 'lr'})}; "
-                   f"LLC at {llc}.")
+    return C.finish(
+        NAME,
+        scale,
+        root,
+        {NAME: fig},
+        {NAME: rows},
+        summary,
+        notes,
+        f"{len(cfgs)} seed(s) {seeds}; model {mc.model_dump()}; training "
+        f"{cfg0.train.model_dump(include={'epochs', 'batch_size', 'lr'})}; "
+        f"LLC at {llc}.",
+    )
 
 
 def _peak(lam: dict[str, Any] | None) -> tuple[float, float, float]:
@@ -177,7 +252,13 @@ def _plotted_rows(m: dict[str, np.ndarray], lam: dict[str, Any] | None) -> list[
     rows = []
     for k, e in enumerate(m["epoch"]):
         mean, lo, hi = by.get(float(e), (math.nan,) * 3)
-        rows.append({"epoch": int(e), **{c: float(m[c][k]) for c in
-                     ("train_loss", "val_loss", "train_acc", "val_acc")},
-                     "llc_mean": float(mean), "llc_min": float(lo), "llc_max": float(hi)})
+        rows.append(
+            {
+                "epoch": int(e),
+                **{c: float(m[c][k]) for c in ("train_loss", "val_loss", "train_acc", "val_acc")},
+                "llc_mean": float(mean),
+                "llc_min": float(lo),
+                "llc_max": float(hi),
+            }
+        )
     return rows

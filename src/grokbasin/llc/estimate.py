@@ -208,7 +208,15 @@ def _sample(
                         acc_sum += torch.nan_to_num(la.exp(), nan=0.0)
                     prev = (u, gu, {k: params[k] for k in target.names})
                 params, state, nrm = sgld.step(
-                    method, params, grads, center, state, hyper, keys, t, target.masks,
+                    method,
+                    params,
+                    grads,
+                    center,
+                    state,
+                    hyper,
+                    keys,
+                    t,
+                    target.masks,
                     record_norms,
                 )
             if not bool(alive.all()):
@@ -365,8 +373,19 @@ def estimate_llc(
     )
     keys = chain_keys(seed, group_ids or [[g] for g in range(groups)], B, chains, dev)
     res = sample(
-        target, hyper, keys, burnin, draws, thin, method, baseline, record_norms, mala, on_step,
-        fused, cpu_workers,
+        target,
+        hyper,
+        keys,
+        burnin,
+        draws,
+        thin,
+        method,
+        baseline,
+        record_norms,
+        mala,
+        on_step,
+        fused,
+        cpu_workers,
     )
     est = Estimate(res, groups, nb, chains)
     if diagnose:

@@ -95,8 +95,14 @@ class QuadraticGrad:
         """``cpu_kernels`` when the compiled gather/scatter apply (CPU, float32, plain memory)."""
         from grokbasin.llc import cpu_kernels
 
-        ok = (self.use_kernels and Wf.device.type == "cpu" and Wf.dtype == torch.float32
-              and Wf.is_contiguous() and not Wf.requires_grad and cpu_kernels.available())
+        ok = (
+            self.use_kernels
+            and Wf.device.type == "cpu"
+            and Wf.dtype == torch.float32
+            and Wf.is_contiguous()
+            and not Wf.requires_grad
+            and cpu_kernels.available()
+        )
         return cpu_kernels if ok and (gW is None or gW.is_contiguous()) else None
 
     def _workspace(self, R: int, B: int, K: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -108,8 +114,14 @@ class QuadraticGrad:
             def e(*s: int) -> torch.Tensor:
                 return torch.empty(*s, dtype=like.dtype, device=like.device)
 
-            self._ws = {"h": e(c * B, K), "h2": e(c * B, K), "dh": e(c, B, K),
-                        "out_t": e(R, self.p, B), "hot": e(R, self.p, B), "loss": e(R)}
+            self._ws = {
+                "h": e(c * B, K),
+                "h2": e(c * B, K),
+                "dh": e(c, B, K),
+                "out_t": e(R, self.p, B),
+                "hot": e(R, self.p, B),
+                "loss": e(R),
+            }
             self._ws_key = key
         return self._ws
 

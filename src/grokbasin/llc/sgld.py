@@ -154,8 +154,9 @@ class FusedSGLD:
         """Advance every replica one step, in place."""
         if self.kernel is not None and all(params[k].is_contiguous() for k in self.names):
             starts = self.starts(t).contiguous().numpy().view(np.uint64)
-            self.kernel(self._rows(params), self._rows(grads), self.drift0, *self.acs, starts,
-                        self.row)
+            self.kernel(
+                self._rows(params), self._rows(grads), self.drift0, *self.acs, starts, self.row
+            )
             return
         if self.stream is None:
             self.stream = rng.NormalStream(*self.shape, params[self.names[0]].device, self.dtype)
@@ -163,7 +164,6 @@ class FusedSGLD:
         for k in self.names:
             w = torch.addcmul(self.bc[k], params[k], self.a[k], out=params[k])
             w.addcmul_(grads[k], self.c[k]).addcmul_(xi[k], self.s[k])
-
 
     def _rows(self, tensors: Params) -> tuple[np.ndarray, ...]:
         """:func:`_rows` of ``tensors``, reused while they are the same contiguous tensors (the
@@ -181,8 +181,9 @@ class FusedSGLD:
 
 def _rows(tensors: Params, names: list[str]) -> tuple[np.ndarray, ...]:
     """[R, n_k] numpy views sharing memory with the (contiguous) tensors, in ``names`` order."""
-    return tuple(tensors[k].detach().contiguous().reshape(tensors[k].shape[0], -1).numpy()
-                 for k in names)
+    return tuple(
+        tensors[k].detach().contiguous().reshape(tensors[k].shape[0], -1).numpy() for k in names
+    )
 
 
 def init_state(

@@ -142,12 +142,28 @@ def from_functional(
 
     def shard(lo: int, hi: int) -> Target:
         X_, Y_ = (X[lo:hi], Y[lo:hi]) if per_replica else (X, Y)
-        return from_functional(forward, loss_fn, _replicas(params0, lo, hi), X_, Y_, batch_size,
-                               names, None, per_replica)
+        return from_functional(
+            forward,
+            loss_fn,
+            _replicas(params0, lo, hi),
+            X_,
+            Y_,
+            batch_size,
+            names,
+            None,
+            per_replica,
+        )
 
     sel = _select(params0, names)
     return Target(
-        params0, n, batch_size or n, loss, autograd_loss_and_grad(loss, sel), full, sel, masks,
+        params0,
+        n,
+        batch_size or n,
+        loss,
+        autograd_loss_and_grad(loss, sel),
+        full,
+        sel,
+        masks,
         shard=None if masks else shard,
     )
 
@@ -222,11 +238,19 @@ def from_module(
         return full_loss(ps, pf, X, Y)
 
     def shard(lo: int, hi: int) -> Target:
-        return from_module(module, loss_fn, X, Y, hi - lo, batch_size, _replicas(params0, lo, hi),
-                           names)
+        return from_module(
+            module, loss_fn, X, Y, hi - lo, batch_size, _replicas(params0, lo, hi), names
+        )
 
     return Target(
-        params0, n, batch_size or n, loss, loss_and_grad, full, sel, masks,
+        params0,
+        n,
+        batch_size or n,
+        loss,
+        loss_and_grad,
+        full,
+        sel,
+        masks,
         shard=None if masks else shard,
     )
 
@@ -284,8 +308,9 @@ def from_modular(
         return torch.cat(out)
 
     def shard(lo: int, hi: int) -> Target:
-        return from_modular(cfg, _replicas(params0, lo, hi), rows[lo:hi], batch_size, names, None,
-                            max_elems, fast)
+        return from_modular(
+            cfg, _replicas(params0, lo, hi), rows[lo:hi], batch_size, names, None, max_elems, fast
+        )
 
     sel = _select(params0, names)
     split = None if masks else shard
@@ -294,7 +319,14 @@ def from_modular(
         qg = QuadraticGrad(x, y, rows, cfg.task.p, cfg.train.loss, sel, chunk)
         return Target(params0, n, batch_size, loss, qg, full, sel, masks, qg, split)
     return Target(
-        params0, n, batch_size, loss, autograd_loss_and_grad(loss, sel), full, sel, masks,
+        params0,
+        n,
+        batch_size,
+        loss,
+        autograd_loss_and_grad(loss, sel),
+        full,
+        sel,
+        masks,
         shard=split,
     )
 

@@ -108,10 +108,16 @@ def encoder_layer(params: Params, i: int, h: torch.Tensor, heads: int) -> torch.
     """Post-norm layer: h = LN1(h + SA(h)); h = LN2(h + W2·GELU(W1·h)). h [R, n, 2, D]."""
     R, n, T, D = h.shape
     flat = h.reshape(R, n * T, D)
-    flat = _layer_norm(flat + attention(params, i, h, heads).reshape(R, n * T, D),
-                       params[f"L{i}.ln1_w"], params[f"L{i}.ln1_b"])
-    ff = _linear(F.gelu(_linear(flat, params[f"L{i}.W1"], params[f"L{i}.b1"])),
-                 params[f"L{i}.W2"], params[f"L{i}.b2"])
+    flat = _layer_norm(
+        flat + attention(params, i, h, heads).reshape(R, n * T, D),
+        params[f"L{i}.ln1_w"],
+        params[f"L{i}.ln1_b"],
+    )
+    ff = _linear(
+        F.gelu(_linear(flat, params[f"L{i}.W1"], params[f"L{i}.b1"])),
+        params[f"L{i}.W2"],
+        params[f"L{i}.b2"],
+    )
     flat = _layer_norm(flat + ff, params[f"L{i}.ln2_w"], params[f"L{i}.ln2_b"])
     return flat.reshape(R, n, T, D)
 

@@ -44,7 +44,14 @@ COLORS: dict[str, str] = {
 """Named colours (Okabe–Ito, colour-blind safe) for the quantities that recur across figures."""
 
 PALETTE: tuple[str, ...] = (
-    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000",
+    "#0072B2",
+    "#D55E00",
+    "#009E73",
+    "#CC79A7",
+    "#E69F00",
+    "#56B4E9",
+    "#F0E442",
+    "#000000",
 )
 """Cycle for series in sweep figures (one colour per p, width, learning rate ...)."""
 
@@ -86,8 +93,9 @@ def legend_outside(ax: Axes, width: int = 44, **kw: Any) -> None:
     """Legend to the right of the axes (never over data), long labels wrapped to ``width``."""
     handles, labels = ax.get_legend_handles_labels()
     labels = [_wrap(lab, width) for lab in labels]
-    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              borderaxespad=0.0, **kw)
+    ax.legend(
+        handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw
+    )
 
 
 def _wrap(label: str, width: int) -> str:
@@ -95,8 +103,14 @@ def _wrap(label: str, width: int) -> str:
     return label if "$" in label else "\n".join(textwrap.wrap(label, width)) or label
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4,
-               row_height: float = 2.6, sharex: bool = False) -> tuple[Figure, np.ndarray]:
+def new_figure(
+    nrows: int = 1,
+    ncols: int = 1,
+    *,
+    width: float = 6.4,
+    row_height: float = 2.6,
+    sharex: bool = False,
+) -> tuple[Figure, np.ndarray]:
     """A pyplot-free figure with the house style and a 2-D array of axes."""
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(width, row_height * nrows), layout="constrained")
@@ -158,8 +172,9 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, fl
     return float(slope), float(intercept), r2
 
 
-def split_theory(theory: Sequence[Mapping[str, Any]], lo: float, hi: float,
-                 factor: float = 3.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_theory(
+    theory: Sequence[Mapping[str, Any]], lo: float, hi: float, factor: float = 3.0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Split theory values into those within ``factor``× of the range [lo, hi] and the rest."""
     on, off = [], []
     lo_ok, hi_ok = (lo / factor if lo > 0 else lo * factor), hi * factor
@@ -207,31 +222,61 @@ def fmt_num(v: float) -> str:
 # Reusable plotting helpers.
 
 
-def plot_band(ax: Axes, x: Sequence[float], values: np.ndarray, *, color: str, label: str,
-              kind: BandKind = "minmax", band_label: str | None = None, marker: str | None = "o",
-              alpha: float = 0.22) -> None:
+def plot_band(
+    ax: Axes,
+    x: Sequence[float],
+    values: np.ndarray,
+    *,
+    color: str,
+    label: str,
+    kind: BandKind = "minmax",
+    band_label: str | None = None,
+    marker: str | None = "o",
+    alpha: float = 0.22,
+) -> None:
     """Mean line over the last axis of ``values`` [N, C] with a min–max or ±std band."""
     mean, lo, hi = band_stats(values, kind)
     x = np.asarray(x, dtype=float)
     ax.plot(x, mean, color=color, label=label, marker=marker, markersize=3)
     if np.asarray(values).ndim == 2 and np.asarray(values).shape[1] > 1:
         default = "min–max over chains" if kind == "minmax" else "±1 std over chains"
-        ax.fill_between(x, lo, hi, color=color, alpha=alpha, linewidth=0,
-                        label=band_label or default)
+        ax.fill_between(
+            x, lo, hi, color=color, alpha=alpha, linewidth=0, label=band_label or default
+        )
 
 
-def plot_linear_fit(ax: Axes, x: Sequence[float], y: Sequence[float], *, color: str,
-                    label: str, yerr: Sequence[float] | None = None,
-                    marker: str = "o") -> tuple[float, float, float]:
+def plot_linear_fit(
+    ax: Axes,
+    x: Sequence[float],
+    y: Sequence[float],
+    *,
+    color: str,
+    label: str,
+    yerr: Sequence[float] | None = None,
+    marker: str = "o",
+) -> tuple[float, float, float]:
     """Scatter y vs x with its least-squares line; legend shows slope and R². Returns the fit."""
     slope, intercept, r2 = linear_fit(x, y)
     xa = np.asarray(x, dtype=float)
-    ax.errorbar(xa, np.asarray(y, dtype=float), yerr=yerr, fmt=marker, color=color,
-                markersize=4, capsize=2, linestyle="none")
+    ax.errorbar(
+        xa,
+        np.asarray(y, dtype=float),
+        yerr=yerr,
+        fmt=marker,
+        color=color,
+        markersize=4,
+        capsize=2,
+        linestyle="none",
+    )
     if math.isfinite(slope):
         xs = np.linspace(np.nanmin(xa), np.nanmax(xa), 50)
-        ax.plot(xs, slope * xs + intercept, color=color, linewidth=1.2,
-                label=f"{label}: slope {fmt_num(slope)}, $R^2$ = {r2:.3f}")
+        ax.plot(
+            xs,
+            slope * xs + intercept,
+            color=color,
+            linewidth=1.2,
+            label=f"{label}: slope {fmt_num(slope)}, $R^2$ = {r2:.3f}",
+        )
     else:
         ax.plot([], [], color=color, label=f"{label}: too few points to fit")
     return slope, intercept, r2
@@ -244,9 +289,14 @@ def mark_times(ax: Axes, marks: Mapping[str, float | None] | None, *, label: boo
             continue
         color = COLORS.get(name, COLORS["t_mem"])
         style = ":" if name == "t_mem" else "--"
-        ax.axvline(float(epoch), color=color, linestyle=style, linewidth=1.2, zorder=1,
-                   label=(f"{MARK_LABELS.get(name, name)} = {fmt_num(float(epoch))}"
-                          if label else None))
+        ax.axvline(
+            float(epoch),
+            color=color,
+            linestyle=style,
+            linewidth=1.2,
+            zorder=1,
+            label=(f"{MARK_LABELS.get(name, name)} = {fmt_num(float(epoch))}" if label else None),
+        )
 
 
 def add_caption(fig: Figure, text: str) -> None:
@@ -276,13 +326,17 @@ def describe_sampler(settings: Mapping[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
-def trajectory_figure(metrics: Mapping[str, Sequence[float]],
-                      llc: Mapping[str, Any] | None = None,
-                      theory: Sequence[Mapping[str, Any]] | None = None,
-                      marks: Mapping[str, float | None] | None = None,
-                      title: str | None = None, *, band: BandKind = "minmax",
-                      sampler: Mapping[str, Any] | None = None,
-                      theory_factor: float = 3.0) -> Figure:
+def trajectory_figure(
+    metrics: Mapping[str, Sequence[float]],
+    llc: Mapping[str, Any] | None = None,
+    theory: Sequence[Mapping[str, Any]] | None = None,
+    marks: Mapping[str, float | None] | None = None,
+    title: str | None = None,
+    *,
+    band: BandKind = "minmax",
+    sampler: Mapping[str, Any] | None = None,
+    theory_factor: float = 3.0,
+) -> Figure:
     """Loss, accuracy and LLC against epoch with t_mem/t_gen marked (paper A Fig. 3 style).
 
     metrics: epoch, train_loss, val_loss, train_acc, val_acc (equal length, one replica).
@@ -291,15 +345,21 @@ def trajectory_figure(metrics: Mapping[str, Sequence[float]],
     ``theory_factor``× outside the plotted LLC range is listed as off scale instead of drawn.
     """
     with style():
-        return _trajectory_figure(metrics, llc, theory or [], marks, title, band, sampler,
-                                  theory_factor)
+        return _trajectory_figure(
+            metrics, llc, theory or [], marks, title, band, sampler, theory_factor
+        )
 
 
-def _trajectory_figure(metrics: Mapping[str, Sequence[float]], llc: Mapping[str, Any] | None,
-                       theory: Sequence[Mapping[str, Any]],
-                       marks: Mapping[str, float | None] | None, title: str | None,
-                       band: BandKind, sampler: Mapping[str, Any] | None,
-                       factor: float) -> Figure:
+def _trajectory_figure(
+    metrics: Mapping[str, Sequence[float]],
+    llc: Mapping[str, Any] | None,
+    theory: Sequence[Mapping[str, Any]],
+    marks: Mapping[str, float | None] | None,
+    title: str | None,
+    band: BandKind,
+    sampler: Mapping[str, Any] | None,
+    factor: float,
+) -> Figure:
     """Body of :func:`trajectory_figure`, run inside the house style."""
     epoch = np.asarray(metrics["epoch"], dtype=float)
     has_llc = llc is not None and len(llc.get("epoch", [])) > 0
@@ -307,10 +367,15 @@ def _trajectory_figure(metrics: Mapping[str, Sequence[float]], llc: Mapping[str,
     ax_loss, ax_acc = axes[0, 0], axes[1, 0]
     for split, name in (("train", "train"), ("val", "validation")):
         loss = np.asarray(metrics[f"{split}_loss"], dtype=float)
-        ax_loss.plot(epoch, np.where(loss > 0, loss, np.nan), color=COLORS[split],
-                     label=f"{name} loss")
-        ax_acc.plot(epoch, np.asarray(metrics[f"{split}_acc"], dtype=float),
-                    color=COLORS[split], label=f"{name} accuracy")
+        ax_loss.plot(
+            epoch, np.where(loss > 0, loss, np.nan), color=COLORS[split], label=f"{name} loss"
+        )
+        ax_acc.plot(
+            epoch,
+            np.asarray(metrics[f"{split}_acc"], dtype=float),
+            color=COLORS[split],
+            label=f"{name} accuracy",
+        )
     ax_loss.set_yscale("log")
     ax_loss.set_ylabel("loss (log scale)")
     ax_acc.set_ylabel("accuracy")
@@ -321,13 +386,17 @@ def _trajectory_figure(metrics: Mapping[str, Sequence[float]], llc: Mapping[str,
 
     if has_llc:
         assert llc is not None
-        captions = _plot_llc_panel(axes[2, 0], llc, theory, marks, band,
-                                   sampler or llc.get("sampler"), factor)
+        captions = _plot_llc_panel(
+            axes[2, 0], llc, theory, marks, band, sampler or llc.get("sampler"), factor
+        )
     else:
         captions = ["No LLC estimates for this run."]
         if theory:
-            captions.append("Theory: " + "; ".join(
-                f"{t['name']} = {fmt_num(float(t['value']))}" for t in theory) + ".")
+            captions.append(
+                "Theory: "
+                + "; ".join(f"{t['name']} = {fmt_num(float(t['value']))}" for t in theory)
+                + "."
+            )
     axes[-1, 0].set_xlabel("epoch")
     if title:
         fig.suptitle(title, fontsize=11)
@@ -335,23 +404,42 @@ def _trajectory_figure(metrics: Mapping[str, Sequence[float]], llc: Mapping[str,
     return fig
 
 
-def _plot_llc_panel(ax: Axes, llc: Mapping[str, Any], theory: Sequence[Mapping[str, Any]],
-                    marks: Mapping[str, float | None] | None, band: BandKind,
-                    sampler: Mapping[str, Any] | None, factor: float) -> list[str]:
+def _plot_llc_panel(
+    ax: Axes,
+    llc: Mapping[str, Any],
+    theory: Sequence[Mapping[str, Any]],
+    marks: Mapping[str, float | None] | None,
+    band: BandKind,
+    sampler: Mapping[str, Any] | None,
+    factor: float,
+) -> list[str]:
     """Draw the LLC panel; returns caption lines saying which quantity is which."""
     ep = np.asarray(llc["epoch"], dtype=float)
     vals = np.asarray(llc["llc"], dtype=float)
     if vals.ndim == 1:
         vals = vals[:, None]
     n_chains = vals.shape[1]
-    plot_band(ax, ep, vals, color=COLORS["llc"], kind=band,
-              label=f"SGLD $\\hat\\lambda$, mean of {n_chains} chain{'s' * (n_chains > 1)}")
+    plot_band(
+        ax,
+        ep,
+        vals,
+        color=COLORS["llc"],
+        kind=band,
+        label=f"SGLD $\\hat\\lambda$, mean of {n_chains} chain{'s' * (n_chains > 1)}",
+    )
     shown = [vals[np.isfinite(vals)]]
     lap = llc.get("llc_laplace")
     if lap is not None and np.isfinite(np.asarray(lap, dtype=float)).any():
         lap = np.asarray(lap, dtype=float)
-        ax.plot(ep, lap, color=COLORS["laplace"], marker="s", markersize=3, linewidth=1.3,
-                label="Laplace prediction $\\lambda_{Lap}$")
+        ax.plot(
+            ep,
+            lap,
+            color=COLORS["laplace"],
+            marker="s",
+            markersize=3,
+            linewidth=1.3,
+            label="Laplace prediction $\\lambda_{Lap}$",
+        )
         shown.append(lap[np.isfinite(lap)])
     else:
         lap = None
@@ -359,33 +447,53 @@ def _plot_llc_panel(ax: Axes, llc: Mapping[str, Any], theory: Sequence[Mapping[s
     if flagged is not None and np.asarray(flagged, dtype=bool).any():
         f = np.asarray(flagged, dtype=bool)
         mean = band_stats(vals, band)[0]
-        ax.plot(ep[f], mean[f], linestyle="none", marker="o", markerfacecolor="none",
-                markeredgecolor=COLORS["flag"], markersize=7, mew=1.2,
-                label=f"health flag ({int(f.sum())} of {len(f)} checkpoints)")
+        ax.plot(
+            ep[f],
+            mean[f],
+            linestyle="none",
+            marker="o",
+            markerfacecolor="none",
+            markeredgecolor=COLORS["flag"],
+            markersize=7,
+            mew=1.2,
+            label=f"health flag ({int(f.sum())} of {len(f)} checkpoints)",
+        )
     mark_times(ax, marks, label=False)
 
     data = np.concatenate(shown)
     lo, hi = (float(data.min()), float(data.max())) if data.size else (math.nan, math.nan)
     on, off = split_theory(merge_equal(theory), lo, hi, factor)
     for i, t in enumerate(on):
-        ax.axhline(float(t["value"]), color=THEORY_COLORS[i % len(THEORY_COLORS)],
-                   linestyle=THEORY_STYLES[i % len(THEORY_STYLES)], linewidth=1.2,
-                   label=f"{t['name']} = {fmt_num(float(t['value']))}")
+        ax.axhline(
+            float(t["value"]),
+            color=THEORY_COLORS[i % len(THEORY_COLORS)],
+            linestyle=THEORY_STYLES[i % len(THEORY_STYLES)],
+            linewidth=1.2,
+            label=f"{t['name']} = {fmt_num(float(t['value']))}",
+        )
     for t in off:
-        ax.plot([], [], linestyle="none",
-                label=f"{t['name']} = {fmt_num(float(t['value']))} (off scale)")
+        ax.plot(
+            [],
+            [],
+            linestyle="none",
+            label=f"{t['name']} = {fmt_num(float(t['value']))} (off scale)",
+        )
     ax.set_ylabel("LLC")
     legend_outside(ax)
     band_word = "min–max" if band == "minmax" else "±1 std"
-    lines = [f"LLC panel: SGLD estimate λ̂ = nβ·(E[L_B(w)] − L_n(w*)) from training data only; "
-             f"line = mean over chains, band = {band_word} over chains; "
-             f"{describe_sampler(sampler)}."]
+    lines = [
+        f"LLC panel: SGLD estimate λ̂ = nβ·(E[L_B(w)] − L_n(w*)) from training data only; "
+        f"line = mean over chains, band = {band_word} over chains; "
+        f"{describe_sampler(sampler)}."
+    ]
     extra = []
     if lap is not None:
         extra.append("λ_Lap = localised Laplace prediction at the same nβ and γ")
     if theory:
-        extra.append("closed forms count identifiable coordinates over generic inputs, "
-                     "numeric rank(J)/2 counts what the data can resolve")
+        extra.append(
+            "closed forms count identifiable coordinates over generic inputs, "
+            "numeric rank(J)/2 counts what the data can resolve"
+        )
     gaps = int((~np.isfinite(vals).any(axis=1)).sum())
     if gaps:
         extra.append(f"{gaps} checkpoint{'s' * (gaps > 1)} with no finite chain (gaps)")
@@ -396,11 +504,14 @@ def _plot_llc_panel(ax: Axes, llc: Mapping[str, Any], theory: Sequence[Mapping[s
     return lines
 
 
-def trajectory_inputs(metrics: pa.Table, llc: pa.Table | None = None, *,
-                      replica: int | Literal["all"] | None = None,
-                      sampler_hash: str | None = None,
-                      nbeta: float | None = None) -> tuple[dict[str, np.ndarray],
-                                                           dict[str, Any] | None]:
+def trajectory_inputs(
+    metrics: pa.Table,
+    llc: pa.Table | None = None,
+    *,
+    replica: int | Literal["all"] | None = None,
+    sampler_hash: str | None = None,
+    nbeta: float | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
     """Select one replica / sampler_hash / nβ from run tables into trajectory_figure inputs.
 
     Defaults: the lowest replica; the sampler_hash of the last llc row (the newest estimate);
@@ -421,16 +532,20 @@ def trajectory_inputs(metrics: pa.Table, llc: pa.Table | None = None, *,
     np.add.at(count, [at[m["epoch"][i]] for i in keep], 1.0)
     for k in ("train_loss", "val_loss", "train_acc", "val_acc"):
         total = np.zeros(len(epochs))
-        np.add.at(total, [at[m["epoch"][i]] for i in keep],
-                  [np.nan if m[k][i] is None else m[k][i] for i in keep])
+        np.add.at(
+            total,
+            [at[m["epoch"][i]] for i in keep],
+            [np.nan if m[k][i] is None else m[k][i] for i in keep],
+        )
         out[k] = total / np.maximum(count, 1)
     if llc is None or llc.num_rows == 0:
         return out, None
     return out, _select_llc(llc.to_pydict(), None if rep == "all" else rep, sampler_hash, nbeta)
 
 
-def _select_llc(d: dict[str, list[Any]], rep: int | None, sampler_hash: str | None,
-                nbeta: float | None) -> dict[str, Any] | None:
+def _select_llc(
+    d: dict[str, list[Any]], rep: int | None, sampler_hash: str | None, nbeta: float | None
+) -> dict[str, Any] | None:
     """Pivot llc rows of one replica (None: all)/sampler/nβ into epoch [E] and llc [E, C]."""
     n = len(d["epoch"])
     replicas = d.get("replica", [0] * n)
@@ -463,8 +578,11 @@ def _select_llc(d: dict[str, list[Any]], rep: int | None, sampler_hash: str | No
         if lap_key and d[lap_key][i] is not None and math.isfinite(d[lap_key][i]):
             lap_sum[e] += d[lap_key][i]
             lap_n[e] += 1
-    out: dict[str, Any] = {"epoch": np.asarray(epochs, dtype=float), "llc": vals,
-                           "flagged": flagged}
+    out: dict[str, Any] = {
+        "epoch": np.asarray(epochs, dtype=float),
+        "llc": vals,
+        "flagged": flagged,
+    }
     if lap_n.any():
         out["llc_laplace"] = np.where(lap_n > 0, lap_sum / np.maximum(lap_n, 1), np.nan)
     if "nbeta" in d:
@@ -476,10 +594,17 @@ def _select_llc(d: dict[str, list[Any]], rep: int | None, sampler_hash: str | No
 # SGLD trace figure (stationarity picture for `grokbasin llc`).
 
 
-def trace_figure(traces: np.ndarray, init_loss: np.ndarray | float, nbeta: float, *,
-                 epochs: Sequence[int] | None = None, burnin: int = 0,
-                 laplace: Sequence[float] | float | None = None,
-                 title: str | None = None, max_panels: int = 6) -> Figure:
+def trace_figure(
+    traces: np.ndarray,
+    init_loss: np.ndarray | float,
+    nbeta: float,
+    *,
+    epochs: Sequence[int] | None = None,
+    burnin: int = 0,
+    laplace: Sequence[float] | float | None = None,
+    title: str | None = None,
+    max_panels: int = 6,
+) -> Figure:
     """Running λ̂ per chain across SGLD steps, one panel per checkpoint.
 
     traces: sampler losses [C, D] (one checkpoint) or [K, C, D]; init_loss: L_n(w*) scalar,
@@ -487,21 +612,39 @@ def trace_figure(traces: np.ndarray, init_loss: np.ndarray | float, nbeta: float
     the running mean). A flat running estimate is the stationarity check.
     """
     with style():
-        return _trace_figure(np.asarray(traces, dtype=float), init_loss, nbeta, epochs, burnin,
-                             laplace, title, max_panels)
+        return _trace_figure(
+            np.asarray(traces, dtype=float),
+            init_loss,
+            nbeta,
+            epochs,
+            burnin,
+            laplace,
+            title,
+            max_panels,
+        )
 
 
-def _trace_figure(tr: np.ndarray, init_loss: np.ndarray | float, nbeta: float,
-                  epochs: Sequence[int] | None, burnin: int,
-                  laplace: Sequence[float] | float | None, title: str | None,
-                  max_panels: int) -> Figure:
+def _trace_figure(
+    tr: np.ndarray,
+    init_loss: np.ndarray | float,
+    nbeta: float,
+    epochs: Sequence[int] | None,
+    burnin: int,
+    laplace: Sequence[float] | float | None,
+    title: str | None,
+    max_panels: int,
+) -> Figure:
     """Body of :func:`trace_figure`, run inside the house style."""
     if tr.ndim == 2:
         tr = tr[None]
     if tr.ndim != 3:
         raise ValueError(f"traces must be [C, D] or [K, C, D], got shape {tr.shape}")
-    base = np.broadcast_to(np.asarray(init_loss, dtype=float).reshape(
-        (-1, 1) if np.ndim(init_loss) == 1 else np.shape(init_loss)), tr.shape[:2])
+    base = np.broadcast_to(
+        np.asarray(init_loss, dtype=float).reshape(
+            (-1, 1) if np.ndim(init_loss) == 1 else np.shape(init_loss)
+        ),
+        tr.shape[:2],
+    )
     k = tr.shape[0]
     pick = np.unique(np.linspace(0, k - 1, min(k, max_panels)).round().astype(int))
     ncols = 2 if len(pick) == 4 else min(3, len(pick))
@@ -524,8 +667,15 @@ def _trace_figure(tr: np.ndarray, init_loss: np.ndarray | float, nbeta: float,
             bad = ~np.isfinite(tr[i, c])
             if bad.any() and np.isfinite(run[c]).any():
                 last = int(np.flatnonzero(np.isfinite(run[c]))[-1])
-                ax.plot([steps[last]], [run[c, last]], linestyle="none", marker="X",
-                        color=COLORS["flag"], markersize=7, label="chain diverged (NaN loss)")
+                ax.plot(
+                    [steps[last]],
+                    [run[c, last]],
+                    linestyle="none",
+                    marker="X",
+                    color=COLORS["flag"],
+                    markersize=7,
+                    label="chain diverged (NaN loss)",
+                )
         if burnin > 0:
             ax.axvspan(0, burnin, color="#999999", alpha=0.12, linewidth=0, label="burn-in")
         lo, hi = _clip_to_running(ax, instant, run)
@@ -539,12 +689,18 @@ def _trace_figure(tr: np.ndarray, init_loss: np.ndarray | float, nbeta: float,
             head += f"\n({int((~alive).sum())}/{len(alive)} chains diverged)"
         if lap is not None and math.isfinite(lap[i]):
             if split_theory([{"name": "lap", "value": lap[i]}], lo, hi)[0]:
-                ax.axhline(lap[i], color=COLORS["laplace"], linestyle="--", linewidth=1.2,
-                           label="$\\lambda_{Lap}$")
+                ax.axhline(
+                    lap[i],
+                    color=COLORS["laplace"],
+                    linestyle="--",
+                    linewidth=1.2,
+                    label="$\\lambda_{Lap}$",
+                )
                 ax.set_ylim(min(lo, lap[i]), max(hi, lap[i]))
                 _pad(ax)
             head += f"\nλ_Lap = {fmt_num(float(lap[i]))}" + (
-                "" if ax.get_ylim()[0] <= lap[i] <= ax.get_ylim()[1] else " (off scale)")
+                "" if ax.get_ylim()[0] <= lap[i] <= ax.get_ylim()[1] else " (off scale)"
+            )
         ax.set_title(head)
         ax.set_xlabel("SGLD step")
         ax.set_ylabel("λ̂")
@@ -555,16 +711,25 @@ def _trace_figure(tr: np.ndarray, init_loss: np.ndarray | float, nbeta: float,
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper")
     if title:
         fig.suptitle(title, fontsize=11)
-    add_caption(fig, f"Bold: running λ̂ = nβ·(mean loss over draws so far − L_n(w*)) per chain "
-                     f"(after burn-in); faint: per-step nβ·(L_B − L_n(w*)); nβ = {fmt_num(nbeta)}. "
-                     "A flat bold line at the end means the chain is stationary.")
+    add_caption(
+        fig,
+        f"Bold: running λ̂ = nβ·(mean loss over draws so far − L_n(w*)) per chain "
+        f"(after burn-in); faint: per-step nβ·(L_B − L_n(w*)); nβ = {fmt_num(nbeta)}. "
+        "A flat bold line at the end means the chain is stationary.",
+    )
     return fig
 
 
 def _clip_to_running(ax: Axes, instant: np.ndarray, run: np.ndarray) -> tuple[float, float]:
     """Keep noisy per-step values from squashing the running estimates' scale; returns range."""
-    vals = np.concatenate([run[np.isfinite(run)], np.percentile(
-        instant[np.isfinite(instant)], [2, 98]) if np.isfinite(instant).any() else []])
+    vals = np.concatenate(
+        [
+            run[np.isfinite(run)],
+            np.percentile(instant[np.isfinite(instant)], [2, 98])
+            if np.isfinite(instant).any()
+            else [],
+        ]
+    )
     if not vals.size:
         return math.nan, math.nan
     lo, hi = float(vals.min()), float(vals.max())

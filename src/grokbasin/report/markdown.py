@@ -44,10 +44,15 @@ def md_table(t: Table) -> str:
     cols = table_columns(t)
     if not cols:
         return "_(no rows)_"
-    numeric = [all(is_number(r.get(c)) or r.get(c) is None for r in t.rows) and
-               any(is_number(r.get(c)) for r in t.rows) for c in cols]
-    lines = ["| " + " | ".join(md_cell(c) for c in cols) + " |",
-             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    numeric = [
+        all(is_number(r.get(c)) or r.get(c) is None for r in t.rows)
+        and any(is_number(r.get(c)) for r in t.rows)
+        for c in cols
+    ]
+    lines = [
+        "| " + " | ".join(md_cell(c) for c in cols) + " |",
+        "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
+    ]
     lines += ["| " + " | ".join(md_cell(r.get(c)) for c in cols) + " |" for r in t.rows]
     title = f"**{md_text(t.title)}**\n\n" if t.title else ""
     return title + "\n".join(lines)
@@ -58,16 +63,20 @@ def md_section(s: Section, files: dict[str, bytes], figure_dir: str) -> str:
     out = [f"## {md_text(s.heading)}"]
     if s.warnings:
         n = len(s.warnings)
-        out.append(f"> **⚠ {n} warning{'s' * (n != 1)}**\n>\n"
-                   + "\n".join(f"> - {md_text(w)}" for w in s.warnings))
+        out.append(
+            f"> **⚠ {n} warning{'s' * (n != 1)}**\n>\n"
+            + "\n".join(f"> - {md_text(w)}" for w in s.warnings)
+        )
     elif s.ok:
         out.append(f"> ✓ {md_text(s.ok)}")
     out.extend(md_text(p) for p in s.paragraphs)
     out.extend(md_table(as_table(t)) for t in s.tables)
     for i, f in enumerate(s.figures):
         img = as_image(f, i)
-        out.append(f"![{md_text(img.caption)}]({_link(img, files, figure_dir)})\n\n"
-                   f"_{md_text(img.caption)}_")
+        out.append(
+            f"![{md_text(img.caption)}]({_link(img, files, figure_dir)})\n\n"
+            f"_{md_text(img.caption)}_"
+        )
     return "\n\n".join(out)
 
 
@@ -84,8 +93,12 @@ def _link(img: Image, files: dict[str, bytes], figure_dir: str) -> str:
     return rel
 
 
-def render_markdown(title: str, sections: Sequence[Section], subtitle: str | None = None,
-                    figure_dir: str = "figures") -> tuple[str, dict[str, bytes]]:
+def render_markdown(
+    title: str,
+    sections: Sequence[Section],
+    subtitle: str | None = None,
+    figure_dir: str = "figures",
+) -> tuple[str, dict[str, bytes]]:
     """Markdown text and the PNG files (relative path -> bytes) it links that must be written."""
     files: dict[str, bytes] = {}
     parts = [f"# {md_text(title)}"]
@@ -95,8 +108,13 @@ def render_markdown(title: str, sections: Sequence[Section], subtitle: str | Non
     return "\n\n".join(parts) + "\n", files
 
 
-def write_markdown(path: str | Path, title: str, sections: Sequence[Section],
-                   subtitle: str | None = None, figure_dir: str = "figures") -> Path:
+def write_markdown(
+    path: str | Path,
+    title: str,
+    sections: Sequence[Section],
+    subtitle: str | None = None,
+    figure_dir: str = "figures",
+) -> Path:
     """Write the Markdown report and any PNGs it links (atomically, relative to its folder)."""
     path = Path(path)
     text, files = render_markdown(title, sections, subtitle, figure_dir)
@@ -108,31 +126,41 @@ def write_markdown(path: str | Path, title: str, sections: Sequence[Section],
     return path
 
 
-def build_run_markdown(run_dir_path: str | Path, config: Mapping[str, Any],
-                       metrics_summary: Sequence[Mapping[str, Any]],
-                       theory_rows: Sequence[Mapping[str, Any]],
-                       llc_summary: Sequence[Mapping[str, Any]], health: Sequence[str],
-                       figures: Mapping[str, bytes | Figure | str | Path],
-                       provenance: Mapping[str, Any] | None = None,
-                       title: str | None = None) -> tuple[str, dict[str, bytes]]:
+def build_run_markdown(
+    run_dir_path: str | Path,
+    config: Mapping[str, Any],
+    metrics_summary: Sequence[Mapping[str, Any]],
+    theory_rows: Sequence[Mapping[str, Any]],
+    llc_summary: Sequence[Mapping[str, Any]],
+    health: Sequence[str],
+    figures: Mapping[str, bytes | Figure | str | Path],
+    provenance: Mapping[str, Any] | None = None,
+    title: str | None = None,
+) -> tuple[str, dict[str, bytes]]:
     """The standard run report as Markdown; figure paths are relative to the run directory."""
     run = Path(run_dir_path)
-    sections = run_report_sections(config, metrics_summary, theory_rows, llc_summary, health,
-                                   figures, provenance)
+    sections = run_report_sections(
+        config, metrics_summary, theory_rows, llc_summary, health, figures, provenance
+    )
     return render_markdown(title or f"grokbasin run {run.name}", sections, subtitle=str(run))
 
 
-def write_run_markdown(run_dir_path: str | Path, config: Mapping[str, Any],
-                       metrics_summary: Sequence[Mapping[str, Any]],
-                       theory_rows: Sequence[Mapping[str, Any]],
-                       llc_summary: Sequence[Mapping[str, Any]], health: Sequence[str],
-                       figures: Mapping[str, bytes | Figure | str | Path],
-                       provenance: Mapping[str, Any] | None = None,
-                       name: str = "report.md") -> Path:
+def write_run_markdown(
+    run_dir_path: str | Path,
+    config: Mapping[str, Any],
+    metrics_summary: Sequence[Mapping[str, Any]],
+    theory_rows: Sequence[Mapping[str, Any]],
+    llc_summary: Sequence[Mapping[str, Any]],
+    health: Sequence[str],
+    figures: Mapping[str, bytes | Figure | str | Path],
+    provenance: Mapping[str, Any] | None = None,
+    name: str = "report.md",
+) -> Path:
     """Write RUN_DIR/report.md (and figures/*.png for figures given as bytes)."""
     run = Path(run_dir_path)
-    text, files = build_run_markdown(run, config, metrics_summary, theory_rows, llc_summary,
-                                     health, figures, provenance)
+    text, files = build_run_markdown(
+        run, config, metrics_summary, theory_rows, llc_summary, health, figures, provenance
+    )
     for rel, data in files.items():
         if not ((run / rel).exists() and (run / rel).read_bytes() == data):
             atomic_write(run / rel, data)
