@@ -8,7 +8,7 @@ f(x) = (W[a] + W[p+b])² Vᵀ on a minibatch of B rows per replica, W [R, 2p, K]
 Autograd's gather backward is the slow part of the reference path; this replaces it with
 ``scatter_add_`` over a contiguous index broadcast along K, which takes PyTorch's sorted fast
 path (``index_add_`` pays a per-row kernel launch on a CPU: 2.3× slower here, and a strided
-index 5× slower). Same maths as ``models.quadratic.forward`` + ``losses``.
+index 10× slower). Same maths as ``models.quadratic.forward`` + ``losses``.
 """
 
 from __future__ import annotations
