@@ -144,8 +144,8 @@ class FusedSGLD:
             self.row = torch.empty(2 * ((n + 1) // 2), dtype=first.dtype).numpy()
             self.drift0 = _rows(self.bc, self.names)
             self._views: dict[tuple, tuple] = {}
-        self.shape, self.dtype = (R, n), first.dtype
-        self.stream = rng.NormalStream(R, n, dev, first.dtype) if self.kernel is None else None
+        self.stream_args = (R, n, dev, first.dtype)
+        self.stream: rng.NormalStream | None = None  # built on the first torch-path step
         self.a = {k: _b(a, params[k]) for k in self.names}
         self.c = {k: _b(c, params[k]) for k in self.names}
         self.s = {k: _b(s, params[k]) for k in self.names}
@@ -159,7 +159,7 @@ class FusedSGLD:
             )
             return
         if self.stream is None:
-            self.stream = rng.NormalStream(*self.shape, params[self.names[0]].device, self.dtype)
+            self.stream = rng.NormalStream(*self.stream_args)
         xi = _split(self.stream(self.keys, t), self.names, params)
         for k in self.names:
             w = torch.addcmul(self.bc[k], params[k], self.a[k], out=params[k])
