@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from grokbasin.config import build_config
-from grokbasin.device import intra_op_threads
 
 TINY = {
     "task": {"p": 11, "frac": 0.5},
@@ -22,10 +21,3 @@ def tiny_cfg():
         return build_config(TINY, {k.replace("__", "."): v for k, v in overrides.items()})
 
     return make
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny batched tensors: a second intra-op thread only adds contention on a shared CPU."""
-    with intra_op_threads("cpu", 1):
-        yield

@@ -12,9 +12,10 @@ import torch
 
 from grokbasin import rng
 from grokbasin.config import build_config
-from grokbasin.llc import sgld
+from grokbasin.llc import samplers
 from grokbasin.llc.estimate import estimate_llc
 from grokbasin.llc.fast_quadratic import QuadraticGrad
+from grokbasin.llc.samplers import sgld
 from grokbasin.llc.targets import from_modular, modular_train_rows
 from grokbasin.models import build_model
 from grokbasin.tasks.modular import all_pairs
@@ -51,7 +52,7 @@ def test_fast_gradients_equal_autograd(loss: str) -> None:
         for k in gr:
             torch.testing.assert_close(gb[k], gr[k], rtol=1e-5, atol=1e-6)
     out = {k: torch.full_like(v, 7.0) for k, v in params.items()}  # stale values are overwritten
-    _, gi = fast.loss_and_grad_into(params, idx, out)
+    _, gi = fast.loss_and_grad(params, idx, out)
     for k in gr:
         assert gi[k].data_ptr() == out[k].data_ptr()
         torch.testing.assert_close(out[k], gr[k], rtol=1e-5, atol=1e-6)
@@ -129,15 +130,17 @@ def test_fused_update_equals_reference_step() -> None:
     w = {"a": torch.randn(R, 4), "b": torch.randn(R, 2, 5)}
     c = {k: v + 0.1 for k, v in w.items()}
     g = {k: torch.randn_like(v) for k, v in w.items()}
-    h = sgld.make_hyper(
+    h = samplers.make_hyper(
         R, [1e-3, 2e-3, 3e-3], [10.0, 20.0, 30.0], [1.0, 2.0, 3.0], [0.0, 0.1, 0.2], [1.0, 0.5, 2.0]
     )
-    want, _, _ = sgld.step("sgld", w, g, c, {}, h, keys, t=4)
-    fused = sgld.FusedSGLD(w, c, h, keys)
-    got = {k: v.clone() for k, v in w.items()}
-    fused.step_(got, g, 4)
-    for k in w:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-6)
+    setup = samplers.Setup(c, h, keys, tuple(sorted(w)))
+    want = sgld.step(sgld.init(dict(w), setup), g, 4)[0].params
+    for kernel in (sgld.FUSED_CPU, sgld.FUSED_TORCH):  # in place, on the state's own tensors
+        got = kernel.step(kernel.init({k: v.clone() for k, v in w.items()}, setup), g, 4)[0].params
+        for k in w:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-6)
+    assert samplers.select("sgld", w, setup) is sgld.FUSED_CPU
+    assert samplers.select("sgld", w, setup, fast=False) is sgld.REFERENCE
 
 
 def test_fast_sampler_matches_reference_traces_and_estimates() -> None:
@@ -218,21 +221,23 @@ def test_cpu_kernel_noise_is_the_same_stream_closer_to_exact() -> None:
 
 
 def test_cpu_kernel_update_equals_torch_update() -> None:
-    # FusedSGLD with the compiled CPU loop vs its torch fallback (stream + in-place passes):
+    # The fused SGLD kernel's compiled CPU loop vs its torch path (stream + in-place passes):
     # the same update with the same stream, float32 round-off of the noise (2e-5·s) apart.
     R = 4
     keys = rng.key([1, 2, 3, 4])
     w = {"V": torch.randn(R, 3, 7), "W": torch.randn(R, 5, 7)}
     c = {k: v + 0.1 for k, v in w.items()}
     g = {k: torch.randn_like(v) for k, v in w.items()}
-    h = sgld.make_hyper(R, [1e-3, 2e-3, 3e-3, 4e-3], 30.0, 5.0, 0.01, 1.0)
-    compiled, plain = sgld.FusedSGLD(w, c, h, keys), sgld.FusedSGLD(w, c, h, keys)
-    assert compiled.kernel is not None
-    plain.kernel = None
-    a, b = ({k: v.clone() for k, v in w.items()} for _ in range(2))
+    h = samplers.make_hyper(R, [1e-3, 2e-3, 3e-3, 4e-3], 30.0, 5.0, 0.01, 1.0)
+    setup = samplers.Setup(c, h, keys, tuple(sorted(w)))
+    assert sgld.FUSED_CPU.applies(w, setup)
+    sa = sgld.FUSED_CPU.init({k: v.clone() for k, v in w.items()}, setup)
+    sb = sgld.FUSED_TORCH.init({k: v.clone() for k, v in w.items()}, setup)
+    a, b = sa.params, sb.params
     for t in range(3):
-        compiled.step_(a, g, t)
-        plain.step_(b, g, t)
+        sa, _ = sgld.FUSED_CPU.step(sa, g, t)
+        sb, _ = sgld.FUSED_TORCH.step(sb, g, t)
+    assert sa.params is a and sb.params is b  # updated in place
     for k in w:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
         assert not torch.equal(a[k], w[k])

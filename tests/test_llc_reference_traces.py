@@ -55,7 +55,9 @@ def _linear_p0(R: int, transposed: bool = False):
 
 
 def _modular(loss: str = "centred_mse", R: int = 6):
-    cfg = build_config({}, {"task.p": 11, "model.width": 16, "train.loss": loss, "train.batch_size": 16})
+    cfg = build_config(
+        {}, {"task.p": 11, "model.width": 16, "train.loss": loss, "train.batch_size": 16}
+    )
     params = build_model(cfg.model, 11, 11).init(rng.key([0, 1]))
     params = {k: v.repeat_interleave(R // 2, 0).contiguous() for k, v in params.items()}
     rows = modular_train_rows(cfg).expand(2, -1).repeat_interleave(R // 2, 0).contiguous()

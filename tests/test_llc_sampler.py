@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from grokbasin import rng
-from grokbasin.llc import sgld
+from grokbasin.llc import samplers
 from grokbasin.llc.estimate import estimate_llc, sample, temperature_regression
+from grokbasin.llc.samplers import sgld
 from grokbasin.llc.targets import Minibatcher, from_functional, from_module, from_potential
 
 
@@ -36,11 +37,13 @@ def test_sgld_step_is_devinterp_update() -> None:
     w = {"a": torch.randn(R, 4), "b": torch.randn(R, 2, 2)}
     c = {k: v + 0.1 for k, v in w.items()}
     g = {k: torch.randn_like(v) for k, v in w.items()}
-    h = sgld.make_hyper(
+    h = samplers.make_hyper(
         R, [1e-3, 2e-3, 3e-3], [10.0, 20.0, 30.0], [1.0, 2.0, 3.0], [0.0, 0.1, 0.2], [1.0, 0.5, 2.0]
     )
-    new, _, norms = sgld.step("sgld", w, g, c, {}, h, keys, t=4, with_norms=True)
-    xi = sgld.noise(keys, 4, w)
+    setup = samplers.Setup(c, h, keys, tuple(sorted(w)), norms=True)
+    state, info = sgld.step(sgld.init(dict(w), setup), g, 4)
+    new, norms = state.params, info["norms"]
+    xi = samplers.noise(keys, 4, w)
     for k in w:
         v = (-1,) + (1,) * (w[k].dim() - 1)
         eps, nb, gam = h.step_size.view(v), h.nbeta.view(v), h.gamma.view(v)
@@ -88,16 +91,18 @@ def test_restricted_llc_keeps_other_parameters_at_centre() -> None:
     mask = {"W": torch.tensor([[0.0], [1.0]]).expand(2, 3)}
     t = from_functional(_linear, _mse, p0, X, Y, 16, names=["W"], masks=mask)
     keys = rng.key([0, 1, 2, 3])
-    h = sgld.make_hyper(4, 1e-3, 10.0, 1.0)
+    h = samplers.make_hyper(4, 1e-3, 10.0, 1.0)
     res = sample(t, h, keys, burnin=0, draws=5, record_norms=True)
     assert res.norms is not None and (res.norms["distance"][:, -1] > 0).all()
     # replay the first 5 steps by hand to see the parameters
-    params = {k: v.clone() for k, v in p0.items()}
+    setup = samplers.Setup(p0, h, keys, ("W",), t.masks)
+    state = sgld.init({k: v.clone() for k, v in p0.items()}, setup)
     b = t.batcher(keys)
     for step in range(5):
-        _, grads = t.loss_and_grad(params, b(step))
+        _, grads = t.loss_and_grad(state.params, b(step))
         assert set(grads) == {"W"}
-        params, _, _ = sgld.step("sgld", params, grads, p0, {}, h, keys, step, t.masks)
+        state, _ = sgld.step(state, grads, step)
+    params = state.params
     assert torch.equal(params["b"], p0["b"])
     assert torch.equal(params["W"][:, 0], p0["W"][:, 0])
     assert not torch.equal(params["W"][:, 1], p0["W"][:, 1])
@@ -111,7 +116,7 @@ def test_diverged_chain_is_frozen_and_others_unaffected() -> None:
     p0 = {"w": torch.ones(R, 2)}
     pot = lambda p: p["w"].pow(4).sum(1)  # noqa: E731
     keys = rng.key([0, 1, 2])
-    h = sgld.make_hyper(R, [5.0, 1e-3, 1e-3], 100.0, 1.0)
+    h = samplers.make_hyper(R, [5.0, 1e-3, 1e-3], 100.0, 1.0)
     res = sample(from_potential(pot, p0), h, keys, burnin=2, draws=10)
     assert res.diverged.tolist() == [True, False, False]
     assert np.isnan(res.traces[0]).any() and np.isfinite(res.traces[1:]).all()
@@ -192,7 +197,7 @@ def test_mala_acceptance_drops_with_step_size() -> None:
     keys = rng.key(list(range(C)))
     acc = []
     for eps in (1e-4, 3e-3):
-        res = sample(t, sgld.make_hyper(C, eps, 100.0, 0.0), keys, 50, 100, mala=True)
+        res = sample(t, samplers.make_hyper(C, eps, 100.0, 0.0), keys, 50, 100, mala=True)
         acc.append(float(res.mala_accept.mean()))
     assert acc[0] > 0.95 and acc[1] < acc[0] - 0.02
 
@@ -235,7 +240,7 @@ def test_devinterp_baseline_and_wbic() -> None:
     X, Y = _data()
     p0 = {"W": torch.zeros(2, 2, 3), "b": torch.zeros(2, 2)}
     t = from_functional(_linear, _mse, p0, X, Y, 8)
-    h = sgld.make_hyper(2, 1e-4, 10.0, 1.0)
+    h = samplers.make_hyper(2, 1e-4, 10.0, 1.0)
     res = sample(t, h, rng.key([0, 1]), 3, 5, baseline="devinterp")
     np.testing.assert_array_equal(res.init_loss, res.first_batch_loss)
     assert not np.allclose(res.first_batch_loss, res.full_init_loss)

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
 from grokbasin import rng
-from grokbasin.device import intra_op_threads
-from grokbasin.llc import sgld
-from grokbasin.llc.targets import Params, Target
+from grokbasin.llc import chain, samplers, shards
+from grokbasin.llc.samplers import SamplerHyper
+from grokbasin.llc.targets import Target
 
 
 @dataclass
@@ -81,7 +80,7 @@ class SampleResult:
 
 def sample(
     target: Target,
-    hyper: sgld.Hyper,
+    hyper: SamplerHyper,
     keys: torch.Tensor,
     burnin: int,
     draws: int,
@@ -96,55 +95,55 @@ def sample(
 ) -> SampleResult:
     """Run burn-in + draws·thin sampler steps for all R replicas together; record draw losses.
 
-    The loss at step t is the minibatch loss at the pre-step parameters (as devinterp records it).
-    A chain whose loss turns non-finite is reset to w* and frozen; its later draws are NaN and the
-    other chains continue untouched. Plain SGLD without masks, norms or MALA takes the in-place
-    :class:`sgld.FusedSGLD` path (same update and noise; ``fused=False`` forces the reference).
+    See ``llc.chain`` for what a step records and how diverged chains are frozen. ``method``
+    names a sampler of ``llc.samplers``; its fastest applicable kernel runs (``fused=False``
+    forces the reference update: same update and noise). Before any chain starts, the loss runs
+    once on a 1-replica shard and a target whose output does not follow its shard is refused.
 
     On a CPU the replicas are split into ``cpu_workers`` contiguous shards (default: torch's
-    thread count, so a process pool's per-worker share is respected) that run in threads, each
-    with one intra-op thread. Shards never synchronise, so a busy core slows one shard instead
-    of stalling every op at an OpenMP barrier (2 intra-op threads on a shared 2-core machine ran
-    13× slower than 1). Results do not depend on the sharding: each replica has its own streams.
-    ``on_step`` receives the fraction of all replica-steps done since its last call.
+    thread count; ``llc.shards``). Results do not depend on the sharding: each replica has its
+    own streams. ``on_step`` receives the fraction of all replica-steps done since its last call.
     """
+    if baseline not in ("full", "devinterp"):
+        raise ValueError(f"baseline must be 'full' or 'devinterp', got {baseline!r}")
+    samplers.check(method, mala)
+    check_shapes(target, keys)
+    args = (burnin, draws, thin, method, baseline, record_norms, mala, fused)
+
+    def run(part: tuple, share: float) -> SampleResult:
+        tick = on_step if share == 1.0 or on_step is None else (lambda k: on_step(k * share))
+        return _sample(*part, *args, tick)
+
     dev = next(iter(target.params0.values())).device
-    bounds = _shard_bounds(target, dev, cpu_workers)
-    args = (burnin, draws, thin, method, baseline, record_norms, mala)
-    with intra_op_threads(dev, 1):
-        if len(bounds) == 1:
-            return _sample(target, hyper, keys, *args, on_step, fused)
-        R = target.replicas
-
-        def run(bound: tuple[int, int]) -> SampleResult:
-            lo, hi = bound
-            torch.set_num_threads(1)  # OpenMP's thread count is per thread: a new one has all
-            tick = None if on_step is None else (lambda k: on_step(k * (hi - lo) / R))
-            return _sample(
-                target.shard(lo, hi), hyper.subset(slice(lo, hi)), keys[lo:hi], *args, tick, fused
-            )
-
-        with ThreadPoolExecutor(len(bounds), thread_name_prefix="grokbasin-shard") as pool:
-            parts = list(pool.map(run, bounds))
-    return SampleResult.concat(parts)
+    parts = shards.map_ranges(run, (target, hyper, keys), target.replicas, dev, cpu_workers)
+    return parts[0] if len(parts) == 1 else SampleResult.concat(parts)
 
 
-def _shard_bounds(target: Target, dev: torch.device, workers: int | None) -> list[tuple[int, int]]:
-    """Contiguous [lo, hi) replica ranges, one per CPU worker (one range off the CPU)."""
-    if workers is not None and workers < 1:
-        raise ValueError(f"cpu_workers must be >= 1, got {workers}")
-    n = workers or torch.get_num_threads()
-    if dev.type != "cpu" or target.shard is None:
-        n = 1
-    R = target.replicas
-    n = max(1, min(n, R))
-    cuts = [R * i // n for i in range(n + 1)]
-    return list(zip(cuts[:-1], cuts[1:], strict=True))
+def check_shapes(target: Target, keys: torch.Tensor) -> None:
+    """Refuse, in one line, a target whose loss on a 1-replica shard is not one value per
+    replica: a forward or potential that captured per-replica tensors instead of taking them
+    from the target's data (``aux=``) broadcasts or fails there, whatever the thread count."""
+    one = target.shard(0, 1)
+    try:
+        with torch.no_grad():
+            loss = one.loss(one.params0, one.batcher(keys[:1])(0))
+    except (RuntimeError, IndexError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{target.label}: the loss fails on a 1-replica shard ({msg}); per-replica tensors "
+            "must come from the target's data (aux= or per_replica), not a closure"
+        ) from None
+    if tuple(loss.shape) != (1,):
+        raise ValueError(
+            f"{target.label}: the loss of a 1-replica shard has shape {tuple(loss.shape)}, "
+            "expected (1,); per-replica tensors must come from the target's data (aux= or "
+            "per_replica), not a closure"
+        )
 
 
 def _sample(
     target: Target,
-    hyper: sgld.Hyper,
+    hyper: SamplerHyper,
     keys: torch.Tensor,
     burnin: int,
     draws: int,
@@ -153,99 +152,31 @@ def _sample(
     baseline: str,
     record_norms: bool,
     mala: bool,
-    on_step: Callable[[float], None] | None,
     fused: bool,
+    on_step: Callable[[float], None] | None,
 ) -> SampleResult:
-    """The body of :func:`sample` for one set of replicas, in the calling thread."""
-    if baseline not in ("full", "devinterp"):
-        raise ValueError(f"baseline must be 'full' or 'devinterp', got {baseline!r}")
-    if mala and method != "sgld":
-        raise ValueError("MALA acceptance is defined for the plain SGLD sampler only")
-    R = target.replicas
+    """:func:`sample` for one shard of replicas, in the calling thread."""
     center = {k: v.detach() for k, v in target.params0.items()}
     params = {k: v.clone() for k, v in center.items()}
-    dev = next(iter(params.values())).device
-    batches = target.batcher(keys)
-    state = sgld.init_state(method, {k: params[k] for k in target.names}, keys, hyper)
-    total = burnin + draws * thin
-    traces = torch.full((R, draws), float("nan"), device=dev)
-    alive = torch.ones(R, dtype=torch.bool, device=dev)
-    norms: dict[str, list[torch.Tensor]] = {k: [] for k in sgld.NORM_NAMES} if record_norms else {}
-    acc_sum = torch.zeros(R, device=dev)
-    prev = None
+    setup = samplers.Setup(center, hyper, keys, tuple(target.names), target.masks, record_norms)
+    kernel = samplers.select(method, params, setup, fast=fused, use_mala=mala)
     with torch.no_grad():
         full0 = target.full_loss(center).float()
-    first = torch.zeros(R, device=dev)
-    fast = None
-    if fused and method == "sgld" and not (mala or record_norms) and target.masks is None:
-        fast = sgld.FusedSGLD({k: params[k] for k in target.names}, center, hyper, keys)
-    for t in range(total):
-        if fast is not None and target.loss_and_grad_into is not None:
-            loss, grads = target.loss_and_grad_into(params, batches(t), fast.grads)
-        else:
-            loss, grads = target.loss_and_grad(params, batches(t))
-        loss = loss.detach().float()
-        bad = ~torch.isfinite(loss) & alive
-        if bool(bad.any()):  # freeze diverged chains at w*; the others never see them
-            alive &= ~bad
-            _reset_(params, center, ~alive)
-            for g in grads.values():
-                g[~alive] = 0.0
-        if t == 0:
-            first = loss.clone()
-        if t >= burnin and (t - burnin) % thin == 0:
-            traces[:, (t - burnin) // thin] = torch.where(alive, loss, torch.nan)
-        with torch.no_grad():
-            nrm = None
-            if fast is not None:
-                fast.step_(params, grads, t)
-            else:
-                if mala:
-                    u = sgld.potential(loss, {k: params[k] for k in target.names}, center, hyper)
-                    gu = sgld.potential_grad(grads, params, center, hyper)
-                    if prev is not None:
-                        la = sgld.mala_log_accept(prev[0], prev[1], prev[2], u, gu, params, hyper)
-                        acc_sum += torch.nan_to_num(la.exp(), nan=0.0)
-                    prev = (u, gu, {k: params[k] for k in target.names})
-                params, state, nrm = sgld.step(
-                    method,
-                    params,
-                    grads,
-                    center,
-                    state,
-                    hyper,
-                    keys,
-                    t,
-                    target.masks,
-                    record_norms,
-                )
-            if not bool(alive.all()):
-                _reset_(params, center, ~alive)
-        if nrm is not None:
-            for k, v in nrm.items():
-                norms[k].append(v)
-        if on_step is not None:
-            on_step(1)
-    init = full0 if baseline == "full" else first
+    rec = chain.run(target, kernel, kernel.init(params, setup), keys, burnin, draws, thin, on_step)
+    init = full0 if baseline == "full" else rec.first
     return SampleResult(
         n=target.n,
         nbeta=hyper.nbeta.double().cpu().numpy(),
-        traces=traces.double().cpu().numpy(),
+        traces=rec.traces.double().cpu().numpy(),
         init_loss=init.double().cpu().numpy(),
         full_init_loss=full0.double().cpu().numpy(),
-        first_batch_loss=first.double().cpu().numpy(),
-        diverged=(~alive).cpu().numpy(),
-        norms={k: torch.stack(v, 1).cpu().numpy() for k, v in norms.items()}
+        first_batch_loss=rec.first.double().cpu().numpy(),
+        diverged=(~rec.alive).cpu().numpy(),
+        norms={k: torch.stack(v, 1).cpu().numpy() for k, v in rec.norms.items()}
         if record_norms
         else None,
-        mala_accept=(acc_sum / max(total - 1, 1)).cpu().numpy() if mala else None,
+        mala_accept=(rec.accept / max(rec.steps - 1, 1)).cpu().numpy() if mala else None,
     )
-
-
-def _reset_(params: Params, center: Params, dead: torch.Tensor) -> None:
-    """Put the ``dead`` replicas back at w*, in place."""
-    for k, v in params.items():
-        v[dead] = center[k][dead]
 
 
 def chain_keys(
@@ -357,7 +288,7 @@ def estimate_llc(
     :func:`sample`).
     """
     nb = np.asarray(
-        nbetas if nbetas is not None else [sgld.default_nbeta(max(2, target.batch_size))],
+        nbetas if nbetas is not None else [samplers.default_nbeta(max(2, target.batch_size))],
         dtype=float,
     )
     B = len(nb)
@@ -368,7 +299,7 @@ def estimate_llc(
         )
     dev = next(iter(target.params0.values())).device
     per_rep_nb = torch.tensor(np.tile(np.repeat(nb, chains), groups), dtype=torch.float32)
-    hyper = sgld.make_hyper(
+    hyper = samplers.make_hyper(
         R, _vec(step_size), per_rep_nb, _vec(gamma), weight_decay, noise_level, device=dev
     )
     keys = chain_keys(seed, group_ids or [[g] for g in range(groups)], B, chains, dev)

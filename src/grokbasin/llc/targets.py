@@ -1,32 +1,40 @@
 """What an LLC sampler samples: a replica-batched loss with its minibatch stream and centre w*.
 
 A :class:`Target` bundles, for R replicas at once: the centre ``params0`` (w*, leading axis R),
-the training-set size ``n`` per replica, a minibatch loss ``loss(params, idx) -> [R]`` on local
-sample indices idx [R, B] (positions 0..n-1 of each replica's own training set), its gradient, the
-full training loss, and a :class:`Minibatcher` that shuffles each replica's data per epoch from
-its own counter-based stream (without replacement within an epoch, like a shuffled DataLoader).
+the per-replica data ``data`` (every tensor with leading axis R: a replica's own inputs and
+targets, training rows, masks a forward needs, other aux tensors), the training-set size ``n``
+per replica and a ``bind(data)`` that builds the replica-batched functions for that data: a
+minibatch loss ``loss(params, idx) -> [R]`` on local sample indices idx [R, B] (positions 0..n-1
+of each replica's own training set), its gradient ``loss_and_grad(params, idx, out=None)``
+(written into ``out`` where the implementation can) and the full training loss. A
+:class:`Minibatcher` shuffles each replica's data per epoch from its own counter-based stream.
+
+Sharding is by construction: ``target.shard(lo, hi)`` is the one generic slice of
+``llc.shards.take`` over params0, data and masks, and bind is called again on the slice; a
+forward never sees per-replica tensors it captured itself (``sample`` refuses those that do).
 
 Constructors: ``from_modular`` (checkpoints of a built-in run), ``from_module`` (any user
-``torch.nn.Module`` + loss via ``torch.func``), ``from_functional`` (forward(params, x) with a
-replica axis, for grokbasin's regression families) and ``from_potential`` (a loss that is a pure
-function of the parameters, for known-answer tests). Restricted LLC: ``names`` selects the sampled
-parameters (the rest stay at w*), ``masks`` restricts elementwise.
+``torch.nn.Module`` + loss via ``torch.func``), ``from_functional`` (forward(params, x, **aux)
+with a replica axis, for grokbasin's regression families) and ``from_potential`` (a loss that is
+a pure function of the parameters, for known-answer tests). Restricted LLC: ``names`` selects
+the sampled parameters (the rest stay at w*), ``masks`` restricts elementwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 
 from grokbasin import rng
+from grokbasin.llc import shards
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params, torch.Tensor], torch.Tensor]
-GradFn = Callable[[Params, torch.Tensor], tuple[torch.Tensor, Params]]
-# (params, idx, out grads) -> loss: like GradFn but writes the gradients into preallocated tensors
-GradIntoFn = Callable[[Params, torch.Tensor, Params], tuple[torch.Tensor, Params]]
+# (params, idx, out grads or None) -> (loss [R], grads): grads in ``out`` where supported
+GradFn = Callable[..., tuple[torch.Tensor, Params]]
 _BATCH_TAG = 0xBA7C
 CPU_BLOCK = 16  # replicas per block of the quadratic-net gradient on a CPU
 
@@ -55,29 +63,88 @@ class Minibatcher:
         return self._perms[:, epoch - self._first, j * self.b : (j + 1) * self.b]
 
 
-@dataclass
+class Fns(NamedTuple):
+    """The replica-batched functions of a target, bound to one replica range's data."""
+
+    loss: LossFn
+    loss_and_grad: GradFn
+    full_loss: Callable[[Params], torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
 class Target:
     """A replica-batched sampling target (see the module docstring)."""
 
     params0: Params
     n: int
     batch_size: int
-    loss: LossFn
-    loss_and_grad: GradFn
-    full_loss: Callable[[Params], torch.Tensor]
+    bind: Callable[[dict[str, Any]], Fns]
+    data: dict[str, Any] = field(default_factory=dict)  # per-replica tensors, leading axis R
     names: list[str] = field(default_factory=list)  # sampled parameters
-    masks: dict[str, torch.Tensor] | None = None
-    loss_and_grad_into: GradIntoFn | None = None  # optional allocation-free fast path
-    # (lo, hi) -> the same target for replicas lo..hi-1 with its own buffers, so shards can run
-    # in parallel threads; None where a constructor cannot split (elementwise masks)
-    shard: Callable[[int, int], Target] | None = None
+    masks: dict[str, torch.Tensor] | None = None  # name -> 0/1 [R, ...] (broadcast ones expanded)
+    label: str = "target"  # names the constructor and the user's function in messages
+
+    def __post_init__(self) -> None:
+        R = self.replicas
+        for path, t in _leaves(self.data, "data"):
+            if t.dim() == 0 or t.shape[0] != R:
+                raise ValueError(
+                    f"{self.label}: {path} has shape {tuple(t.shape)}; per-replica tensors need "
+                    f"a leading axis of R = {R} replicas (params0's)"
+                )
+        if self.masks is not None:
+            object.__setattr__(self, "masks", _expand_masks(self.masks, self.params0, self.label))
+        object.__setattr__(self, "_fns", self.bind(self.data))
 
     @property
     def replicas(self) -> int:
         return next(iter(self.params0.values())).shape[0]
 
+    @property
+    def loss(self) -> LossFn:
+        return self._fns.loss
+
+    @property
+    def loss_and_grad(self) -> GradFn:
+        return self._fns.loss_and_grad
+
+    @property
+    def full_loss(self) -> Callable[[Params], torch.Tensor]:
+        return self._fns.full_loss
+
+    def shard(self, lo: int, hi: int) -> Target:
+        """The same target for replicas lo..hi-1, with its own functions and buffers."""
+        return shards.take(self, lo, hi)
+
     def batcher(self, keys: torch.Tensor) -> Minibatcher:
         return Minibatcher(keys, self.n, self.batch_size)
+
+
+def _leaves(tree: Any, path: str):
+    """(path, tensor) for every tensor in nested dicts."""
+    if isinstance(tree, torch.Tensor):
+        yield path, tree
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, f"{path}[{k!r}]")
+
+
+def _expand_masks(masks: dict[str, torch.Tensor], params0: Params, label: str) -> Params:
+    """Masks in their parameter's dtype, viewed at its full [R, ...] shape (no copy)."""
+    unknown = sorted(set(masks) - set(params0))
+    if unknown:
+        raise ValueError(f"{label}: masks for unknown parameters {unknown}; have {sorted(params0)}")
+    out = {}
+    for k, m in masks.items():
+        p = params0[k]
+        try:
+            out[k] = m.to(p.dtype).expand(p.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{label}: masks[{k!r}] of shape {tuple(m.shape)} does not broadcast to the "
+                f"parameter's {tuple(p.shape)}"
+            ) from None
+    return out
 
 
 def _select(params: Params, names: Sequence[str] | None) -> list[str]:
@@ -90,10 +157,15 @@ def _select(params: Params, names: Sequence[str] | None) -> list[str]:
     return sorted(names)
 
 
-def autograd_loss_and_grad(loss: LossFn, names: Sequence[str]) -> GradFn:
-    """Loss and per-replica gradients via autograd of the summed loss (replicas are independent)."""
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", type(fn).__name__)
 
-    def fn(params: Params, idx: torch.Tensor) -> tuple[torch.Tensor, Params]:
+
+def autograd_loss_and_grad(loss: LossFn, names: Sequence[str]) -> GradFn:
+    """Loss and per-replica gradients via autograd of the summed loss (replicas are independent);
+    ``out`` is ignored (fresh gradient tensors)."""
+
+    def fn(params: Params, idx: torch.Tensor, out: Params | None = None):  # noqa: ARG001
         with torch.enable_grad():
             leaf = {
                 k: (v.detach().requires_grad_(True) if k in names else v) for k, v in params.items()
@@ -111,7 +183,7 @@ def repeat_replicas(params: Params, copies: int) -> Params:
 
 
 def from_functional(
-    forward: Callable[[Params, torch.Tensor], torch.Tensor],
+    forward: Callable[..., torch.Tensor],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     params0: Params,
     X: torch.Tensor,
@@ -120,72 +192,76 @@ def from_functional(
     names: Sequence[str] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
     per_replica: bool = False,
+    aux: dict[str, torch.Tensor] | None = None,
 ) -> Target:
-    """Target for forward(params, x [R, B, ...]) -> pred and loss_fn(pred, y [R, B, ...]) -> [R].
+    """Target for forward(params, x [R, B, ...], **aux) -> pred [R, ...] and
+    loss_fn(pred, y [R, B, ...]) -> [R].
 
     X [n, ...], Y [n, ...] are shared by all replicas, or [R, n, ...] with ``per_replica``.
+    ``aux``: per-replica tensors [R, ...] (masks, sizes, ...) passed to forward by keyword and
+    sliced with the replicas, so a forward must not capture per-replica tensors itself.
     """
     n = X.shape[1] if per_replica else X.shape[0]
-
-    def take(T: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        if per_replica:
-            return T[torch.arange(T.shape[0], device=T.device)[:, None], idx]
-        return T[idx]
-
-    def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:
-        return loss_fn(forward(params, take(X, idx)), take(Y, idx))
-
-    def full(params: Params) -> torch.Tensor:
-        R = next(iter(params.values())).shape[0]
-        idx = torch.arange(n, device=X.device).expand(R, -1)
-        return loss(params, idx)
-
-    def shard(lo: int, hi: int) -> Target:
-        X_, Y_ = (X[lo:hi], Y[lo:hi]) if per_replica else (X, Y)
-        return from_functional(
-            forward,
-            loss_fn,
-            _replicas(params0, lo, hi),
-            X_,
-            Y_,
-            batch_size,
-            names,
-            None,
-            per_replica,
-        )
-
+    label = f"from_functional(forward={_name(forward)})"
     sel = _select(params0, names)
-    return Target(
-        params0,
-        n,
-        batch_size or n,
-        loss,
-        autograd_loss_and_grad(loss, sel),
-        full,
-        sel,
-        masks,
-        shard=None if masks else shard,
-    )
+    data: dict[str, Any] = {"X": X, "Y": Y} if per_replica else {}
+    if aux:
+        data["aux"] = dict(aux)
+
+    def bind(d: dict[str, Any]) -> Fns:
+        X_, Y_ = (d["X"], d["Y"]) if per_replica else (X, Y)
+        kw = d.get("aux", {})
+
+        def take(T: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            if per_replica:
+                return T[torch.arange(T.shape[0], device=T.device)[:, None], idx]
+            return T[idx]
+
+        def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:
+            x = take(X_, idx)
+            pred = forward(params, x, **kw)
+            if pred.dim() == 0 or pred.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"{label}: output of shape {tuple(pred.shape)} for a shard of "
+                    f"{x.shape[0]} replicas (input {tuple(x.shape)}); the leading axis must be "
+                    "the shard's replicas: pass per-replica tensors the forward uses via aux="
+                )
+            return loss_fn(pred, take(Y_, idx))
+
+        def full(params: Params) -> torch.Tensor:
+            R = next(iter(params.values())).shape[0]
+            return loss(params, torch.arange(n, device=X.device).expand(R, -1))
+
+        return Fns(loss, autograd_loss_and_grad(loss, sel), full)
+
+    return Target(params0, n, batch_size or n, bind, data, sel, masks, label)
 
 
 def from_potential(
-    potential: Callable[[Params], torch.Tensor],
+    potential: Callable[..., torch.Tensor],
     params0: Params,
     n: int = 1,
     names: Sequence[str] | None = None,
+    aux: dict[str, torch.Tensor] | None = None,
 ) -> Target:
-    """Target whose 'loss' is a deterministic function of the parameters (minibatches ignored)."""
-
-    def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:
-        return potential(params)
-
-    def shard(lo: int, hi: int) -> Target:
-        return from_potential(potential, _replicas(params0, lo, hi), n, names)
-
+    """Target whose 'loss' is potential(params, **aux) -> [R], a deterministic function of the
+    parameters (minibatches ignored); ``aux`` as in :func:`from_functional`."""
     sel = _select(params0, names)
-    return Target(
-        params0, n, n, loss, autograd_loss_and_grad(loss, sel), potential, sel, shard=shard
-    )
+
+    def bind(d: dict[str, Any]) -> Fns:
+        kw = d.get("aux", {})
+
+        def full(params: Params) -> torch.Tensor:
+            return potential(params, **kw)
+
+        def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:  # noqa: ARG001
+            return potential(params, **kw)
+
+        return Fns(loss, autograd_loss_and_grad(loss, sel), full)
+
+    data = {"aux": dict(aux)} if aux else {}
+    label = f"from_potential(potential={_name(potential)})"
+    return Target(params0, n, n, bind, data, sel, None, label)
 
 
 def from_module(
@@ -212,47 +288,35 @@ def from_module(
     if params0 is None:
         params0 = {k: v.unsqueeze(0).expand(replicas, *v.shape).clone() for k, v in base.items()}
     sel = _select(params0, names)
-    n = X.shape[0]
 
     def single(ps: Params, pf: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return loss_fn(functional_call(module, {**ps, **pf, **buffers}, (x,)), y)
 
-    batched_loss = vmap(single, in_dims=(0, 0, 0, 0))
-    batched_grad = vmap(grad_and_value(single), in_dims=(0, 0, 0, 0))
-    full_loss = vmap(single, in_dims=(0, 0, None, None))
-
     def split(params: Params) -> tuple[Params, Params]:
         return {k: params[k] for k in sel}, {k: v for k, v in params.items() if k not in sel}
 
-    def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:
-        ps, pf = split(params)
-        return batched_loss(ps, pf, X[idx], Y[idx])
+    def bind(d: dict[str, Any]) -> Fns:  # noqa: ARG001 - no per-replica data but params
+        batched_loss = vmap(single, in_dims=(0, 0, 0, 0))
+        batched_grad = vmap(grad_and_value(single), in_dims=(0, 0, 0, 0))
+        full_loss = vmap(single, in_dims=(0, 0, None, None))
 
-    def loss_and_grad(params: Params, idx: torch.Tensor) -> tuple[torch.Tensor, Params]:
-        ps, pf = split(params)
-        g, val = batched_grad(ps, pf, X[idx], Y[idx])
-        return val, g
+        def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:
+            ps, pf = split(params)
+            return batched_loss(ps, pf, X[idx], Y[idx])
 
-    def full(params: Params) -> torch.Tensor:
-        ps, pf = split(params)
-        return full_loss(ps, pf, X, Y)
+        def loss_and_grad(params: Params, idx: torch.Tensor, out: Params | None = None):  # noqa: ARG001
+            ps, pf = split(params)
+            g, val = batched_grad(ps, pf, X[idx], Y[idx])
+            return val, g
 
-    def shard(lo: int, hi: int) -> Target:
-        return from_module(
-            module, loss_fn, X, Y, hi - lo, batch_size, _replicas(params0, lo, hi), names
-        )
+        def full(params: Params) -> torch.Tensor:
+            ps, pf = split(params)
+            return full_loss(ps, pf, X, Y)
 
-    return Target(
-        params0,
-        n,
-        batch_size or n,
-        loss,
-        loss_and_grad,
-        full,
-        sel,
-        masks,
-        shard=None if masks else shard,
-    )
+        return Fns(loss, loss_and_grad, full)
+
+    n, label = X.shape[0], f"from_module({type(module).__name__})"
+    return Target(params0, n, batch_size or n, bind, {}, sel, masks, label)
 
 
 def modular_train_rows(cfg) -> torch.Tensor:
@@ -290,47 +354,32 @@ def from_modular(
     x, y = (t.to(dev) for t in all_pairs(cfg.task.p, cfg.task.op))
     model = build_model(cfg.model, cfg.task.p, cfg.task.p)
     loss_fn = LOSSES[cfg.train.loss]
-    rows = rows.to(dev)
     n = rows.shape[1]
-
-    def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:
-        r = rows.gather(1, idx)
-        return loss_fn(model.forward(params, x[r]), y[r])
-
-    def full(params: Params) -> torch.Tensor:
-        R = rows.shape[0]
-        chunk = max(1, max_elems // (n * max(cfg.model.width, cfg.task.p)))
-        out = []
-        for lo in range(0, R, chunk):  # bounded memory; one chunk in the usual case
-            p = {k: v[lo : lo + chunk] for k, v in params.items()}
-            r = rows[lo : lo + chunk]
-            out.append(loss_fn(model.forward(p, x[r]), y[r]))
-        return torch.cat(out)
-
-    def shard(lo: int, hi: int) -> Target:
-        return from_modular(
-            cfg, _replicas(params0, lo, hi), rows[lo:hi], batch_size, names, None, max_elems, fast
-        )
-
     sel = _select(params0, names)
-    split = None if masks else shard
-    if fast and cfg.model.name == "quadratic" and cfg.train.loss in FAST_LOSSES:
-        chunk = CPU_BLOCK if dev.type == "cpu" else rows.shape[0]  # cache blocking: CPUs only
-        qg = QuadraticGrad(x, y, rows, cfg.task.p, cfg.train.loss, sel, chunk)
-        return Target(params0, n, batch_size, loss, qg, full, sel, masks, qg, split)
-    return Target(
-        params0,
-        n,
-        batch_size,
-        loss,
-        autograd_loss_and_grad(loss, sel),
-        full,
-        sel,
-        masks,
-        shard=split,
-    )
+    hand = fast and cfg.model.name == "quadratic" and cfg.train.loss in FAST_LOSSES
 
+    def bind(d: dict[str, Any]) -> Fns:
+        rows_ = d["rows"]
 
-def _replicas(params: Params, lo: int, hi: int) -> Params:
-    """Replicas lo..hi-1 of every tensor."""
-    return {k: v[lo:hi] for k, v in params.items()}
+        def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:
+            r = rows_.gather(1, idx)
+            return loss_fn(model.forward(params, x[r]), y[r])
+
+        def full(params: Params) -> torch.Tensor:
+            R = rows_.shape[0]
+            chunk = max(1, max_elems // (n * max(cfg.model.width, cfg.task.p)))
+            out = []
+            for lo in range(0, R, chunk):  # bounded memory; one chunk in the usual case
+                p = {k: v[lo : lo + chunk] for k, v in params.items()}
+                r = rows_[lo : lo + chunk]
+                out.append(loss_fn(model.forward(p, x[r]), y[r]))
+            return torch.cat(out)
+
+        if hand:
+            chunk = CPU_BLOCK if dev.type == "cpu" else rows_.shape[0]  # cache blocking: CPUs
+            qg = QuadraticGrad(x, y, rows_, cfg.task.p, cfg.train.loss, sel, chunk)
+            return Fns(loss, qg, full)
+        return Fns(loss, autograd_loss_and_grad(loss, sel), full)
+
+    label = f"from_modular({cfg.model.name}, p={cfg.task.p})"
+    return Target(params0, n, batch_size, bind, {"rows": rows.to(dev)}, sel, masks, label)
