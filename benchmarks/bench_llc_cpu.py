@@ -152,8 +152,9 @@ def _ms(fn, reps: int = 20) -> float:
 def micro(cfg, ckpts: list[dict], workers: int) -> None:
     """Per-step pieces at R = len(ckpts)·CHAINS on one thread, each timed alone."""
     from grokbasin import rng
-    from grokbasin.llc import sgld
+    from grokbasin.llc import samplers
     from grokbasin.llc.fast_quadratic import QuadraticGrad
+    from grokbasin.llc.samplers import sgld
 
     p0 = {
         k: torch.cat([c[k] for c in ckpts]).repeat_interleave(CHAINS, 0).contiguous()
@@ -177,19 +178,18 @@ def micro(cfg, ckpts: list[dict], workers: int) -> None:
         f"| noise: torch.randn (not per-replica, for scale) | "
         f"{_ms(lambda: torch.randn(R, n)):.2f} |"
     )
-    hyper = sgld.make_hyper(R, EPS, 26.0, GAMMA)
-    params = {k: v.clone() for k, v in p0.items()}
+    hyper = samplers.make_hyper(R, EPS, 26.0, GAMMA)
+    setup = samplers.Setup(p0, hyper, keys, tuple(sorted(p0)))
     grads = {k: torch.randn_like(v) for k, v in p0.items()}
-    for name, compiled in (
-        ("torch ops (stream + 3 passes per tensor)", False),
-        ("compiled CPU kernel (cpu_kernels.sgld_update)", True),
+    for name, kernel in (
+        ("torch ops (stream + 3 passes per tensor)", sgld.FUSED_TORCH),
+        ("compiled CPU kernel (cpu_kernels.sgld_update)", sgld.FUSED_CPU),
     ):
-        fused = sgld.FusedSGLD(params, p0, hyper, keys)
-        fused.kernel = fused.kernel if compiled else None
+        state = kernel.init({k: v.clone() for k, v in p0.items()}, setup)
         steps = iter(range(10**6))
         print(
             f"| noise + update: {name} | "
-            f"{_ms(lambda f=fused, t=steps: f.step_(params, grads, next(t))):.2f} |"
+            f"{_ms(lambda s=state, k=kernel, t=steps: k.step(s, grads, next(t))):.2f} |"
         )
     idx = rng.permutation(keys, rows.shape[1])[:, :BATCH]
     ref = from_modular(cfg, p0, rows, BATCH, fast=False)

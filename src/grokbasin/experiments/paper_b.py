@@ -96,13 +96,14 @@ def polynomial_llcs(
     mk = mask.repeat_interleave(chains, 0)
     feats = MR.poly_features(x, D).repeat_interleave(chains, 0)  # computed once, not per step
     target = from_functional(
-        lambda p, fb: MR.poly_forward_features(p, fb, mk),
+        MR.poly_forward_features,
         MR.mse,
         repeat_replicas(p0, chains),
         feats,
         y.repeat_interleave(chains, 0),
         batch_size=n,
         per_replica=True,
+        aux={"mask": mk},  # per-replica: sliced with the replicas when the sampler shards
     )
     kw = sampler or _sampler("polynomial", n)
     est = estimate_llc(target, groups=G, chains=chains, seed=seed, diagnose=False, **kw)
@@ -226,13 +227,14 @@ def low_rank_llcs(
     p0 = {"W1": p["W1"] * mask[:, :, None], "W2": p["W2"] * mask[:, None, :]}
     mk = mask.repeat_interleave(chains, 0)
     target = from_functional(
-        lambda q, xb: MR.lowrank_forward(q, xb, mk),
+        MR.lowrank_forward,
         MR.mse,
         repeat_replicas(p0, chains),
         data.x.repeat_interleave(chains, 0),
         data.y.repeat_interleave(chains, 0),
         batch_size=n,
         per_replica=True,
+        aux={"mask": mk},  # per-replica: sliced with the replicas when the sampler shards
     )
     kw = sampler or _sampler("low_rank", n)
     est = estimate_llc(target, groups=G, chains=chains, seed=seed, diagnose=False, **kw)
@@ -364,13 +366,14 @@ def autoencoder_llcs(
     )
     mk = mask.repeat_interleave(chains, 0)
     target = from_functional(
-        lambda q, xb: MR.autoencoder_forward(q, xb, mk),
+        MR.autoencoder_forward,
         MR.mse,
         repeat_replicas(res.params, chains),
         data.x.repeat_interleave(chains, 0),
         data.y.repeat_interleave(chains, 0),
         batch_size=n,
         per_replica=True,
+        aux={"mask": mk},  # per-replica: sliced with the replicas when the sampler shards
     )
     kw = sampler or _sampler("autoencoder", n)
     est = estimate_llc(target, groups=G, chains=chains, seed=seed, diagnose=False, **kw)

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from grokbasin.analysis.grokking import curve_metrics, grokking_metrics
 from grokbasin.config import RunConfig
-from grokbasin.experiments import common as C
+from grokbasin.experiments import common
 from grokbasin.experiments.registry import ExperimentResult, register
 from grokbasin.llc.trajectory import select_epochs
 from grokbasin.report.figures import trajectory_figure, trajectory_inputs
@@ -147,8 +147,8 @@ def run(
     progress: bool = False,
 ) -> ExperimentResult:
     """Train/sample what is missing for (base, seeds, llc), then write figure, CSV and report."""
-    cfgs = C.configs(base, seeds=seeds, llc=llc, device=device)
-    C.execute(cfgs, root, True, backend, workers, progress)
+    cfgs = common.configs(base, seeds=seeds, llc=llc, device=device)
+    common.execute(cfgs, root, True, backend, workers, progress)
     cfg0 = cfgs[0]
     metrics_t, llc_t = pooled_tables(cfgs, root)
     m, lam = trajectory_inputs(metrics_t, llc_t, replica="all")
@@ -217,7 +217,7 @@ def run(
         f"{late['r_llc_val_error']:.2f} / {late['r_llc_val_loss']:.2f} from t_mem on "
         "(paper: the LLC curve correlates with the test-error curve).",
     ]
-    return C.finish(
+    return common.finish(
         NAME,
         scale,
         root,

@@ -1,7 +1,7 @@
 """LLC estimation: SGLD kernels, sampling targets, the batched estimator, diagnostics, Laplace."""
 
 from grokbasin.llc.estimate import estimate_llc, sample
-from grokbasin.llc.targets import from_functional, from_module
+from grokbasin.llc.targets import from_functional, from_module, from_potential
 from grokbasin.llc.trajectory import estimate_run, estimate_runs
 
 __all__ = [
@@ -10,5 +10,6 @@ __all__ = [
     "estimate_runs",
     "from_functional",
     "from_module",
+    "from_potential",
     "sample",
 ]
