@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
-Params = dict[str, torch.Tensor]
+from grokbasin.types import Params
+
 LOSSES = ("centred_mse", "cross_entropy")
 
 

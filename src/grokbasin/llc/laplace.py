@@ -42,8 +42,8 @@ from grokbasin.theory.numeric import (
     onehot_inputs,
     quadratic_gram,
 )
+from grokbasin.types import Params
 
-Params = dict[str, torch.Tensor]
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 _PROBE_TAG = 0x51A0
 F64_EPS = float(np.finfo(np.float64).eps)

@@ -30,8 +30,8 @@ import torch
 
 from grokbasin import rng
 from grokbasin.llc import shards
+from grokbasin.types import Params
 
-Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params, torch.Tensor], torch.Tensor]
 # (params, idx, out grads or None) -> (loss [R], grads): grads in ``out`` where supported
 GradFn = Callable[..., tuple[torch.Tensor, Params]]

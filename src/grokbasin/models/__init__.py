@@ -14,8 +14,7 @@ import torch
 
 from grokbasin.config import ModelConfig
 from grokbasin.models import mlp, quadratic, transformer
-
-Params = dict[str, torch.Tensor]
+from grokbasin.types import Params
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,7 @@ import torch
 
 from grokbasin import rng
 from grokbasin.models.common import linear_init
-
-Params = dict[str, torch.Tensor]
+from grokbasin.types import Params
 
 
 def size_mask(

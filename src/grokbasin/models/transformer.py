@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from grokbasin import rng
 from grokbasin.models.common import linear_init, rows
+from grokbasin.types import Params
 
-Params = dict[str, torch.Tensor]
 _LN_EPS = 1e-5
 
 

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-Params = dict[str, torch.Tensor]
+from grokbasin.types import Params
+
 F64_EPS = float(torch.finfo(torch.float64).eps)
 F32_EPS = float(torch.finfo(torch.float32).eps)
 # s_i / s_max cut-offs for rank profiles; 1e-5 stays above the float64 Gram noise (~1e-6 at n = 1e4)

@@ -16,8 +16,8 @@ import torch
 from grokbasin import rng
 from grokbasin.store.rundir import RunDir, write_parquet
 from grokbasin.train import optim
+from grokbasin.types import Params
 
-Params = dict[str, torch.Tensor]
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

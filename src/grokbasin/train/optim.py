@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-Params = dict[str, torch.Tensor]
+from grokbasin.types import Params
+
 State = dict[str, torch.Tensor]
 
 

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import torch
 
 from grokbasin import rng
+from grokbasin.types import Params
 
-Params = dict[str, torch.Tensor]
 Info = dict[str, Any]  # per-step output of a kernel: "norms" -> {name: [R]}, "mala_accept" -> [R]
 NORM_NAMES = ("grad", "localization", "weight_decay", "noise", "distance")
 NOISE_TAG = 0x5617D
