@@ -165,7 +165,7 @@ def autograd_loss_and_grad(loss: LossFn, names: Sequence[str]) -> GradFn:
     """Loss and per-replica gradients via autograd of the summed loss (replicas are independent);
     ``out`` is ignored (fresh gradient tensors)."""
 
-    def fn(params: Params, idx: torch.Tensor, out: Params | None = None):  # noqa: ARG001
+    def fn(params: Params, idx: torch.Tensor, out: Params | None = None):
         with torch.enable_grad():
             leaf = {
                 k: (v.detach().requires_grad_(True) if k in names else v) for k, v in params.items()
@@ -254,7 +254,7 @@ def from_potential(
         def full(params: Params) -> torch.Tensor:
             return potential(params, **kw)
 
-        def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:  # noqa: ARG001
+        def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:
             return potential(params, **kw)
 
         return Fns(loss, autograd_loss_and_grad(loss, sel), full)
@@ -295,7 +295,7 @@ def from_module(
     def split(params: Params) -> tuple[Params, Params]:
         return {k: params[k] for k in sel}, {k: v for k, v in params.items() if k not in sel}
 
-    def bind(d: dict[str, Any]) -> Fns:  # noqa: ARG001 - no per-replica data but params
+    def bind(d: dict[str, Any]) -> Fns:
         batched_loss = vmap(single, in_dims=(0, 0, 0, 0))
         batched_grad = vmap(grad_and_value(single), in_dims=(0, 0, 0, 0))
         full_loss = vmap(single, in_dims=(0, 0, None, None))
@@ -304,7 +304,7 @@ def from_module(
             ps, pf = split(params)
             return batched_loss(ps, pf, X[idx], Y[idx])
 
-        def loss_and_grad(params: Params, idx: torch.Tensor, out: Params | None = None):  # noqa: ARG001
+        def loss_and_grad(params: Params, idx: torch.Tensor, out: Params | None = None):
             ps, pf = split(params)
             g, val = batched_grad(ps, pf, X[idx], Y[idx])
             return val, g

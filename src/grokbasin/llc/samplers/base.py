@@ -119,7 +119,7 @@ class ChainState(Protocol):
     def grads(self) -> Params | None: ...
 
 
-def _always(params: Params, setup: Setup) -> bool:  # noqa: ARG001 - the applies() signature
+def _always(params: Params, setup: Setup) -> bool:
     return True
 
 

@@ -41,7 +41,7 @@ def init(params: Params, setup: Setup) -> State:
 
 def step(
     state: State, grads: Params, t: int, loss: torch.Tensor | None = None
-) -> tuple[State, Info]:  # noqa: ARG001
+) -> tuple[State, Info]:
     """One reference SGLD step for all replicas; parameters without a gradient stay put."""
     s, params = state.setup, state.params
     R, dev = s.hyper.replicas, next(iter(params.values())).device
@@ -108,7 +108,7 @@ def _fused_init(params: Params, setup: Setup, compiled: bool) -> State:
     return State(params, setup, grads=grads, consts=k)
 
 
-def _fused_cpu_step(state: State, grads: Params, t: int, loss=None) -> tuple[State, Info]:  # noqa: ARG001
+def _fused_cpu_step(state: State, grads: Params, t: int, loss=None) -> tuple[State, Info]:
     """The compiled update (in place)."""
     from grokbasin.llc import cpu_kernels
 
@@ -120,7 +120,7 @@ def _fused_cpu_step(state: State, grads: Params, t: int, loss=None) -> tuple[Sta
     return state, {}
 
 
-def _fused_torch_step(state: State, grads: Params, t: int, loss=None) -> tuple[State, Info]:  # noqa: ARG001
+def _fused_torch_step(state: State, grads: Params, t: int, loss=None) -> tuple[State, Info]:
     """The same update as three in-place torch passes per tensor."""
     k: _Fused = state.consts
     if k.stream is None:

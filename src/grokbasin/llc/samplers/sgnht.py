@@ -39,7 +39,7 @@ def init(params: Params, setup: Setup) -> State:
 
 def step(
     state: State, grads: Params, t: int, loss: torch.Tensor | None = None
-) -> tuple[State, Info]:  # noqa: ARG001
+) -> tuple[State, Info]:
     """One momentum + thermostat step for all replicas."""
     s, params, h = state.setup, state.params, state.setup.hyper
     R, dev = h.replicas, next(iter(params.values())).device
