@@ -23,8 +23,8 @@ from grokbasin.analysis.grokking import curve_metrics, grokking_metrics
 from grokbasin.config import RunConfig
 from grokbasin.experiments import common as C
 from grokbasin.experiments.registry import ExperimentResult, register
-from grokbasin.llc.trajectory import select_epochs
-from grokbasin.report.figures import trajectory_figure, trajectory_inputs
+from grokbasin.report.figures import trajectory_figure
+from grokbasin.store.query import Want, llc_arrays, llc_rows, metrics_arrays
 from grokbasin.store.rundir import RunDir, read_parquet
 
 NAME = "transformer"
@@ -86,21 +86,19 @@ def settings(scale: str) -> tuple[dict[str, Any], list[int], dict[str, Any]]:
     return base, [0, 1], llc
 
 
-def pooled_tables(cfgs: list[RunConfig], root: Path) -> tuple[pa.Table, pa.Table | None]:
-    """Metrics and the selected checkpoints' LLC rows of single-replica runs (one per seed),
-    with replica = seed index."""
+def pooled_rows(cfgs: list[RunConfig], root: Path) -> tuple[list[dict], list[dict]]:
+    """Metrics rows and the selected LLC rows (store.query) of single-replica runs (one per
+    seed), with replica = seed index."""
     metrics, llc = [], []
-    for i, c in enumerate(cfgs):
-        run = RunDir(root / c.run_hash())
-        metrics += [{**r, "replica": i} for r in read_parquet(run.metrics).to_pylist()]
-        if run.llc.exists():
-            h, want = c.llc.sampler_hash(), set(select_epochs(run, c.llc.checkpoints))
-            llc += [
-                {**r, "replica": i}
-                for r in read_parquet(run.llc).to_pylist()
-                if r["sampler_hash"] == h and r["epoch"] in want
-            ]
-    return pa.Table.from_pylist(metrics), pa.Table.from_pylist(llc) if llc else None
+    for i, (c, rows) in enumerate(
+        zip(cfgs, llc_rows([Want.of(c, root) for c in cfgs]), strict=True)
+    ):
+        metrics += [
+            {**r, "replica": i}
+            for r in read_parquet(RunDir(root / c.run_hash()).metrics).to_pylist()
+        ]
+        llc += [{**r, "replica": i} for r in rows]
+    return metrics, llc
 
 
 def llc_error_correlation(
@@ -150,10 +148,10 @@ def run(
     cfgs = C.configs(base, seeds=seeds, llc=llc, device=device)
     C.execute(cfgs, root, True, backend, workers, progress)
     cfg0 = cfgs[0]
-    metrics_t, llc_t = pooled_tables(cfgs, root)
-    m, lam = trajectory_inputs(metrics_t, llc_t, replica="all")
+    metrics_rows, pooled_llc = pooled_rows(cfgs, root)
+    m, lam = metrics_arrays(metrics_rows, "all"), llc_arrays(pooled_llc)
     marks = curve_metrics(m["epoch"], m["train_acc"], m["val_acc"])
-    per_seed = grokking_metrics(metrics_t)
+    per_seed = grokking_metrics(pa.Table.from_pylist(metrics_rows))
     n = cfg0.task.n_train
     sampler = {
         "nbeta": cfg0.llc.resolve_nbeta(n),
