@@ -63,15 +63,17 @@ GSM_VS_LR: dict[str, Grid] = {
     "paper": gsm_grid(
         "gsm-vs-lr",
         "train.lr",
-        [3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+        [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
         _PAPER_BASE,
-        [0, 1],
+        [0, 1, 2],
         _PAPER_LLC,
         "auto",
-        "lr 1e-5 dropped (grokking time scales ~1/lr: ~19k epochs, over the 10k cap, and ~190 "
-        "checkpoints to sample); seeds 2 of 3; epochs capped at 10k. Estimated here: ~90 "
-        "checkpoints per seed × (train + sample ≈ 3.6 s) ≈ 11 min for 2 seeds, more if the "
-        "largest lr never generalises (runs to the cap).",
+        "lr 1e-5 and 3e-5 dropped: the values differ only in lr, so they train as one replica "
+        "batch that stops when its slowest member does, and grokking time grows ~1/lr (~6k "
+        "epochs at 3e-5, ~19k at 1e-5), which would put every run at ~70+ checkpoints to train "
+        "and sample (~54 min with 3e-5). Epochs capped at 10k. Estimated here: 15 runs × ~20 "
+        "checkpoints × (1.9 s training + 1.8 s sampling) ≈ 18 min; if one lr never "
+        "generalises the batch trains to the cap (~90 min): then run that lr on its own.",
     ),
 }
 
@@ -89,13 +91,14 @@ GSM_VS_WD: dict[str, Grid] = {
     "paper": gsm_grid(
         "gsm-vs-weight-decay",
         "train.weight_decay",
-        [1e-6, 1e-5, 1e-4, 1e-3, 1e-2],
+        [1e-6, 1e-5, 1e-4, 1e-3],
         _PAPER_BASE,
         [0, 1],
         _PAPER_LLC,
         "auto",
-        "seeds 2 of 3; epochs capped at 10k. Estimated here: 10 runs × ~72 s (train + 20 "
-        "checkpoints sampled) ≈ 12 min, more for values that do not generalise by the cap.",
+        "wd 1e-2 dropped (at small scale the largest wd never memorised, and one run that never "
+        "generalises keeps the whole replica batch training to the epoch cap); seeds 2 of 3; "
+        "epochs capped at 10k. Estimated here: 8 runs × 20-40 checkpoints × 3.7 s ≈ 10-20 min.",
     ),
 }
 
