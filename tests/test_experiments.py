@@ -295,3 +295,25 @@ def test_paper_grids_keep_the_papers_settings_and_record_what_was_trimmed():
     cds = get("critical-data-size").grids["paper"]
     assert {pt["task.p"] for pt in cds["points"]} <= {53, 67, 79, 83, 101, 103}
     assert build_config(cds["base"], {}).model.width == 1024
+
+
+def test_plot_takes_plain_rows_and_boundary_known_answer():
+    """plot(Output) needs no run directory; the boundary is the midpoint fail → success."""
+    from grokbasin.experiments.registry import Output
+
+    rows = [
+        {"p": 17, "scaled": s, "val_acc": a, "regime": r}
+        for s, a, r in [
+            (1.0, 0.05, "no generalisation"),
+            (2.5, 0.4, "no generalisation"),
+            (3.0, 0.99, "grokking"),
+            (4.0, 1.0, "immediate generalisation"),
+        ]
+    ]
+    b = critical_data_size.boundary(rows)
+    assert b == pytest.approx(2.75, abs=1e-12)  # (2.5 + 3.0) / 2
+    out = Output({"critical-data-size": rows}, [{"boundary_scaled_size": b}])
+    out.facts = {"ps": [17], "width": 128, "epochs": 4000}
+    (fig,) = critical_data_size.plot(out).values()
+    assert "boundary ≈ 2.75" in fig.axes[0].get_legend_handles_labels()[1]
+    assert math.isnan(critical_data_size.boundary(rows[:2]))  # no success: no boundary

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from grokbasin.config import RunConfig, build_config
+from grokbasin.config import RunConfig
 from grokbasin.experiments.registry import Context, ExperimentResult, Grid, out_dir
 from grokbasin.experiments.sweep import SweepResult, expand, run_configs, sweep_from_dict
 from grokbasin.store.query import Want, by_epoch, llc_rows
@@ -156,18 +156,13 @@ def configs(
 def execute(
     cfgs: list[RunConfig], root: Path, estimate: bool, backend: str, workers: int, progress: bool
 ) -> SweepResult:
-    """Train (and sample) what is missing; everything finished is reused."""
+    """Train (and sample) what is missing; everything finished is reused (positional shorthand of
+    :func:`run` for callers without a Context)."""
     return run_configs(cfgs, root, estimate, backend, workers, None, progress)
 
 
-def final_metrics(cfg: RunConfig, root: Path) -> dict[str, Any]:
-    """Last checkpoint's metrics row of a single-replica run."""
-    rows = read_parquet(RunDir(root / cfg.run_hash()).metrics).to_pylist()
-    last = max(r["epoch"] for r in rows)
-    return next(r for r in rows if r["epoch"] == last)
-
-
 def metrics_rows(cfg: RunConfig, root: Path) -> list[dict[str, Any]]:
+    """Every metrics.parquet row of a config's run."""
     return read_parquet(RunDir(root / cfg.run_hash()).metrics).to_pylist()
 
 
@@ -198,13 +193,6 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     csv.writer(buf).writerows(lines)
     atomic_write(path, buf.getvalue().encode())
     return path
-
-
-def base_cfg(**overrides: Any) -> dict[str, Any]:
-    """A nested config dict from dotted overrides (validated later, per point)."""
-    return (
-        build_config({}, overrides).model_dump(mode="json", include={"task", "model", "train"}) | {}
-    )
 
 
 def log_linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
