@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from grokbasin.errors import ConfigError
-from grokbasin.experiments import paper_a
+from grokbasin.experiments import common
 from grokbasin.experiments import sweep as sw
-from grokbasin.experiments.registry import get, list_experiments, run_experiment
+from grokbasin.experiments.paper_a import critical_data_size, gsm, llc_scaling, sgld_sensitivity
+from grokbasin.experiments.registry import Context, get, list_experiments, run_experiment
 from grokbasin.report.figures import linear_fit
 from grokbasin.store.rundir import RunDir, read_parquet, write_parquet
 
@@ -68,28 +69,21 @@ def linear_llc(monkeypatch):
     monkeypatch.setattr(sw, "_estimator", lambda: estimate)
 
 
+def _scaling(name, x, series, xs, values, root, train, llc, frac):
+    """Run a scaling experiment on a tiny grid (one seed, one sampler) through the registry."""
+    grid = llc_scaling.scaling_grid(name, x, series, xs, values, train, {"tiny": llc}, frac, [0])
+    return get(name).run(Context(root, "tiny"), grid)
+
+
 def test_llc_scaling_fits_recover_the_slope_and_write_outputs(tmp_path, linear_llc, monkeypatch):
     # 20-epoch runs do not generalise; treat every last checkpoint as a solution so all are fitted
     monkeypatch.setattr(
-        paper_a.C, "solution_epoch", lambda rows: (max(r["epoch"] for r in rows), True)
+        common, "solution_epoch", lambda rows: (max(r["epoch"] for r in rows), True)
     )
     train = {"epochs": 20, "checkpoint_every": 10, "batch_size": 0, "lr": [3e-3]}
     llc = {"chains": 2, "draws": 5, "batch_size": 16, "checkpoints": "last"}
-    res = paper_a._llc_scaling(
-        "llc-vs-p",
-        "task.p",
-        "model.width",
-        [11, 13, 17],
-        [8, 16],
-        "tiny",
-        tmp_path,
-        "local",
-        1,
-        "cpu",
-        False,
-        train,
-        llc,
-        0.5,
+    res = _scaling(
+        "llc-vs-p", "task.p", "model.width", [11, 13, 17], [8, 16], tmp_path, train, llc, 0.5
     )
     # exact linear data (chain offsets ±0.5 cancel in the mean): slope 1.5·K, R² = 1 to 1e-9
     by_k = {s["width"]: s for s in res.summary}
@@ -104,21 +98,8 @@ def test_llc_scaling_fits_recover_the_slope_and_write_outputs(tmp_path, linear_l
     assert len(rows) == 6 and {"p", "width", "llc", "theory_under"} <= set(rows[0])
     assert "<img" in res.report.read_text()
     # a second invocation does no new training or sampling and gives the same summary
-    again = paper_a._llc_scaling(
-        "llc-vs-p",
-        "task.p",
-        "model.width",
-        [11, 13, 17],
-        [8, 16],
-        "tiny",
-        tmp_path,
-        "local",
-        1,
-        "cpu",
-        False,
-        train,
-        llc,
-        0.5,
+    again = _scaling(
+        "llc-vs-p", "task.p", "model.width", [11, 13, 17], [8, 16], tmp_path, train, llc, 0.5
     )
     assert again.summary == res.summary
     cfgs = sw.expand(
@@ -179,22 +160,7 @@ def _no_new_work(monkeypatch) -> None:
 def test_llc_scaling_end_to_end_with_the_real_estimator(
     tmp_path, monkeypatch, name, xkey, skey, xs, series
 ):
-    res = paper_a._llc_scaling(
-        name,
-        xkey,
-        skey,
-        xs,
-        series,
-        "tiny",
-        tmp_path,
-        "local",
-        1,
-        "cpu",
-        False,
-        _TINY_TRAIN,
-        _TINY_LLC,
-        0.6,
-    )
+    res = _scaling(name, xkey, skey, xs, series, tmp_path, _TINY_TRAIN, _TINY_LLC, 0.6)
     assert res.figures[name].read_bytes()[:4] == b"\x89PNG"
     assert res.tables[name].exists() and res.report.exists()
     with res.tables[name].open() as f:
@@ -211,22 +177,7 @@ def test_llc_scaling_end_to_end_with_the_real_estimator(
     before = _llc_mtimes(tmp_path)
     assert before
     _no_new_work(monkeypatch)
-    again = paper_a._llc_scaling(
-        name,
-        xkey,
-        skey,
-        xs,
-        series,
-        "tiny",
-        tmp_path,
-        "local",
-        1,
-        "cpu",
-        False,
-        _TINY_TRAIN,
-        _TINY_LLC,
-        0.6,
-    )
+    again = _scaling(name, xkey, skey, xs, series, tmp_path, _TINY_TRAIN, _TINY_LLC, 0.6)
     assert _llc_mtimes(tmp_path) == before  # nothing re-sampled
     assert [r["slope"] for r in again.summary] == pytest.approx(
         [r["slope"] for r in res.summary], nan_ok=True
@@ -239,10 +190,9 @@ def test_gsm_vs_lr_end_to_end_with_the_real_estimator(tmp_path, monkeypatch):
         "model": {"width": 8},
         "train": {**_TINY_TRAIN, "epochs": 20},
     }
-    settings = (base, [0, 1], {**_TINY_LLC, "checkpoints": "all"})
-    res = paper_a._gsm_sweep(
-        "gsm-vs-lr", "train.lr", [3e-3, 1e-2], "tiny", tmp_path, "local", 1, "cpu", False, settings
-    )
+    llc = {**_TINY_LLC, "checkpoints": "all"}
+    grid = gsm.gsm_grid("gsm-vs-lr", "train.lr", [3e-3, 1e-2], base, [0, 1], llc)
+    res = get("gsm-vs-lr").run(Context(tmp_path, "tiny"), grid)
     assert res.figures["gsm-vs-lr"].read_bytes()[:4] == b"\x89PNG"
     with res.tables["gsm-vs-lr"].open() as f:
         rows = list(csv.DictReader(f))
@@ -254,9 +204,7 @@ def test_gsm_vs_lr_end_to_end_with_the_real_estimator(tmp_path, monkeypatch):
     assert all(math.isnan(a["gsm_mean"]) or a["gsm_mean"] >= 0 for a in agg)
     before = _llc_mtimes(tmp_path)
     _no_new_work(monkeypatch)
-    again = paper_a._gsm_sweep(
-        "gsm-vs-lr", "train.lr", [3e-3, 1e-2], "tiny", tmp_path, "local", 1, "cpu", False, settings
-    )
+    again = get("gsm-vs-lr").run(Context(tmp_path, "tiny"), grid)
     assert _llc_mtimes(tmp_path) == before
     assert repr(again.summary[1:]) == repr(agg)  # same numbers (repr: nan == nan)
 
@@ -282,7 +230,7 @@ def test_sgld_sensitivity_cells_one_call_cached(tmp_path, monkeypatch):
     real = cal.calibrate
     monkeypatch.setattr(cal, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
     llc = {**_TINY_LLC, "draws": 30}
-    rows = paper_a.sensitivity_cells(
+    rows = sgld_sensitivity.sensitivity_cells(
         run.path, 30, llc, [1e-4, 1e-3], [1.0, 300.0], tmp_path / "cache"
     )
     assert len(calls) == 1  # the whole ε × γ grid in one sampler call
@@ -296,7 +244,7 @@ def test_sgld_sensitivity_cells_one_call_cached(tmp_path, monkeypatch):
     by = {(r["step_size"], r["gamma"]): r["llc"] for r in rows}
     # strong localisation (γ = 300) shrinks the excursion: λ̂ drops (no tolerance: ordering only)
     assert by[(1e-3, 300.0)] < by[(1e-3, 1.0)]
-    again = paper_a.sensitivity_cells(
+    again = sgld_sensitivity.sensitivity_cells(
         run.path, 30, llc, [1e-4, 1e-3], [1.0, 300.0], tmp_path / "cache"
     )
     assert len(calls) == 1 and again == rows  # cached: no new sampling, identical rows
@@ -304,6 +252,68 @@ def test_sgld_sensitivity_cells_one_call_cached(tmp_path, monkeypatch):
 
 def test_critical_data_size_batch_falls_back_to_full_batch():
     # p = 17, frac 0.1 has 28 training samples < 128: full batch (0); p = 23, frac 0.6 has 317
-    assert paper_a._batch_for(128, 17, 0.1) == 0
-    assert paper_a._batch_for(128, 23, 0.6) == 128
-    assert paper_a._batch_for(0, 23, 0.6) == 0
+    assert critical_data_size.batch_for(128, 17, 0.1) == 0
+    assert critical_data_size.batch_for(128, 23, 0.6) == 128
+    assert critical_data_size.batch_for(0, 23, 0.6) == 0
+
+
+def test_paper_grids_keep_the_papers_settings_and_record_what_was_trimmed():
+    """SPEC §3.3/§3.9: p, K, frac, optimiser, lr, wd, batch and sampler exactly; device auto."""
+    from grokbasin.config import build_config
+
+    paper_sampler = {"step_size": 5e-4, "gamma": 5.0, "nbeta": 26.4, "chains": 3}
+    paper_sampler |= {"burnin": 100, "draws": 500, "batch_size": 128}
+    paper_ps = {53, 59, 61, 67, 71, 73, 79, 83, 89, 97}
+    for exp in (get(n) for n in sorted(NAMES)):
+        grid = exp.grids["paper"]
+        assert grid["device"] == "auto" and isinstance(grid["trimmed"], str) and grid["trimmed"]
+        ctx = Context(Path("unused"), "paper", device="cpu")
+        for label, llc in common.samplers(grid).items() or {"none": None}.items():
+            for c in common.grid_configs(grid, ctx, llc):
+                t = c.train
+                assert (t.optimizer, t.batch_size, t.early_stop) == ("adam", 128, True) or (
+                    exp.name == "trajectory-robustness" and t.batch_size == 256
+                )
+                if exp.name != "critical-data-size":
+                    assert c.task.frac == 0.4
+                if exp.name in ("llc-vs-p", "llc-vs-width"):
+                    assert c.task.p in paper_ps | {53, 61, 71}
+                    assert (t.lr, t.weight_decay) == ([1e-4], [1e-5])
+                if llc is not None and label == "paper":
+                    got = c.llc.model_dump(include=set(paper_sampler))
+                    assert got == paper_sampler
+        if exp.name in ("llc-vs-p", "llc-vs-width", "trajectory-robustness"):
+            s = common.samplers(grid)
+            assert list(s) == ["paper", "calibrated"]  # side by side, paper's first
+            assert (s["calibrated"]["step_size"], s["calibrated"]["gamma"]) == (2e-3, 5.0)
+    llc_p = get("llc-vs-p").grids["paper"]
+    assert llc_p["grid"]["model.width"] == [600, 1000, 1400]
+    assert set(llc_p["grid"]["task.p"]) <= paper_ps
+    assert get("llc-vs-width").grids["paper"]["grid"]["model.width"] == list(range(200, 1601, 200))
+    sens = get("sgld-sensitivity").grids["paper"]["sampler"]
+    assert {k: sens[k] for k in paper_sampler} == paper_sampler
+    cds = get("critical-data-size").grids["paper"]
+    assert {pt["task.p"] for pt in cds["points"]} <= {53, 67, 79, 83, 101, 103}
+    assert build_config(cds["base"], {}).model.width == 1024
+
+
+def test_plot_takes_plain_rows_and_boundary_known_answer():
+    """plot(Output) needs no run directory; the boundary is the midpoint fail → success."""
+    from grokbasin.experiments.registry import Output
+
+    rows = [
+        {"p": 17, "scaled": s, "val_acc": a, "regime": r}
+        for s, a, r in [
+            (1.0, 0.05, "no generalisation"),
+            (2.5, 0.4, "no generalisation"),
+            (3.0, 0.99, "grokking"),
+            (4.0, 1.0, "immediate generalisation"),
+        ]
+    ]
+    b = critical_data_size.boundary(rows)
+    assert b == pytest.approx(2.75, abs=1e-12)  # (2.5 + 3.0) / 2
+    out = Output({"critical-data-size": rows}, [{"boundary_scaled_size": b}])
+    out.facts = {"ps": [17], "width": 128, "epochs": 4000}
+    (fig,) = critical_data_size.plot(out).values()
+    assert "boundary ≈ 2.75" in fig.axes[0].get_legend_handles_labels()[1]
+    assert math.isnan(critical_data_size.boundary(rows[:2]))  # no success: no boundary

@@ -8,20 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from grokbasin.errors import ConfigError
 from grokbasin.report.figures import (
     band_stats,
     fmt_num,
     linear_fit,
     new_figure,
     plot_linear_fit,
-    running_llc,
     save_png,
     split_theory,
-    trace_figure,
     trajectory_figure,
-    trajectory_inputs,
 )
 from grokbasin.report.html import (
     Section,
@@ -32,6 +31,8 @@ from grokbasin.report.html import (
     write_report,
 )
 from grokbasin.report.markdown import build_run_markdown, write_markdown
+from grokbasin.store.query import Want, checkpoint_epochs, llc_arrays, metrics_arrays
+from grokbasin.store.query import llc_rows as llc_rows_of
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 T_MEM, T_GEN = 300.0, 1500.0
@@ -152,29 +153,33 @@ def test_linear_fit_and_plot_label():
     assert "$R^2$ = 1.000" in _all_text(fig)
 
 
-def test_running_llc_matches_definition():
-    tr = np.array([[1.0, 3.0, 2.0]])
-    out = running_llc(tr, np.array([0.5]), nbeta=2.0)
-    np.testing.assert_allclose(out, [[1.0, 3.0, 3.0]])  # 2*(1-0.5), 2*(2-0.5), 2*(2-0.5)
+def test_sample_result_running_matches_definition():
+    # the running estimate lives on SampleResult (report.figures.running_llc was a duplicate)
+    from grokbasin.llc.estimate import SampleResult
 
-
-def test_trace_figure_and_png_written(tmp_path: Path):
-    rng = np.random.default_rng(1)
-    traces = 0.01 + 0.001 * rng.standard_normal((3, 2, 120))  # [K, C, D]
-    traces[1, 1, 90:] = np.nan  # chain 1 of checkpoint 1 diverged at draw 90
-    fig = trace_figure(
-        traces, np.full(3, 0.005), 26.4, epochs=[0, 100, 200], burnin=20, laplace=[0.1, 0.1, 1e6]
+    one = np.array([0.5])
+    res = SampleResult(
+        n=10,
+        nbeta=np.array([2.0]),
+        traces=np.array([[1.0, 3.0, 2.0]]),
+        init_loss=one,
+        full_init_loss=one,
+        first_batch_loss=one,
+        diverged=np.array([False]),
     )
-    assert len([a for a in fig.get_axes() if a.get_visible()]) == 3
-    assert "(off scale)" in _all_text(fig)  # λ_Lap 1e6 is far from λ̂ ≈ 0.13
-    assert "chain diverged (NaN loss)" in _all_text(fig)
-    path = tmp_path / "figs" / "trace.png"
+    np.testing.assert_allclose(res.running, [[1.0, 3.0, 3.0]])  # 2*(1-0.5), 2*(2-0.5), 2*(2-0.5)
+
+
+def test_save_png_written_atomically(tmp_path: Path):
+    fig = trajectory_figure(synthetic_run()[0], title="png")
+    path = tmp_path / "figs" / "trajectory.png"
     data = save_png(fig, path)
     assert path.read_bytes() == data and data[:8] == PNG_MAGIC
     assert not list(path.parent.glob("*.tmp"))  # atomic write leaves no temp file
 
 
-def test_trajectory_inputs_select_replica_sampler_nbeta():
+def test_query_selects_replica_sampler_nbeta_into_arrays(tmp_path: Path):
+    """store.query picks one replica / sampler hash / nβ and pivots it into figure arrays."""
     metrics_rows = [
         {
             "epoch": e,
@@ -217,33 +222,41 @@ def test_trajectory_inputs_select_replica_sampler_nbeta():
         for r in (0, 1)
         for c in (0, 1)
     ]
-    m, ll = trajectory_inputs(
-        pa.Table.from_pylist(metrics_rows), pa.Table.from_pylist(llc_rows), replica=1
-    )
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for e in (0, 100):  # checkpoint names are what 'llc.checkpoints' is parsed against
+        (run / "checkpoints" / f"epoch_{e}.safetensors").touch()
+    pq.write_table(pa.Table.from_pylist(llc_rows), run / "llc.parquet")
+
+    def select(replica=None, **kw):
+        (rows,) = llc_rows_of([Want(run, replica=None if replica == "all" else replica, **kw)])
+        return metrics_arrays(metrics_rows, replica), llc_arrays(rows)
+
+    m, ll = select(replica=1)
     np.testing.assert_array_equal(m["epoch"], [0, 100])  # sorted by epoch
     np.testing.assert_allclose(m["train_loss"], [1.1, 1.1])
     assert ll is not None and ll["sampler"]["nbeta"] == 26.0  # most frequent nβ by default
     np.testing.assert_allclose(ll["llc"], [[26.0, 36.0], [126.0, 136.0]])
     assert ll["flagged"].tolist() == [False, True]
-    _, ll50 = trajectory_inputs(
-        pa.Table.from_pylist(metrics_rows),
-        pa.Table.from_pylist(llc_rows),
-        replica=0,
-        nbeta=50.0,
-        sampler_hash="new",
-    )
+    _, ll50 = select(replica=0, nbeta=50.0, sampler_hash="new")
     assert ll50 is not None
     np.testing.assert_allclose(ll50["epoch"], [100.0])
     np.testing.assert_allclose(ll50["llc"], [[150.0, 160.0]])
-    _, old = trajectory_inputs(
-        pa.Table.from_pylist(metrics_rows), pa.Table.from_pylist(llc_rows), sampler_hash="old"
-    )
+    _, old = select(sampler_hash="old")
     assert old is not None and old["llc"][0, 0] == 1026.0
-    m_all, ll_all = trajectory_inputs(
-        pa.Table.from_pylist(metrics_rows), pa.Table.from_pylist(llc_rows), replica="all"
-    )
+    m_all, ll_all = select(replica="all")
     np.testing.assert_allclose(m_all["train_loss"], [0.6, 0.6])  # mean of 0.1 and 1.1
     assert ll_all is not None and ll_all["llc"].shape == (2, 4)  # 2 replicas x 2 chains
+    # one nβ tolerance (relative 1e-6) and one checkpoint parser for every reader
+    (near,) = llc_rows_of([Want(run, "new", 26.0 * (1 + 1e-7), checkpoints="100", replica=0)])
+    assert sorted({r["epoch"] for r in near}) == [100] and {r["nbeta"] for r in near} == {26.0}
+    assert llc_rows_of([Want(run, "new", 26.0 * (1 + 1e-5))]) == [[]]
+    assert checkpoint_epochs([0, 100, 200], "last") == [200]
+    assert checkpoint_epochs([0, 100, 200], "100, 300") == [100]
+    with pytest.raises(ConfigError, match="no checkpoint for epochs"):
+        checkpoint_epochs([0, 100], "100,300", strict=True)
+    with pytest.raises(ConfigError, match="llc.checkpoints"):
+        checkpoint_epochs([0, 100], "first")
 
 
 def test_format_value():

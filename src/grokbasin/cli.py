@@ -393,7 +393,9 @@ def experiment(
     scale: Annotated[str, Opt(help="small (this CPU, minutes) | paper (GPU/cluster)")] = "small",
     backend: BACKEND = "local",
     workers: WORKERS = 1,
-    device: Annotated[str, Opt(help="cpu | cuda | auto")] = "cpu",
+    device: Annotated[
+        str | None, Opt(help="cpu | cuda | auto (default: the grid's; paper grids say auto)")
+    ] = None,
     out: OutOpt = Path("runs"),
     quiet: QUIET = False,
 ) -> None:

@@ -22,6 +22,7 @@ from grokbasin.progress import console
 from grokbasin.report import figures as figs
 from grokbasin.report.html import health_lines, write_run_report
 from grokbasin.report.markdown import write_run_markdown
+from grokbasin.store import query
 from grokbasin.store.rundir import RunDir, atomic_write, read_parquet
 from grokbasin.theory.closed_form import theory_table
 from grokbasin.theory.numeric import effective_width
@@ -69,18 +70,15 @@ def report_run(run_dir: RunDir, cfg: RunConfig | None = None) -> RunSummary:
     """Metrics, theory, figures and report.html/report.md from what the run directory holds."""
     cfg = cfg or stored_config(run_dir)
     metrics_t = read_parquet(run_dir.metrics)
-    llc_t = read_parquet(run_dir.llc) if run_dir.llc.exists() else None
     shash = cfg.llc.sampler_hash()
     n_train = cfg.task.n_train
     metrics = grokking_metrics(metrics_t, n_train, cfg.train.batch_size)
     final_epoch = int(run_dir.read_provenance().get("final_epoch", run_dir.checkpoint_epochs()[-1]))
     theory = checkpoint_theory(run_dir, cfg, final_epoch)
-    llc_rows = (
-        [r for r in llc_t.to_pylist() if r["sampler_hash"] == shash] if llc_t is not None else []
-    )
+    llc_rows = query.llc_rows([query.Want(run_dir.path, shash, "any")])[0]
     summary = llc_summary(llc_rows, cfg.llc.resolve_nbeta(n_train))
     health = health_lines(llc_rows)
-    figures = render_figures(run_dir, cfg, metrics_t, llc_t, metrics, theory, shash)
+    figures = render_figures(run_dir, cfg, metrics_t.to_pylist(), metrics, theory, shash)
     report_rows = theory_rows(theory)
     config = cfg.model_dump(mode="json")
     prov = run_dir.read_provenance()
@@ -162,7 +160,7 @@ def llc_summary(rows: list[dict[str, Any]], nbeta: float) -> list[dict[str, Any]
     """Mean and std of λ̂ across chains per (epoch, replica) at the main nβ."""
     groups: dict[tuple[int, int], list[dict]] = {}
     for r in rows:
-        if abs(r["nbeta"] - nbeta) <= 1e-9 * nbeta:
+        if query.nbeta_matches(r["nbeta"], nbeta):
             groups.setdefault((r["epoch"], r["replica"]), []).append(r)
     out = []
     for (epoch, rep), rs in sorted(groups.items()):
@@ -184,17 +182,16 @@ def llc_summary(rows: list[dict[str, Any]], nbeta: float) -> list[dict[str, Any]
 
 
 def render_figures(
-    run_dir: RunDir, cfg: RunConfig, metrics_t, llc_t, metrics, theory, shash: str
+    run_dir: RunDir, cfg: RunConfig, metrics_rows, metrics, theory, shash: str
 ) -> dict[str, Path]:
     """The Fig. 3-style trajectory figure (one per replica, at most 4) as PNGs."""
     out = {}
     marks_all = {m["replica"]: m for m in metrics}
     replicas = sorted(marks_all)[:4]
     sampler = _sampler_settings(cfg.llc, cfg.task.n_train)
-    for rep in replicas:
-        m_in, l_in = figs.trajectory_inputs(
-            metrics_t, llc_t, replica=rep, sampler_hash=shash, nbeta=sampler["nbeta"]
-        )
+    wants = [query.Want(run_dir.path, shash, sampler["nbeta"], replica=r) for r in replicas]
+    for rep, rows in zip(replicas, query.llc_rows(wants), strict=True):
+        m_in, l_in = query.metrics_arrays(metrics_rows, rep), query.llc_arrays(rows)
         marks = {"t_mem": marks_all[rep].get("t_mem"), "t_gen": marks_all[rep].get("t_gen")}
         title = _title(cfg, marks_all[rep])
         fig = figs.trajectory_figure(

@@ -1,14 +1,22 @@
-"""Named experiments: ``@register(name, description)`` and a lookup for the CLI.
+"""Named experiments: what each one is (grids, compute, plot) and a lookup for the CLI.
 
-An experiment is a function (scale, root, backend, workers, device, progress) -> ExperimentResult
-that runs its sweep(s) under ``root`` (runs shared with every other sweep by config hash) and
-writes figures, plotted numbers and a report section under ``root/experiments/<name>-<scale>/``.
+An experiment is data plus two functions (see the ``experiments`` package docstring):
+
+    grids    {scale: grid}, each grid a plain dict (a sweep spec plus the experiment's own keys)
+    compute  (grid, ctx) -> Output: trains/samples what is missing through the sweep engine and
+             returns the plotted rows, the summary rows and neutral facts for titles
+    plot     Output -> {figure key: Figure}
+
+``run_experiment`` picks the scale's grid, computes, plots and writes figures, CSVs and a report
+under ``root/experiments/<name>-<scale>/``. Runs live under ``root`` keyed by config hash, so every
+experiment and sweep shares them. ``register`` (a decorator over a whole function) remains for
+experiments not yet moved to this form.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -16,6 +24,34 @@ from grokbasin.errors import ConfigError
 
 Scale = Literal["small", "paper"]
 SCALES: tuple[str, ...] = ("small", "paper")
+Grid = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Arguments every experiment shares: where runs live and how to compute them.
+
+    device None: the grid's own device ("auto" at paper scale: CUDA if present, else CPU).
+    """
+
+    root: Path = Path("runs")
+    scale: str = "small"
+    backend: str = "local"
+    workers: int = 1
+    device: str | None = None
+    progress: bool = False
+
+    def with_(self, **kw: Any) -> Context:
+        return replace(self, **kw)
+
+
+@dataclass
+class Output:
+    """What ``compute`` returns: plotted rows (one CSV per key), summary rows, neutral facts."""
+
+    tables: dict[str, list[dict[str, Any]]]
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -28,6 +64,7 @@ class ExperimentResult:
     summary: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     report: Path | None = None
+    output: Output | None = None
 
 
 class ExperimentFn(Protocol):
@@ -38,19 +75,53 @@ class ExperimentFn(Protocol):
 
 @dataclass(frozen=True)
 class Experiment:
+    """A named experiment: grids per scale (data), compute, plot, and fixed method text."""
+
     name: str
     description: str
-    fn: ExperimentFn
+    grids: Mapping[str, Grid] = field(default_factory=dict)
+    compute: Callable[[Grid, Context], Output] | None = None
+    plot: Callable[[Output], dict[str, Any]] | None = None
+    method: str = ""
+    fn: ExperimentFn | None = None  # legacy: one function does everything
+
+    def run(self, ctx: Context, grid: Grid | None = None) -> ExperimentResult:
+        """Compute (resumable), plot and write outputs for ``ctx.scale`` (or the given grid)."""
+        if self.fn is not None:
+            return self.fn(
+                scale=ctx.scale,
+                root=ctx.root,
+                backend=ctx.backend,
+                workers=ctx.workers,
+                device=ctx.device or "cpu",
+                progress=ctx.progress,
+            )
+        from grokbasin.experiments.common import finish
+
+        assert self.compute is not None and self.plot is not None
+        g = grid if grid is not None else self.grids[ctx.scale]
+        out = self.compute(g, ctx)
+        figs = self.plot(out)
+        res = finish(self.name, ctx.scale, ctx.root, figs, out.tables, out.summary, [], self.method)
+        res.notes = [self.method] if self.method else []
+        res.output = out
+        return res
 
 
 _REGISTRY: dict[str, Experiment] = {}
 
 
+def add(exp: Experiment) -> Experiment:
+    """Register an experiment under its name (modules call this at import)."""
+    _REGISTRY[exp.name] = exp
+    return exp
+
+
 def register(name: str, description: str) -> Callable[[ExperimentFn], ExperimentFn]:
-    """Decorator adding an experiment function under ``name``."""
+    """Legacy decorator adding a whole-function experiment under ``name``."""
 
     def deco(fn: ExperimentFn) -> ExperimentFn:
-        _REGISTRY[name] = Experiment(name, description, fn)
+        add(Experiment(name, description, fn=fn))
         return fn
 
     return deco
@@ -86,26 +157,24 @@ def run_experiment(
     root: str | Path = "runs",
     backend: str = "local",
     workers: int = 1,
-    device: str = "cpu",
+    device: str | None = None,
     progress: bool = True,
 ) -> ExperimentResult:
     """Run a named experiment at a scale; finished runs and estimates are reused."""
     if scale not in SCALES:
         raise ConfigError(f"--scale: got {scale!r}; use small or paper")
-    exp = get(name)
-    return exp.fn(
-        scale=scale,
-        root=Path(root),
-        backend=backend,
-        workers=workers,
-        device=device,
-        progress=progress,
-    )
+    ctx = Context(Path(root), scale, backend, workers, device, progress)
+    return get(name).run(ctx)
 
 
 __all__ = [
-    "ExperimentResult",
     "SCALES",
+    "Context",
+    "Experiment",
+    "ExperimentResult",
+    "Grid",
+    "Output",
+    "add",
     "get",
     "list_experiments",
     "out_dir",

@@ -30,8 +30,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from grokbasin.config import LLCConfig, RunConfig, build_config, load_yaml
-from grokbasin.errors import ConfigError, CorruptFileError
-from grokbasin.store.rundir import RunDir, read_parquet
+from grokbasin.errors import ConfigError
+from grokbasin.store.query import Want, checkpoint_epochs, llc_rows
+from grokbasin.store.rundir import RunDir
 
 _SWEEP_KEYS = {"name", "base", "grid", "points", "seeds", "llc", "device"}
 
@@ -141,33 +142,20 @@ def group(cfgs: Iterable[RunConfig]) -> list[list[RunConfig]]:
 
 def selected_epochs(run: RunDir, llc: LLCConfig) -> list[int]:
     """Checkpoint epochs an estimate with these settings covers ('all', 'last' or a list)."""
-    have = run.checkpoint_epochs()
-    sel = llc.checkpoints.strip()
-    if sel == "all":
-        return have
-    if sel == "last":
-        return have[-1:]
-    want = {int(e) for e in sel.replace(",", " ").split()}
-    return [e for e in have if e in want]
+    return checkpoint_epochs(run.checkpoint_epochs(), llc.checkpoints)
 
 
-def estimated_epochs(run: RunDir, sampler_hash: str) -> set[int]:
-    """Epochs with an estimate for this sampler hash in the run's llc.parquet."""
-    if not run.llc.exists():
-        return set()
-    try:
-        t = read_parquet(run.llc).select(["epoch", "sampler_hash"]).to_pylist()
-    except (CorruptFileError, KeyError):
-        return set()
-    return {int(r["epoch"]) for r in t if r["sampler_hash"] == sampler_hash}
-
-
-def _sampler_state(cfg: RunConfig, run: RunDir) -> str:
-    if not run.is_trained():
-        return "todo"
-    want = selected_epochs(run, cfg.llc)
-    done = estimated_epochs(run, cfg.llc.sampler_hash())
-    return "cached" if want and set(want) <= done else "todo"
+def _sampler_states(cfgs: list[RunConfig], runs: list[RunDir]) -> list[str]:
+    """'cached' where every selected checkpoint has an estimate under the config's sampler hash
+    (at any nβ: a temperature sweep's extra nβ share the hash), else 'todo'; one query for all."""
+    trained = [i for i, r in enumerate(runs) if r.is_trained()]
+    wants = [Want(runs[i].path, cfgs[i].llc.sampler_hash(), "any") for i in trained]
+    states = ["todo"] * len(cfgs)
+    for i, rows in zip(trained, llc_rows(wants), strict=True):
+        want = selected_epochs(runs[i], cfgs[i].llc)
+        if want and set(want) <= {int(r["epoch"]) for r in rows}:
+            states[i] = "cached"
+    return states
 
 
 @dataclass
@@ -182,11 +170,12 @@ class RunPlan:
 
 def plan(root: str | Path, cfgs: list[RunConfig], estimate: bool = True) -> list[RunPlan]:
     """What exists under ``root`` for each config, and what a sweep would still compute."""
+    runs = [RunDir(Path(root) / c.run_hash()) for c in cfgs]
+    llc = _sampler_states(cfgs, runs) if estimate else ["none"] * len(cfgs)
     out = []
-    for c in cfgs:
-        run = RunDir(Path(root) / c.run_hash())
+    for c, run, s in zip(cfgs, runs, llc, strict=True):
         t = "cached" if run.is_trained() else ("resume" if run.state.exists() else "train")
-        out.append(RunPlan(c, run, t, _sampler_state(c, run) if estimate else "none"))
+        out.append(RunPlan(c, run, t, s))
     return out
 
 

@@ -4,10 +4,10 @@ The transformer of SPEC §3.9 (shared embedding, 2 post-norm encoder layers, 1 h
 mean-pool, linear readout) is trained on modular addition with centred MSE and Adam (lr 1e-3,
 wd 1e-5); every checkpoint's LLC is estimated by batched SGLD through the ordinary sweep engine,
 so a second invocation reuses every run and estimate. The figure is the Fig. 3-style trajectory
-(metrics averaged over seeds, every seed's chains pooled in the LLC band), and the summary states
-whether the network grokked and how the LLC curve correlates with the validation error, which is
-the paper's claim for this architecture ("no grokking in this example", yet the LLC tracks the
-test error).
+(metrics averaged over seeds, every seed's chains pooled in the LLC band); the summary gives each
+seed's regime and the Pearson r of the LLC curve with the validation error, the quantities behind
+the paper's claim for this architecture (no grokking, yet the LLC tracks the test error). Same
+pattern as the paper-A experiments (grids as data, compute, plot; see ``experiments.paper_a``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,16 @@ import pyarrow as pa
 from grokbasin.analysis.grokking import curve_metrics, grokking_metrics
 from grokbasin.config import RunConfig
 from grokbasin.experiments import common
-from grokbasin.experiments.registry import ExperimentResult, register
-from grokbasin.llc.trajectory import select_epochs
-from grokbasin.report.figures import trajectory_figure, trajectory_inputs
+from grokbasin.experiments.registry import (
+    Context,
+    Experiment,
+    ExperimentResult,
+    Grid,
+    Output,
+    add,
+)
+from grokbasin.report.figures import trajectory_figure
+from grokbasin.store.query import Want, llc_arrays, llc_rows, metrics_arrays
 from grokbasin.store.rundir import RunDir, read_parquet
 
 NAME = "transformer"
@@ -86,21 +93,19 @@ def settings(scale: str) -> tuple[dict[str, Any], list[int], dict[str, Any]]:
     return base, [0, 1], llc
 
 
-def pooled_tables(cfgs: list[RunConfig], root: Path) -> tuple[pa.Table, pa.Table | None]:
-    """Metrics and the selected checkpoints' LLC rows of single-replica runs (one per seed),
-    with replica = seed index."""
+def pooled_rows(cfgs: list[RunConfig], root: Path) -> tuple[list[dict], list[dict]]:
+    """Metrics rows and the selected LLC rows (store.query) of single-replica runs (one per
+    seed), with replica = seed index."""
     metrics, llc = [], []
-    for i, c in enumerate(cfgs):
-        run = RunDir(root / c.run_hash())
-        metrics += [{**r, "replica": i} for r in read_parquet(run.metrics).to_pylist()]
-        if run.llc.exists():
-            h, want = c.llc.sampler_hash(), set(select_epochs(run, c.llc.checkpoints))
-            llc += [
-                {**r, "replica": i}
-                for r in read_parquet(run.llc).to_pylist()
-                if r["sampler_hash"] == h and r["epoch"] in want
-            ]
-    return pa.Table.from_pylist(metrics), pa.Table.from_pylist(llc) if llc else None
+    for i, (c, rows) in enumerate(
+        zip(cfgs, llc_rows([Want.of(c, root) for c in cfgs]), strict=True)
+    ):
+        metrics += [
+            {**r, "replica": i}
+            for r in read_parquet(RunDir(root / c.run_hash()).metrics).to_pylist()
+        ]
+        llc += [{**r, "replica": i} for r in rows]
+    return metrics, llc
 
 
 def llc_error_correlation(
@@ -127,12 +132,115 @@ def llc_error_correlation(
     return {"r_llc_val_error": r(lam, err), "r_llc_val_loss": r(lam, vloss)}
 
 
-@register(NAME, "H.3.1: transformer on modular addition, losses/accuracy and LLC trajectory")
-def transformer_trajectory(
-    scale: str, root: Path, backend: str, workers: int, device: str, progress: bool
-) -> ExperimentResult:
+def grid(scale: str) -> Grid:
+    """The scale's grid as data (the sweep-file structure plus the calibrated sampler)."""
     base, seeds, llc = settings(scale)
-    return run(base, seeds, llc, scale, root, backend, workers, device, progress)
+    trimmed = "" if scale == "small" else "nothing (the paper's model, optimiser and 3 seeds)"
+    return {
+        "base": base,
+        "seeds": seeds,
+        "samplers": {"calibrated": llc},
+        "device": "cpu" if scale == "small" else "auto",
+        "trimmed": trimmed,
+    }
+
+
+GRIDS: dict[str, Grid] = {s: grid(s) for s in ("small", "paper")}
+
+METHOD = (
+    "Metrics are averaged over seeds; the LLC band pools every seed's chains. Correlations: "
+    "Pearson r of the chain-mean LLC with validation error and loss, over every estimated "
+    "checkpoint and from t_mem on (columns *_after_t_mem). Regime per seed from grokking_metrics."
+)
+
+
+def compute(g: Grid, ctx: Context) -> Output:
+    """Train and sample every seed; pooled curves, per-seed regimes, LLC-error correlations."""
+    llc = next(iter(common.samplers(g).values()))
+    cfgs = common.grid_configs(g, ctx, llc)
+    common.run(ctx, cfgs, True)
+    cfg0 = cfgs[0]
+    metrics_rows, pooled_llc = pooled_rows(cfgs, ctx.root)
+    m, lam = metrics_arrays(metrics_rows, "all"), llc_arrays(pooled_llc)
+    marks = curve_metrics(m["epoch"], m["train_acc"], m["val_acc"])
+    per_seed = grokking_metrics(pa.Table.from_pylist(metrics_rows))
+    nan = {"r_llc_val_error": math.nan, "r_llc_val_loss": math.nan}
+    corr = llc_error_correlation(lam["epoch"], lam["llc"], m) if lam is not None else nan
+    late = (
+        llc_error_correlation(lam["epoch"], lam["llc"], m, marks["t_mem"])
+        if lam is not None and marks["t_mem"] is not None
+        else nan
+    )
+    summary = [
+        {
+            "seed": s.get("seed"),
+            "regime": s.get("regime"),
+            "t_mem": s.get("t_mem"),
+            "t_gen": s.get("t_gen"),
+            "final_train_acc": s.get("final_train_acc"),
+            "final_val_acc": s.get("final_val_acc"),
+        }
+        for s in per_seed
+    ]
+    peak = _peak(lam)
+    summary.append(
+        {
+            "seed": "mean curve",
+            "regime": marks["regime"],
+            "t_mem": marks["t_mem"],
+            "t_gen": marks["t_gen"],
+            "final_train_acc": marks["final_train_acc"],
+            "final_val_acc": marks["final_val_acc"],
+            "llc_peak_epoch": peak[0],
+            "llc_peak": peak[1],
+            "llc_final": peak[2],
+            **corr,
+            **{f"{k}_after_t_mem": v for k, v in late.items()},
+        }
+    )
+    n = cfg0.task.n_train
+    mc = cfg0.model
+    facts = {
+        "metrics": m,
+        "llc": lam,
+        "marks": {"t_mem": marks["t_mem"], "t_gen": marks["t_gen"]},
+        "sampler": {
+            "nbeta": cfg0.llc.resolve_nbeta(n),
+            "step_size": cfg0.llc.step_size,
+            "gamma": cfg0.llc.gamma,
+            "chains": cfg0.llc.chains * len(cfgs),
+            "draws": cfg0.llc.draws,
+            "burnin": cfg0.llc.burnin,
+            "baseline": cfg0.llc.baseline,
+        },
+        "title": (
+            f"transformer (d={mc.embed_dim}, {mc.layers} layers, {mc.heads} head, ff {mc.ff}), "
+            f"p={cfg0.task.p}, frac={cfg0.task.frac}, Adam lr {cfg0.train.lr[0]:g} "
+            f"wd {cfg0.train.weight_decay[0]:g}; mean of {len(cfgs)} seeds"
+        ),
+    }
+    return Output({NAME: _plotted_rows(m, lam)}, summary, facts)
+
+
+def plot(out: Output) -> dict[str, Any]:
+    """The Fig. 3-style trajectory of the seed-mean curves and pooled chains."""
+    f = out.facts
+    fig = trajectory_figure(
+        f["metrics"], f["llc"], [], f["marks"], title=f["title"], sampler=f["sampler"]
+    )
+    return {NAME: fig}
+
+
+EXPERIMENT = add(
+    Experiment(
+        NAME,
+        "H.3.1: transformer on modular addition, losses/accuracy and LLC trajectory",
+        GRIDS,
+        compute,
+        plot,
+        METHOD,
+    )
+)
 
 
 def run(
@@ -147,88 +255,8 @@ def run(
     progress: bool = False,
 ) -> ExperimentResult:
     """Train/sample what is missing for (base, seeds, llc), then write figure, CSV and report."""
-    cfgs = common.configs(base, seeds=seeds, llc=llc, device=device)
-    common.execute(cfgs, root, True, backend, workers, progress)
-    cfg0 = cfgs[0]
-    metrics_t, llc_t = pooled_tables(cfgs, root)
-    m, lam = trajectory_inputs(metrics_t, llc_t, replica="all")
-    marks = curve_metrics(m["epoch"], m["train_acc"], m["val_acc"])
-    per_seed = grokking_metrics(metrics_t)
-    n = cfg0.task.n_train
-    sampler = {
-        "nbeta": cfg0.llc.resolve_nbeta(n),
-        "step_size": cfg0.llc.step_size,
-        "gamma": cfg0.llc.gamma,
-        "chains": cfg0.llc.chains * len(cfgs),
-        "draws": cfg0.llc.draws,
-        "burnin": cfg0.llc.burnin,
-        "baseline": cfg0.llc.baseline,
-    }
-    mc = cfg0.model
-    title = (
-        f"transformer (d={mc.embed_dim}, {mc.layers} layers, {mc.heads} head, ff {mc.ff}), "
-        f"p={cfg0.task.p}, frac={cfg0.task.frac}, Adam lr {cfg0.train.lr[0]:g} "
-        f"wd {cfg0.train.weight_decay[0]:g}; mean of {len(seeds)} seeds"
-    )
-    fig = trajectory_figure(
-        m, lam, [], {"t_mem": marks["t_mem"], "t_gen": marks["t_gen"]}, title=title, sampler=sampler
-    )
-    nan = {"r_llc_val_error": math.nan, "r_llc_val_loss": math.nan}
-    corr = llc_error_correlation(lam["epoch"], lam["llc"], m) if lam is not None else nan
-    late = (
-        llc_error_correlation(lam["epoch"], lam["llc"], m, marks["t_mem"])
-        if lam is not None and marks["t_mem"] is not None
-        else nan
-    )
-    rows = _plotted_rows(m, lam)
-    grokked = sum(s.get("regime") == "grokking" for s in per_seed)
-    summary = [
-        {
-            "seed": s.get("seed"),
-            "regime": s.get("regime"),
-            "t_mem": s.get("t_mem"),
-            "t_gen": s.get("t_gen"),
-            "final_train_acc": s.get("final_train_acc"),
-            "final_val_acc": s.get("final_val_acc"),
-        }
-        for s in per_seed
-    ]
-    summary.append(
-        {
-            "seed": "mean curve",
-            "regime": marks["regime"],
-            "t_mem": marks["t_mem"],
-            "t_gen": marks["t_gen"],
-            "final_train_acc": marks["final_train_acc"],
-            "final_val_acc": marks["final_val_acc"],
-            **corr,
-            **{f"{k}_after_t_mem": v for k, v in late.items()},
-        }
-    )
-    peak = _peak(lam)
-    notes = [
-        f"{grokked} of {len(per_seed)} seeds grokked (regime 'grokking': val acc ≥ 0.95 well "
-        f"after train acc ≥ 0.99); mean final val acc {marks['final_val_acc']:.3f}. Paper A "
-        "H.3.1 reports no grokking for its transformer either.",
-        f"LLC (chain mean) peaks at epoch {peak[0]:g} (λ̂ = {peak[1]:.3g}) and ends at "
-        f"{peak[2]:.3g}. Pearson r with validation error / loss: {corr['r_llc_val_error']:.2f} / "
-        f"{corr['r_llc_val_loss']:.2f} over all estimated checkpoints (dominated by "
-        f"memorisation, where the LLC rises as everything else moves), "
-        f"{late['r_llc_val_error']:.2f} / {late['r_llc_val_loss']:.2f} from t_mem on "
-        "(paper: the LLC curve correlates with the test-error curve).",
-    ]
-    return common.finish(
-        NAME,
-        scale,
-        root,
-        {NAME: fig},
-        {NAME: rows},
-        summary,
-        notes,
-        f"{len(cfgs)} seed(s) {seeds}; model {mc.model_dump()}; training "
-        f"{cfg0.train.model_dump(include={'epochs', 'batch_size', 'lr'})}; "
-        f"LLC at {llc}.",
-    )
+    g = {"base": base, "seeds": seeds, "samplers": {"calibrated": llc}, "device": device}
+    return EXPERIMENT.run(Context(Path(root), scale, backend, workers, device, progress), g)
 
 
 def _peak(lam: dict[str, Any] | None) -> tuple[float, float, float]:

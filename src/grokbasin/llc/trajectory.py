@@ -54,25 +54,15 @@ class RunLLC:
 
 def select_epochs(run: RunDir, spec: str) -> list[int]:
     """The checkpoint epochs named by 'all', 'last' or 'E1,E2' (ConfigError if one is missing)."""
+    from grokbasin.store.query import checkpoint_epochs  # the one llc.checkpoints parser
+
     have = run.checkpoint_epochs()
     if not have:
         raise CorruptFileError(f"{run.path}: no checkpoints found")
-    if spec == "all":
-        return have
-    if spec == "last":
-        return have[-1:]
     try:
-        want = sorted({int(s) for s in spec.replace(" ", "").split(",") if s})
-    except ValueError:
-        raise ConfigError(
-            f"llc.checkpoints: {spec!r} is not 'all', 'last' or comma-separated epochs"
-        ) from None
-    missing = [e for e in want if e not in have]
-    if missing:
-        raise ConfigError(
-            f"llc.checkpoints: no checkpoint for epochs {missing} in {run.path}; have {have}"
-        )
-    return want
+        return checkpoint_epochs(have, spec, strict=True)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in {run.path})") from None
 
 
 def run_config(run: RunDir) -> RunConfig:

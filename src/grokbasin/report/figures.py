@@ -1,4 +1,4 @@
-"""Figures: the paper-Fig.-3 trajectory, SGLD trace plots, and small helpers for sweep figures.
+"""Figures: the paper-Fig.-3 trajectory and small helpers for sweep figures, from plain arrays.
 
 Figures are built on ``matplotlib.figure.Figure`` directly (Agg canvas, no pyplot state), so they
 are safe to make in worker processes and never open a window. Every figure states which LLC
@@ -20,12 +20,10 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from grokbasin.errors import GrokbasinError  # noqa: E402
 from grokbasin.store.rundir import atomic_write  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -196,16 +194,6 @@ def merge_equal(theory: Sequence[Mapping[str, Any]], rel: float = 1e-9) -> list[
         else:
             same["name"] += f", {t['name']}"
     return out
-
-
-def running_llc(traces: np.ndarray, init_loss: np.ndarray | float, nbeta: float) -> np.ndarray:
-    """Running estimate nβ·(mean of draws 1..t − L(w*)) along the last axis of ``traces``."""
-    tr = np.asarray(traces, dtype=float)
-    base = np.asarray(init_loss, dtype=float)
-    while base.ndim < tr.ndim:
-        base = base[..., None]
-    steps = np.arange(1, tr.shape[-1] + 1)
-    return nbeta * (np.cumsum(tr, axis=-1) / steps - base)
 
 
 def fmt_num(v: float) -> str:
@@ -502,247 +490,6 @@ def _plot_llc_panel(
     if extra:
         lines.append("; ".join(extra) + ".")
     return lines
-
-
-def trajectory_inputs(
-    metrics: pa.Table,
-    llc: pa.Table | None = None,
-    *,
-    replica: int | Literal["all"] | None = None,
-    sampler_hash: str | None = None,
-    nbeta: float | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
-    """Select one replica / sampler_hash / nβ from run tables into trajectory_figure inputs.
-
-    Defaults: the lowest replica; the sampler_hash of the last llc row (the newest estimate);
-    the nβ with the most rows (the main estimate, not a temperature-sweep extra).
-    replica="all": metrics averaged over replicas per epoch, every (replica, chain) a chain.
-    """
-    m = metrics.to_pydict()
-    n = metrics.num_rows
-    reps = sorted(set(m["replica"])) if "replica" in m else [0]
-    rep = reps[0] if replica is None else replica
-    if rep != "all" and rep not in reps:
-        raise GrokbasinError(f"replica {rep} not in metrics (have {reps})")
-    keep = [i for i in range(n) if rep == "all" or m.get("replica", [rep] * n)[i] == rep]
-    epochs = sorted({m["epoch"][i] for i in keep})
-    at = {e: k for k, e in enumerate(epochs)}
-    out: dict[str, np.ndarray] = {"epoch": np.asarray(epochs, dtype=float)}
-    count = np.zeros(len(epochs))
-    np.add.at(count, [at[m["epoch"][i]] for i in keep], 1.0)
-    for k in ("train_loss", "val_loss", "train_acc", "val_acc"):
-        total = np.zeros(len(epochs))
-        np.add.at(
-            total,
-            [at[m["epoch"][i]] for i in keep],
-            [np.nan if m[k][i] is None else m[k][i] for i in keep],
-        )
-        out[k] = total / np.maximum(count, 1)
-    if llc is None or llc.num_rows == 0:
-        return out, None
-    return out, _select_llc(llc.to_pydict(), None if rep == "all" else rep, sampler_hash, nbeta)
-
-
-def _select_llc(
-    d: dict[str, list[Any]], rep: int | None, sampler_hash: str | None, nbeta: float | None
-) -> dict[str, Any] | None:
-    """Pivot llc rows of one replica (None: all)/sampler/nβ into epoch [E] and llc [E, C]."""
-    n = len(d["epoch"])
-    replicas = d.get("replica", [0] * n)
-    rows = [i for i in range(n) if rep is None or replicas[i] == rep]
-    if "sampler_hash" in d and rows:
-        h = sampler_hash if sampler_hash is not None else d["sampler_hash"][rows[-1]]
-        rows = [i for i in rows if d["sampler_hash"][i] == h]
-    if "nbeta" in d and rows:
-        if nbeta is None:
-            counts: dict[float, int] = {}
-            for i in rows:
-                counts[d["nbeta"][i]] = counts.get(d["nbeta"][i], 0) + 1
-            nbeta = max(counts, key=lambda k: counts[k])
-        rows = [i for i in rows if math.isclose(d["nbeta"][i], nbeta, rel_tol=1e-9)]
-    if not rows:
-        return None
-    chain_of = [(replicas[i], d.get("chain", [0] * n)[i]) for i in range(n)]
-    epochs = sorted({d["epoch"][i] for i in rows})
-    chains = sorted({chain_of[i] for i in rows})
-    e_at, c_at = {e: k for k, e in enumerate(epochs)}, {c: k for k, c in enumerate(chains)}
-    vals = np.full((len(epochs), len(chains)), np.nan)
-    flagged = np.zeros(len(epochs), dtype=bool)
-    lap_sum, lap_n = np.zeros(len(epochs)), np.zeros(len(epochs))
-    lap_key = next((k for k in ("llc_laplace", "laplace") if k in d), None)
-    for i in rows:
-        e, c = e_at[d["epoch"][i]], c_at[chain_of[i]]
-        vals[e, c] = d["llc"][i] if d["llc"][i] is not None else np.nan
-        if d.get("flags") and d["flags"][i]:
-            flagged[e] = True
-        if lap_key and d[lap_key][i] is not None and math.isfinite(d[lap_key][i]):
-            lap_sum[e] += d[lap_key][i]
-            lap_n[e] += 1
-    out: dict[str, Any] = {
-        "epoch": np.asarray(epochs, dtype=float),
-        "llc": vals,
-        "flagged": flagged,
-    }
-    if lap_n.any():
-        out["llc_laplace"] = np.where(lap_n > 0, lap_sum / np.maximum(lap_n, 1), np.nan)
-    if "nbeta" in d:
-        out["sampler"] = {"nbeta": d["nbeta"][rows[0]]}
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# SGLD trace figure (stationarity picture for `grokbasin llc`).
-
-
-def trace_figure(
-    traces: np.ndarray,
-    init_loss: np.ndarray | float,
-    nbeta: float,
-    *,
-    epochs: Sequence[int] | None = None,
-    burnin: int = 0,
-    laplace: Sequence[float] | float | None = None,
-    title: str | None = None,
-    max_panels: int = 6,
-) -> Figure:
-    """Running λ̂ per chain across SGLD steps, one panel per checkpoint.
-
-    traces: sampler losses [C, D] (one checkpoint) or [K, C, D]; init_loss: L_n(w*) scalar,
-    [K] or [K, C]; burnin: leading steps of ``traces`` that are burn-in (shaded, excluded from
-    the running mean). A flat running estimate is the stationarity check.
-    """
-    with style():
-        return _trace_figure(
-            np.asarray(traces, dtype=float),
-            init_loss,
-            nbeta,
-            epochs,
-            burnin,
-            laplace,
-            title,
-            max_panels,
-        )
-
-
-def _trace_figure(
-    tr: np.ndarray,
-    init_loss: np.ndarray | float,
-    nbeta: float,
-    epochs: Sequence[int] | None,
-    burnin: int,
-    laplace: Sequence[float] | float | None,
-    title: str | None,
-    max_panels: int,
-) -> Figure:
-    """Body of :func:`trace_figure`, run inside the house style."""
-    if tr.ndim == 2:
-        tr = tr[None]
-    if tr.ndim != 3:
-        raise ValueError(f"traces must be [C, D] or [K, C, D], got shape {tr.shape}")
-    base = np.broadcast_to(
-        np.asarray(init_loss, dtype=float).reshape(
-            (-1, 1) if np.ndim(init_loss) == 1 else np.shape(init_loss)
-        ),
-        tr.shape[:2],
-    )
-    k = tr.shape[0]
-    pick = np.unique(np.linspace(0, k - 1, min(k, max_panels)).round().astype(int))
-    ncols = 2 if len(pick) == 4 else min(3, len(pick))
-    nrows = math.ceil(len(pick) / ncols)
-    fig, axes = new_figure(nrows, ncols, width=3.3 * ncols + 0.4, row_height=2.5)
-    lap = None if laplace is None else np.broadcast_to(np.asarray(laplace, dtype=float), (k,))
-    steps = np.arange(tr.shape[2])
-    for slot, ax in enumerate(axes.flat):
-        if slot >= len(pick):
-            ax.set_visible(False)
-            continue
-        i = pick[slot]
-        instant = nbeta * (tr[i] - base[i][:, None])
-        run = np.full_like(instant, np.nan)
-        run[:, burnin:] = running_llc(tr[i][:, burnin:], base[i], nbeta)
-        for c in range(tr.shape[1]):
-            color = PALETTE[c % len(PALETTE)]
-            ax.plot(steps, instant[c], color=color, alpha=0.18, linewidth=0.7)
-            ax.plot(steps, run[c], color=color, linewidth=1.5, label=f"chain {c}")
-            bad = ~np.isfinite(tr[i, c])
-            if bad.any() and np.isfinite(run[c]).any():
-                last = int(np.flatnonzero(np.isfinite(run[c]))[-1])
-                ax.plot(
-                    [steps[last]],
-                    [run[c, last]],
-                    linestyle="none",
-                    marker="X",
-                    color=COLORS["flag"],
-                    markersize=7,
-                    label="chain diverged (NaN loss)",
-                )
-        if burnin > 0:
-            ax.axvspan(0, burnin, color="#999999", alpha=0.12, linewidth=0, label="burn-in")
-        lo, hi = _clip_to_running(ax, instant, run)
-        name = f"epoch {epochs[i]}" if epochs is not None else f"checkpoint {i}"
-        alive = np.isfinite(tr[i]).all(axis=-1)
-        if alive.any():
-            head = f"{name}: final λ̂ = {fmt_num(float(np.mean(run[alive, -1])))}"
-        else:
-            head = f"{name}: no chain finished"
-        if not alive.all():
-            head += f"\n({int((~alive).sum())}/{len(alive)} chains diverged)"
-        if lap is not None and math.isfinite(lap[i]):
-            if split_theory([{"name": "lap", "value": lap[i]}], lo, hi)[0]:
-                ax.axhline(
-                    lap[i],
-                    color=COLORS["laplace"],
-                    linestyle="--",
-                    linewidth=1.2,
-                    label="$\\lambda_{Lap}$",
-                )
-                ax.set_ylim(min(lo, lap[i]), max(hi, lap[i]))
-                _pad(ax)
-            head += f"\nλ_Lap = {fmt_num(float(lap[i]))}" + (
-                "" if ax.get_ylim()[0] <= lap[i] <= ax.get_ylim()[1] else " (off scale)"
-            )
-        ax.set_title(head)
-        ax.set_xlabel("SGLD step")
-        ax.set_ylabel("λ̂")
-    handles: dict[str, Any] = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper")
-    if title:
-        fig.suptitle(title, fontsize=11)
-    add_caption(
-        fig,
-        f"Bold: running λ̂ = nβ·(mean loss over draws so far − L_n(w*)) per chain "
-        f"(after burn-in); faint: per-step nβ·(L_B − L_n(w*)); nβ = {fmt_num(nbeta)}. "
-        "A flat bold line at the end means the chain is stationary.",
-    )
-    return fig
-
-
-def _clip_to_running(ax: Axes, instant: np.ndarray, run: np.ndarray) -> tuple[float, float]:
-    """Keep noisy per-step values from squashing the running estimates' scale; returns range."""
-    vals = np.concatenate(
-        [
-            run[np.isfinite(run)],
-            np.percentile(instant[np.isfinite(instant)], [2, 98])
-            if np.isfinite(instant).any()
-            else [],
-        ]
-    )
-    if not vals.size:
-        return math.nan, math.nan
-    lo, hi = float(vals.min()), float(vals.max())
-    ax.set_ylim(lo, hi)
-    _pad(ax)
-    return lo, hi
-
-
-def _pad(ax: Axes, frac: float = 0.08) -> None:
-    """Widen the y-limits by a fraction of their span."""
-    lo, hi = ax.get_ylim()
-    pad = frac * (hi - lo or abs(hi) or 1.0)
-    ax.set_ylim(lo - pad, hi + pad)
 
 
 # ---------------------------------------------------------------------------------------------

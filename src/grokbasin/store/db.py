@@ -147,6 +147,30 @@ def connect(root: str | Path = "runs") -> duckdb.DuckDBPyConnection:
     return con
 
 
+def llc_connection(files: list[Path]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB whose view ``llc`` holds these llc.parquet files' rows, with ``run``
+    and ``file_row`` (row order within its file); unreadable files are skipped with a warning."""
+    ok = []
+    for f in files:
+        why = _parquet_ok(f)
+        if why:
+            warnings.warn(f"{f}: skipped ({why})", StoreWarning, stacklevel=2)
+        else:
+            ok.append(f)
+    con = duckdb.connect(":memory:")
+    if not ok:
+        con.execute(f"CREATE TEMP TABLE llc ({_LLC_EMPTY}, run VARCHAR, file_row BIGINT)")
+        return con
+    lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in ok)
+    con.execute(
+        f"CREATE VIEW llc AS SELECT * EXCLUDE (filename, file_row_number), "
+        f"regexp_extract(filename, '{_RUN_FILE}', 1) AS run, file_row_number AS file_row "
+        f"FROM read_parquet([{lst}], union_by_name = true, filename = true, "
+        f"file_row_number = true)"
+    )
+    return con
+
+
 def query(root: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
     """Column names and rows of ``sql`` over the views; a SQL mistake is a one-line error."""
     con = connect(root)
@@ -179,4 +203,13 @@ def list_runs(root: str | Path = "runs") -> tuple[list[str], list[tuple]]:
     return query(root, LIST_SQL)
 
 
-__all__ = ["Inventory", "StoreWarning", "connect", "list_runs", "query", "scan", "LIST_SQL"]
+__all__ = [
+    "Inventory",
+    "StoreWarning",
+    "connect",
+    "list_runs",
+    "llc_connection",
+    "query",
+    "scan",
+    "LIST_SQL",
+]
