@@ -184,7 +184,8 @@ class TrainConfig(_Strict):
         return tuple(sorted({0, *every, self.epochs}))
 
     def saves_epoch(self, e: int) -> bool:
-        return e == 0 or e == self.epochs or (0 < e < self.epochs and e % self.checkpoint_every == 0)
+        every = self.checkpoint_every
+        return e == 0 or e == self.epochs or (0 < e < self.epochs and e % every == 0)
 
     def replicas(self) -> list[dict[str, float | int]]:
         """Every (seed, lr, weight_decay) combination, in replica order."""

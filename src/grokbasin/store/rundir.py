@@ -18,15 +18,17 @@ verified on every read: a flipped byte is a CorruptFileError naming the file and
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,6 +44,7 @@ _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.safetensors$")
 _TMP_FILE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .<name>.<pid>.<random>.tmp
 _SUM_KEY = "grokbasin.sha256"
 LOCK_NAME = ".lock"
+F = TypeVar("F", bound=Callable[..., Any])
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask once: mkstemp files are 0600, results should not be
 
@@ -108,7 +111,7 @@ def recovery_hint(path: Path) -> str:
     if path.parent.name in ("checkpoints", "llc_traces"):
         run = path.parent.parent
     if name == "state.safetensors":
-        return f"delete it and re-run the same command to train the run again from epoch 0"
+        return "delete it and re-run the same command to train the run again from epoch 0"
     if _EPOCH_FILE.match(name) or name == "metrics.parquet":
         return f"delete the run directory {run} and train it again"
     if name == "llc.parquet" or path.parent.name == "llc_traces":
@@ -262,6 +265,8 @@ def _hold(path: Path, wait: bool, create: bool) -> Iterator[None]:
 
     if path.exists() and not path.is_dir():
         raise GrokbasinError(f"{path}: is a file, not a run directory")
+    if not create and not path.exists():
+        raise GrokbasinError(f"{path}: no such run directory")
     try:
         if create:
             path.mkdir(parents=True, exist_ok=True)
@@ -305,6 +310,24 @@ def locked(paths: Iterable[str | Path], wait: bool = True, create: bool = False)
         for p in sorted({Path(p).resolve() for p in paths}):
             stack.enter_context(_hold(p, wait, create))
         yield
+
+
+def holds_run_locks(arg: str, many: bool = False) -> Callable[[F], F]:
+    """Decorate a function so it runs holding the lock of the run directory (or directories,
+    ``many``) passed as its argument ``arg``: one line makes any writer of run files safe."""
+
+    def deco(fn: F) -> F:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = sig.bind(*args, **kwargs).arguments[arg]
+            with locked(list(value) if many else [value]):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco
 
 
 def check_out_root(root: str | Path) -> Path:
