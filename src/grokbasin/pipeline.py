@@ -248,13 +248,14 @@ def llc_summary(rows: list[dict[str, Any]], nbeta: float) -> list[dict[str, Any]
     out = []
     for (epoch, rep), rs in sorted(groups.items()):
         vals = np.array([r["llc"] for r in rs], float)
+        ok = vals[~np.isnan(vals)]  # a diverged checkpoint has none: NaN, without numpy warnings
         flags = sorted({f for r in rs for f in (r["flags"] or "").split(",") if f})
         out.append(
             {
                 "epoch": epoch,
                 "replica": rep,
-                "llc_mean": float(np.nanmean(vals)),
-                "llc_std": float(np.nanstd(vals)),
+                "llc_mean": float(ok.mean()) if ok.size else float("nan"),
+                "llc_std": float(ok.std()) if ok.size else float("nan"),
                 "chains": len(rs),
                 "llc_regressed": rs[0].get("llc_regressed"),
                 "rhat": rs[0].get("rhat"),

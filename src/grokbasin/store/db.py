@@ -128,11 +128,31 @@ def scan(root: str | Path = "runs") -> Inventory:
     return inv
 
 
-def _union(inv: Inventory, files: list[Path]) -> pa.Table | None:
+_ARROW = {"BIGINT": pa.int64(), "DOUBLE": pa.float64(), "VARCHAR": pa.string()}
+
+
+def _expected(columns: str) -> dict[str, pa.DataType]:
+    return {n: _ARROW[t] for n, t in (c.strip().split() for c in columns.split(","))}
+
+
+def _conform(t: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+    """Known columns cast to their documented types (raises when a value cannot be)."""
+    for i, name in enumerate(t.column_names):
+        if name in types and t.schema.field(i).type != types[name]:
+            t = t.set_column(i, name, t.column(i).cast(types[name]))
+    return t
+
+
+def _union(inv: Inventory, files: list[Path], columns: str) -> pa.Table | None:
     """All files' rows with a ``run`` column; a file whose types clash is skipped (warned)."""
     out: pa.Table | None = None
+    types = _expected(columns)
     for f in files:
-        t = inv.tables[f]
+        try:
+            t = _conform(inv.tables[f], types)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            inv.problems.append(f"{f}: skipped (a column has the wrong type: {str(e)[:120]})")
+            continue
         t = t.append_column("run", pa.array([f.parent.name] * t.num_rows, pa.string()))
         try:
             out = t if out is None else pa.concat_tables([out, t], promote_options="permissive")
@@ -161,7 +181,8 @@ _QUERY_STATEMENTS = {"SELECT", "EXPLAIN"}
 def connect(root: str | Path = "runs") -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with views ``runs``, ``metrics`` and ``llc`` over ``root``."""
     inv = scan(root)
-    metrics, llc = _union(inv, inv.metrics), _union(inv, inv.llc)
+    metrics = _union(inv, inv.metrics, _METRICS_EMPTY)
+    llc = _union(inv, inv.llc, _LLC_EMPTY)
     for msg in inv.problems:
         warnings.warn(msg, StoreWarning, stacklevel=2)
     con = duckdb.connect(":memory:")

@@ -247,15 +247,20 @@ def load_tensors(
 # ------------------------------------------------------------------ locking
 
 _LOCKS: dict[tuple[int, Path], FileLock] = {}
+# Keep the lock file (unlinking a flock'd file races) and never degrade to a "soft" lock that a
+# killed process would leave behind; older filelock versions do both of these by default.
+_LOCK_OPTIONS = {
+    k: v
+    for k, v in {"preserve_lock_file": True, "fallback_to_soft": False}.items()
+    if k in inspect.signature(FileLock.__init__).parameters
+}
 
 
 def _lock_for(path: Path) -> FileLock:
     """One reentrant lock object per (process, run directory)."""
     key = (os.getpid(), path)
     if key not in _LOCKS:
-        _LOCKS[key] = FileLock(
-            path / LOCK_NAME, thread_local=False, preserve_lock_file=True, fallback_to_soft=False
-        )
+        _LOCKS[key] = FileLock(path / LOCK_NAME, thread_local=False, **_LOCK_OPTIONS)
     return _LOCKS[key]
 
 
