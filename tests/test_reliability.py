@@ -145,6 +145,16 @@ def test_sizes_beyond_the_machine_are_refused_with_the_estimate(tmp_path, monkey
     assert not (tmp_path / "runs").exists()
 
 
+def test_sweep_sizes_checked_before_any_group_trains(tmp_path, monkeypatch, capsys):
+    (tmp_path / "s.yaml").write_text(
+        "base: {task: {frac: 0.5}, model: {width: 8}, "
+        "train: {epochs: 20, checkpoint_every: 20, batch_size: 16}}\n"
+        "grid: {task.p: [11, 100003]}\nllc: false\n"
+    )
+    refused(["sweep", "s.yaml", "--out", "runs"], tmp_path, monkeypatch, capsys, "100003", "memory")
+    assert not (tmp_path / "runs").exists()  # the small p=11 group did not train first
+
+
 @pytest.mark.parametrize("p", ["21", "2", "1", "-7"])
 def test_theory_takes_the_same_p_as_train(tmp_path, monkeypatch, capsys, p):
     a = refused(["theory", "--p", p, "--width", "4"], tmp_path, monkeypatch, capsys, "--p")
@@ -339,7 +349,13 @@ def test_a_broken_run_does_not_hide_the_others(two_runs, breakage):
 
 
 def test_divergence_is_recorded_and_reported(tmp_path, tiny_cfg):
-    cfg = tiny_cfg(train__optimizer="sgd", train__lr=[1000.0], llc__chains=1, llc__draws=5)
+    cfg = tiny_cfg(
+        train__optimizer="sgd",
+        train__lr=[1000.0],
+        llc__chains=1,
+        llc__draws=5,
+        llc__checkpoints="0,40",  # 40 is never written: training stops when all replicas diverge
+    )
     summary = run_pipeline(cfg, tmp_path, progress=False)
     run = summary.run
     rows = read_parquet(run.metrics).to_pylist()
@@ -351,6 +367,7 @@ def test_divergence_is_recorded_and_reported(tmp_path, tiny_cfg):
     assert summary.metrics[0]["regime"] == "diverged"
     assert any("diverged" in h for h in summary.health)
     assert summary.theory.get("diverged") and "laplace" not in summary.theory
+    assert [r["epoch"] for r in summary.llc] == [0]
     assert "diverged" in run.report.read_text()
     cols, listed = list_runs(tmp_path)
     assert listed[0][cols.index("status")] == "diverged"

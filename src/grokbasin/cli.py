@@ -394,12 +394,16 @@ def sweep(
     quiet: QUIET = False,
 ) -> None:
     """Run a sweep; finished runs and estimates are reused, killed ones resume."""
-    from grokbasin.experiments.sweep import run_sweep
+    from grokbasin.experiments.sweep import expand, group, load_sweep, run_sweep
     from grokbasin.store.rundir import check_out_root
+    from grokbasin.train.runner import preflight
 
     _check_backend(backend, workers)
     check_out_root(out)
-    res = run_sweep(file, out, backend, workers, address, progress=not quiet)
+    sw = load_sweep(file)
+    for cfgs in group(expand(sw)):  # every group's memory, before any group trains
+        preflight(cfgs, out)
+    res = run_sweep(sw, out, backend, workers, address, progress=not quiet)
     console.print(f"{len(res.runs)} runs: {res.trained} trained, {res.sampled} LLC estimates made")
     for r in res.runs:
         print(r.path)

@@ -63,13 +63,22 @@ def run(cfg: RunConfig, root: str | Path = "runs", progress: bool = True) -> Run
     )
     with run_dir.lock(create=True):
         trained = train(cfg, root, progress)
-        llc = estimate_run(trained.run.path, cfg.llc, device, progress)
+        llc = estimate_run(trained.run.path, _llc_after(trained, cfg.llc), device, progress)
         summary = report_run(trained.run, cfg.model_copy(update={"device": "cpu"}))
     summary.statuses = {
         "train": trained.status,
         "llc": f"{len(llc.computed)} checkpoints sampled, {len(llc.cached)} cached",
     }
     return summary
+
+
+def _llc_after(trained, llc: LLCConfig) -> LLCConfig:
+    """A run that stopped early because it diverged lacks later checkpoints: sample those it has."""
+    wanted = llc.epochs_wanted()
+    if not trained.diverged or wanted is None:
+        return llc
+    have = [e for e in wanted if e in set(trained.run.checkpoint_epochs())]
+    return llc.model_copy(update={"checkpoints": ",".join(map(str, have)) if have else "last"})
 
 
 def estimate_llc_bytes(cfg: RunConfig) -> int:
