@@ -326,9 +326,12 @@ def holds_run_locks(arg: str, many: bool = False) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            value = sig.bind(*args, **kwargs).arguments[arg]
-            with locked(list(value) if many else [value]):
-                return fn(*args, **kwargs)
+            bound = sig.bind(*args, **kwargs)
+            if many:  # materialise once: an iterator would be consumed by the locking
+                bound.arguments[arg] = list(bound.arguments[arg])
+            value = bound.arguments[arg]
+            with locked(value if many else [value]):
+                return fn(*bound.args, **bound.kwargs)
 
         return wrapper  # type: ignore[return-value]
 
