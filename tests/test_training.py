@@ -149,3 +149,4 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     ma = pq.read_table(ref_run.metrics).to_pylist()
     mb = pq.read_table(run.metrics).to_pylist()
     assert ma == mb
+    assert not list(run.path.rglob("*.tmp"))  # the killed writer's temporaries are gone

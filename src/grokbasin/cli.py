@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from grokbasin.config import RunConfig, build_config, load_yaml
+from grokbasin.device import resolve
 from grokbasin.errors import ConfigError, GrokbasinError
 from grokbasin.presets import PRESETS, preset
 from grokbasin.progress import console
@@ -147,10 +148,16 @@ def train(
                     "status": result.status,
                     "final_epoch": result.final_epoch,
                     "hash": result.run.path.name,
+                    "diverged": {str(r): e for r, e in result.diverged.items()},
                 }
             )
         )
         return
+    for rep, epoch in result.diverged.items():
+        console.print(
+            f"[yellow]warning:[/yellow] replica {rep} diverged: its loss is not finite from epoch "
+            f"{epoch} (lower train.lr); the run is classified diverged"
+        )
     if result.status == "cached":
         console.print(f"already trained (final epoch {result.final_epoch}); nothing to do")
     print(result.run.path)
@@ -208,6 +215,7 @@ def theory(
 
     from grokbasin.theory.closed_form import render_theory_table, theory_table
 
+    _check_theory_inputs(p, width, d, outputs)
     try:
         rows = theory_table(p, width, d, outputs)
     except ValueError as e:
@@ -219,6 +227,22 @@ def theory(
     Console(width=None if sys.stdout.isatty() else 160).print(
         render_theory_table(rows, title=title)
     )
+
+
+def _check_theory_inputs(p: int, width: int, d: int | None, outputs: int | None) -> None:
+    """The same p and width rules as `train` (prime p >= 3, width >= 1); d, outputs >= 1."""
+    from pydantic import ValidationError
+
+    from grokbasin.config import ModelConfig, TaskConfig, format_validation_error
+
+    try:
+        TaskConfig(p=p)
+        ModelConfig(width=width)
+    except ValidationError as e:
+        raise ConfigError("--" + format_validation_error(e)) from None
+    for name, v in (("d", d), ("outputs", outputs)):
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name}: must be >= 1, got {v}")
 
 
 @app.command()
@@ -243,7 +267,7 @@ def llc(
     """
     from grokbasin.store.rundir import RunDir
 
-    given, device = overrides(flags, LLC_FLAGS), flags["device"] or "cpu"
+    given, device = overrides(flags, LLC_FLAGS), resolve(flags["device"] or "cpu")
     grid = {
         "epoch": epoch,
         "step_sizes": step_sizes,
@@ -370,10 +394,16 @@ def sweep(
     quiet: QUIET = False,
 ) -> None:
     """Run a sweep; finished runs and estimates are reused, killed ones resume."""
-    from grokbasin.experiments.sweep import run_sweep
+    from grokbasin.experiments.sweep import expand, group, load_sweep, run_sweep
+    from grokbasin.store.rundir import check_out_root
+    from grokbasin.train.runner import preflight
 
     _check_backend(backend, workers)
-    res = run_sweep(file, out, backend, workers, address, progress=not quiet)
+    check_out_root(out)
+    sw = load_sweep(file)
+    for cfgs in group(expand(sw)):  # every group's memory, before any group trains
+        preflight(cfgs, out)
+    res = run_sweep(sw, out, backend, workers, address, progress=not quiet)
     console.print(f"{len(res.runs)} runs: {res.trained} trained, {res.sampled} LLC estimates made")
     for r in res.runs:
         print(r.path)
@@ -407,6 +437,11 @@ def experiment(
             print(f"{e.name:<24} {e.description}")
         return
     _check_backend(backend, workers)
+    from grokbasin.store.rundir import check_out_root
+
+    check_out_root(out)
+    if device is not None:
+        resolve(device)
     res = run_experiment(name, scale, out, backend, workers, device, progress=not quiet)
     for note in res.notes:
         console.print(f"note: {note}")
@@ -450,6 +485,17 @@ def main() -> None:
         app()  # standalone: typer/click print usage errors themselves and exit 2
     except GrokbasinError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:  # the file system refused: permissions, a full disk, a file in the way
+        where = e.filename or "file system"
+        console.print(
+            f"[red]error:[/red] {where}: {e.strerror or e}; nothing further was written",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
+    except MemoryError:
+        console.print("[red]error:[/red] out of memory; use a smaller configuration")
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted: re-run the same command to resume where it stopped")

@@ -6,15 +6,26 @@ sampler settings are hashed separately so new LLC settings reuse the trained che
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import hashlib
 import itertools
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from grokbasin.errors import ConfigError
 
@@ -25,18 +36,45 @@ def is_prime(n: int) -> bool:
     return all(n % k for k in range(2, math.isqrt(n) + 1))
 
 
+def _show(v: Any) -> str:
+    """A value as the user wrote it (YAML spelling for booleans, ISO for dates)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dt.date | dt.time):
+        return f"the date {v.isoformat()}"
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _numeric(kind: str) -> BeforeValidator:
+    """Refuse values pydantic would otherwise coerce into a number: booleans and dates."""
+
+    def check(v: Any) -> Any:
+        if isinstance(v, bool | dt.date | dt.time):
+            raise ValueError(f"must be {kind}, got {_show(v)}")
+        return v
+
+    return BeforeValidator(check)
+
+
+Int = Annotated[int, _numeric("an integer")]
+Float = Annotated[float, _numeric("a finite number")]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """No unknown fields, no NaN or infinity in any float, validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TaskConfig(_Strict):
     """Modular arithmetic c = a ∘ b mod p, split into train/validation by ``frac``."""
 
     name: Literal["modular"] = "modular"
-    p: int = Field(23, description="prime modulus (>= 3)")
+    p: Int = Field(23, description="prime modulus (>= 3)")
     op: Literal["add", "sub", "mul", "div"] = "add"
-    frac: float = Field(0.4, description="training fraction, in (0, 1)")
-    data_seed: int | None = Field(
+    frac: Float = Field(0.4, description="training fraction, in (0, 1)")
+    data_seed: Int | None = Field(
         None, description="seed of the train/val split; None: each replica uses its own seed"
     )
 
@@ -73,14 +111,14 @@ class ModelConfig(_Strict):
     """Network architecture; ``width`` is the hidden size K."""
 
     name: Literal["quadratic", "mlp", "transformer"] = "quadratic"
-    width: int = Field(256, ge=1, description="hidden units K (quadratic, mlp)")
-    embed_dim: int = Field(128, ge=1, description="embedding size (mlp), d_model (transformer)")
-    layers: int = Field(2, ge=1, description="encoder layers (transformer)")
-    heads: int = Field(1, ge=1, description="attention heads (transformer)")
-    ff: int = Field(256, ge=1, description="feed-forward width (transformer)")
+    width: Int = Field(256, ge=1, description="hidden units K (quadratic, mlp)")
+    embed_dim: Int = Field(128, ge=1, description="embedding size (mlp), d_model (transformer)")
+    layers: Int = Field(2, ge=1, description="encoder layers (transformer)")
+    heads: Int = Field(1, ge=1, description="attention heads (transformer)")
+    ff: Int = Field(256, ge=1, description="feed-forward width (transformer)")
     positional: bool = Field(False, description="learned position embedding (transformer)")
     activation: Literal["relu", "gelu"] = "relu"
-    init_scale: float = Field(1.0, gt=0, description="multiplier on the PyTorch-default init")
+    init_scale: Float = Field(1.0, gt=0, description="multiplier on the PyTorch-default init")
 
     _heads = model_validator(mode="after")(_check_heads)
 
@@ -90,18 +128,18 @@ class TrainConfig(_Strict):
 
     loss: Literal["centred_mse", "cross_entropy"] = "centred_mse"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: list[float] = Field(default_factory=lambda: [1e-3])
-    weight_decay: list[float] = Field(default_factory=lambda: [1e-4])
-    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    batch_size: int = Field(128, ge=0, description="minibatch size; 0 means full batch")
-    epochs: int = Field(2500, ge=1, description="training epochs")
-    checkpoint_every: int = Field(100, ge=1, description="epochs between checkpoints")
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    lr: list[Float] = Field(default_factory=lambda: [1e-3])
+    weight_decay: list[Float] = Field(default_factory=lambda: [1e-4])
+    momentum: Float = Field(0.0, ge=0, lt=1, description="SGD momentum")
+    betas: tuple[Float, Float] = (0.9, 0.999)
+    eps: Float = Field(1e-8, gt=0, description="Adam epsilon")
+    batch_size: Int = Field(128, ge=0, description="minibatch size; 0 means full batch")
+    epochs: Int = Field(2500, ge=1, description="training epochs")
+    checkpoint_every: Int = Field(100, ge=1, description="epochs between checkpoints")
+    seeds: list[Int] = Field(default_factory=lambda: [0])
     early_stop: bool = False
-    early_stop_patience: int = Field(10, ge=1)
-    early_stop_val_acc: float = Field(0.99, ge=0, le=1)
+    early_stop_patience: Int = Field(10, ge=1)
+    early_stop_val_acc: Float = Field(0.99, ge=0, le=1)
 
     @field_validator("lr", "weight_decay", "seeds", mode="before")
     @classmethod
@@ -131,6 +169,24 @@ class TrainConfig(_Strict):
             raise ValueError(f"must be a non-empty list of distinct integers, got {v}")
         return v
 
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if any(not 0 <= x < 1 for x in v):
+            raise ValueError(f"both Adam betas must lie in [0, 1), got {list(v)}")
+        return v
+
+    def checkpoint_epochs(self) -> tuple[int, ...] | None:
+        """Epochs training saves (0, every multiple of checkpoint_every, the last); None if huge."""
+        if self.epochs // self.checkpoint_every > 100_000:
+            return None
+        every = range(self.checkpoint_every, self.epochs + 1, self.checkpoint_every)
+        return tuple(sorted({0, *every, self.epochs}))
+
+    def saves_epoch(self, e: int) -> bool:
+        every = self.checkpoint_every
+        return e == 0 or e == self.epochs or (0 < e < self.epochs and e % every == 0)
+
     def replicas(self) -> list[dict[str, float | int]]:
         """Every (seed, lr, weight_decay) combination, in replica order."""
         return [
@@ -139,28 +195,29 @@ class TrainConfig(_Strict):
         ]
 
 
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps|auto")
 NOISE_STREAM = "splitmix64-polynomial-boxmuller"  # bump when the SGLD noise stream changes
 
 
 class LLCConfig(_Strict):
     """SGLD sampler and estimator settings (SPEC §3.3)."""
 
-    chains: int = Field(4, ge=1, description="chains per checkpoint")
-    burnin: int = Field(200, ge=0, description="burn-in steps")
-    draws: int = Field(400, ge=1, description="draws kept after burn-in")
-    thin: int = Field(1, ge=1, description="keep every thin-th draw")
-    step_size: float = Field(1e-4, gt=0, description="SGLD step size epsilon")
-    gamma: float = Field(5.0, ge=0, description="localisation strength")
-    nbeta: float | Literal["auto", "n_over_log_n"] = Field(
+    chains: Int = Field(4, ge=1, description="chains per checkpoint")
+    burnin: Int = Field(200, ge=0, description="burn-in steps")
+    draws: Int = Field(400, ge=1, description="draws kept after burn-in")
+    thin: Int = Field(1, ge=1, description="keep every thin-th draw")
+    step_size: Float = Field(1e-4, gt=0, description="SGLD step size epsilon")
+    gamma: Float = Field(5.0, ge=0, description="localisation strength")
+    nbeta: Float | Literal["auto", "n_over_log_n"] = Field(
         "auto", description="n*beta; 'auto' = B/ln B (devinterp), 'n_over_log_n' = n/ln n"
     )
-    nbetas: list[float] = Field(
+    nbetas: list[Float] = Field(
         default_factory=list, description="extra n*beta values for the temperature sweep"
     )
-    weight_decay: float = Field(0.0, ge=0)
-    noise_level: float = Field(1.0, ge=0)
-    batch_size: int = Field(128, ge=1, description="SGLD minibatch size")
-    seed: int = 0
+    weight_decay: Float = Field(0.0, ge=0)
+    noise_level: Float = Field(1.0, ge=0)
+    batch_size: Int = Field(128, ge=1, description="SGLD minibatch size")
+    seed: Int = 0
     baseline: Literal["full", "devinterp"] = Field(
         "full", description="L_n(w*): full training loss, or devinterp's first-batch loss"
     )
@@ -169,19 +226,65 @@ class LLCConfig(_Strict):
         "sgld", description="sampler: SGLD (devinterp), RMSprop-preconditioned SGLD, or SGNHT"
     )
 
-    @field_validator("nbeta")
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _checkpoints(cls, v: Any) -> Any:
+        """'all', 'last' or epochs (a number, a list, or 'E1,E2'), normalised to 'E1,E2'."""
+        if isinstance(v, bool):
+            raise ValueError(f"must be 'all', 'last' or checkpoint epochs, got {_show(v)}")
+        if isinstance(v, int):
+            v = [v]
+        if isinstance(v, list | tuple):
+            if any(isinstance(x, bool) or not isinstance(x, int) for x in v):
+                raise ValueError(f"must be 'all', 'last' or checkpoint epochs, got {v!r}")
+            v = ",".join(str(x) for x in v)
+        if not isinstance(v, str):
+            return v  # pydantic reports the type
+        text = v.strip()
+        if text in ("all", "last"):
+            return text
+        parts = [x for x in re.split(r"[,\s]+", text) if x]
+        if not parts or any(not x.isdigit() for x in parts):
+            raise ValueError(f"must be 'all', 'last' or comma-separated epochs >= 0, got {v!r}")
+        return ",".join(str(e) for e in sorted({int(x) for x in parts}))
+
+    def epochs_wanted(self) -> list[int] | None:
+        """The explicit epochs of ``checkpoints``; None for 'all' or 'last'."""
+        if self.checkpoints in ("all", "last"):
+            return None
+        return [int(x) for x in self.checkpoints.split(",")]
+
+    @field_validator("nbeta", mode="before")
     @classmethod
     def _nbeta(cls, v: Any) -> Any:
-        if isinstance(v, int | float) and not v > 0:
-            raise ValueError(f"must be > 0, 'auto' or 'n_over_log_n', got {v}")
-        return v
+        if v in ("auto", "n_over_log_n") and isinstance(v, str):
+            return v
+        bad = ValueError(f"must be a finite number > 0, 'auto' or 'n_over_log_n', got {_show(v)}")
+        if isinstance(v, bool | dt.date | dt.time):
+            raise bad
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not (math.isfinite(x) and x > 0):
+            raise bad
+        return x
 
     @field_validator("nbetas", mode="before")
     @classmethod
     def _nbetas(cls, v: Any) -> Any:
         if isinstance(v, str):
             v = [s for s in v.replace(",", " ").split() if s]
-        if isinstance(v, list | tuple) and any(float(x) <= 0 for x in v):
+        if isinstance(v, list | tuple):
+            for x in v:
+                if isinstance(x, int | float) and not isinstance(x, bool) and not x > 0:
+                    raise ValueError(f"every n*beta must be > 0, got {v}")
+        return v
+
+    @field_validator("nbetas")
+    @classmethod
+    def _nbetas_positive(cls, v: list[float]) -> list[float]:
+        if any(not x > 0 for x in v):
             raise ValueError(f"every n*beta must be > 0, got {v}")
         return v
 
@@ -212,8 +315,24 @@ class RunConfig(_Strict):
     llc: LLCConfig = Field(default_factory=LLCConfig)
     device: str = "cpu"
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(v):
+            raise ValueError(f"got {v!r}; use cpu, cuda, cuda:N, mps or auto")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        wanted = self.llc.epochs_wanted() or []
+        bad = [e for e in wanted if not self.train.saves_epoch(e)]
+        if bad:
+            t = self.train
+            raise ValueError(
+                f"llc.checkpoints: epoch {bad[0]} is not a checkpoint epoch: training saves epoch "
+                f"0, every multiple of train.checkpoint_every={t.checkpoint_every} and the last, "
+                f"train.epochs={t.epochs}"
+            )
         n = self.task.n_train
         if n < 2:
             raise ValueError(f"task.frac={self.task.frac} leaves {n} training samples; need >= 2")
@@ -255,7 +374,7 @@ def format_validation_error(err: ValidationError) -> str:
     """One line per problem: 'field.path: message'."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
+        loc = ".".join(str(x) for x in e["loc"] if "[" not in str(x))  # no union-member tags
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -263,7 +382,11 @@ def format_validation_error(err: ValidationError) -> str:
             msg = f"got {e.get('input')!r}; {msg.lower()}"
         elif e["type"] in _BOUNDS:
             op, key = _BOUNDS[e["type"]]
-            msg = f"must be {op} {e['ctx'][key]}, got {e.get('input')!r}"
+            msg = f"must be {op} {e['ctx'][key]}, got {_show(e.get('input'))}"
+        elif e["type"] == "finite_number":
+            msg = f"must be a finite number, got {_show(e.get('input'))}"
+        elif "input" in e and e["type"] not in ("missing", "value_error", "assertion_error"):
+            msg = f"{msg[:1].lower()}{msg[1:]}, got {_show(e['input'])}"
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(lines)
 
@@ -272,7 +395,7 @@ def build_config(
     base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
 ) -> RunConfig:
     """Validate ``base`` (nested dict, e.g. from YAML) with dotted-key ``overrides`` applied."""
-    data: dict[str, Any] = json.loads(json.dumps(base or {}))
+    data: dict[str, Any] = copy.deepcopy(base or {})
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

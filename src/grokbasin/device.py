@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -50,3 +51,28 @@ def intra_op_threads(device: str | torch.device, n: int | None = 1) -> Iterator[
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def memory_capacity(device: str | torch.device) -> int:
+    """Total memory of the device in bytes (RAM for the CPU and MPS, the card for CUDA)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.get_device_properties(dev.index or 0).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def gib(n: float) -> str:
+    """A byte count in the largest binary unit that keeps it >= 1."""
+    for unit, k in (("PiB", 50), ("TiB", 40), ("GiB", 30)):
+        if n >= 2**k:
+            return f"{n / 2**k:,.1f} {unit}"
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def check_fits(needed: int, device: str | torch.device, what: str, hint: str) -> None:
+    """Refuse, before any work, a computation whose estimated memory exceeds the device's."""
+    have = memory_capacity(device)
+    if needed > have:
+        raise ConfigError(
+            f"{what} needs about {gib(needed)} of memory but {device} has {gib(have)}; {hint}"
+        )

@@ -3,6 +3,10 @@
 Each stage reads what the previous one wrote to the run directory and skips work already done:
 training is cached by config hash, LLC rows by sampler hash and epoch, the theory by the final
 checkpoint and sampler hash. Figures and the report are re-rendered (seconds) from those files.
+
+Everything that can be checked is checked before any work (config, output folder, memory), and
+the run directory stays locked for the whole job. A diverged run (non-finite training loss) gets
+a report that says so instead of numeric theory on NaN weights.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from grokbasin.analysis.grokking import grokking_metrics
 from grokbasin.config import LLCConfig, RunConfig, build_config, load_yaml, short_hash
+from grokbasin.device import check_fits, resolve
+from grokbasin.errors import CorruptFileError
 from grokbasin.llc.laplace import laplace_for_checkpoint
 from grokbasin.llc.trajectory import estimate_run
 from grokbasin.progress import console
@@ -23,10 +30,11 @@ from grokbasin.report import figures as figs
 from grokbasin.report.html import health_lines, write_run_report
 from grokbasin.report.markdown import write_run_markdown
 from grokbasin.store import query
-from grokbasin.store.rundir import RunDir, atomic_write, read_parquet
+from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, recovery_hint
 from grokbasin.theory.closed_form import theory_table
 from grokbasin.theory.numeric import effective_width
-from grokbasin.train.runner import train
+from grokbasin.train.loop import hidden_size, params_per_replica
+from grokbasin.train.runner import diverged_replicas, preflight, train
 
 
 @dataclass
@@ -44,14 +52,49 @@ class RunSummary:
 
 def run(cfg: RunConfig, root: str | Path = "runs", progress: bool = True) -> RunSummary:
     """The whole main job for ``cfg``; every stage resumes or is skipped when already done."""
-    trained = train(cfg, root, progress)
-    llc = estimate_run(trained.run.path, cfg.llc, cfg.device, progress)
-    summary = report_run(trained.run, cfg.model_copy(update={"device": "cpu"}))
+    device = resolve(cfg.device)
+    run_dir = RunDir(Path(root) / cfg.run_hash())
+    if not run_dir.is_trained():
+        preflight([cfg], root)
+    check_fits(
+        estimate_llc_bytes(cfg),
+        device,
+        f"LLC sampling ({cfg.llc.chains} chains at every selected checkpoint)",
+        "use fewer llc.chains, a smaller llc.batch_size or fewer llc.checkpoints",
+    )
+    with run_dir.lock(create=True):
+        trained = train(cfg, root, progress)
+        llc = estimate_run(trained.run.path, _llc_after(trained, cfg.llc), device, progress)
+        summary = report_run(trained.run, cfg.model_copy(update={"device": "cpu"}))
     summary.statuses = {
         "train": trained.status,
         "llc": f"{len(llc.computed)} checkpoints sampled, {len(llc.cached)} cached",
     }
     return summary
+
+
+def _llc_after(trained, llc: LLCConfig) -> LLCConfig:
+    """A run that stopped early because it diverged lacks later checkpoints: sample those it has."""
+    wanted = llc.epochs_wanted()
+    if not trained.diverged or wanted is None:
+        return llc
+    have = [e for e in wanted if e in set(trained.run.checkpoint_epochs())]
+    return llc.model_copy(update={"checkpoints": ",".join(map(str, have)) if have else "last"})
+
+
+def estimate_llc_bytes(cfg: RunConfig) -> int:
+    """Rough peak memory of one batched LLC call over the run's selected checkpoints."""
+    t, llc = cfg.train, cfg.llc
+    wanted = llc.epochs_wanted()
+    if llc.checkpoints == "last":
+        n_ck = 1
+    elif wanted is not None:
+        n_ck = len(wanted)
+    else:
+        n_ck = 2 + t.epochs // t.checkpoint_every
+    copies = n_ck * len(t.replicas()) * llc.chains * (1 + len(llc.nbetas))
+    b = min(llc.batch_size, cfg.task.n_train)
+    return 4 * copies * (4 * params_per_replica(cfg) + 4 * b * hidden_size(cfg))
 
 
 def stored_config(run_dir: RunDir) -> RunConfig:
@@ -68,6 +111,11 @@ def stored_config(run_dir: RunDir) -> RunConfig:
 
 def report_run(run_dir: RunDir, cfg: RunConfig | None = None) -> RunSummary:
     """Metrics, theory, figures and report.html/report.md from what the run directory holds."""
+    with run_dir.lock():
+        return _report_run(run_dir, cfg)
+
+
+def _report_run(run_dir: RunDir, cfg: RunConfig | None) -> RunSummary:
     cfg = cfg or stored_config(run_dir)
     metrics_t = read_parquet(run_dir.metrics)
     shash = cfg.llc.sampler_hash()
@@ -77,7 +125,11 @@ def report_run(run_dir: RunDir, cfg: RunConfig | None = None) -> RunSummary:
     theory = checkpoint_theory(run_dir, cfg, final_epoch)
     llc_rows = query.llc_rows([query.Want(run_dir.path, shash, "any")])[0]
     summary = llc_summary(llc_rows, cfg.llc.resolve_nbeta(n_train))
-    health = health_lines(llc_rows)
+    diverged = diverged_epochs(run_dir)
+    for m in metrics:
+        if m["replica"] in diverged:
+            m["regime"] = "diverged"
+    health = divergence_lines(diverged) + health_lines(llc_rows)
     figures = render_figures(run_dir, cfg, metrics_t.to_pylist(), metrics, theory, shash)
     report_rows = theory_rows(theory)
     config = cfg.model_dump(mode="json")
@@ -93,14 +145,19 @@ def checkpoint_theory(run_dir: RunDir, cfg: RunConfig, epoch: int) -> dict[str, 
     path = run_dir.path / "theory.json"
     key = short_hash([epoch, cfg.llc.sampler_hash(), cfg.model.model_dump()])
     if path.exists():
-        cached = json.loads(path.read_text())
+        cached = read_theory(path)
         if cached.get("key") == key:
             return cached
     out: dict[str, Any] = {"key": key, "epoch": epoch, "closed_form": [], "numeric": {}}
     if cfg.model.name == "quadratic":
         out["closed_form"] = theory_table(cfg.task.p, cfg.model.width)
-        V = run_dir.load_checkpoint(epoch)["V"][:1]
-        out["numeric"]["k_eff"] = int(effective_width(V)[0])
+    params = run_dir.load_checkpoint(epoch)
+    if not all(bool(torch.isfinite(v[:1]).all()) for v in params.values()):
+        out["diverged"] = True  # no spectrum or effective width of NaN weights
+        atomic_write(path, json.dumps(out, indent=2, default=float).encode())
+        return out
+    if cfg.model.name == "quadratic":
+        out["numeric"]["k_eff"] = int(effective_width(params["V"][:1])[0])
     if cfg.train.loss == "centred_mse":  # one Gauss-Newton spectrum gives λ_Lap and rank(J_c)
         nbeta = cfg.llc.resolve_nbeta(cfg.task.n_train)
         lap = laplace_for_checkpoint(run_dir.path, epoch, 0, [nbeta], [cfg.llc.gamma])
@@ -114,6 +171,39 @@ def checkpoint_theory(run_dir: RunDir, cfg: RunConfig, epoch: int) -> dict[str, 
             out["numeric"]["llc_train"] = lap.limit
     atomic_write(path, json.dumps(out, indent=2, default=float).encode())
     return out
+
+
+def read_theory(path: Path) -> dict[str, Any]:
+    """The cached theory.json; a damaged one is a CorruptFileError naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(
+            f"{path}: unreadable ({e.__class__.__name__}); {recovery_hint(path)}"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("closed_form", []), list):
+        raise CorruptFileError(f"{path}: not a grokbasin theory file; {recovery_hint(path)}")
+    return data
+
+
+def diverged_epochs(run_dir: RunDir) -> dict[int, int]:
+    """Replica -> first epoch with a non-finite loss (from provenance, else from the metrics)."""
+    div = diverged_replicas(run_dir.read_provenance())
+    if not div and run_dir.metrics.exists():
+        for r in read_parquet(run_dir.metrics).to_pylist():
+            losses = [r.get(k) for k in ("train_loss", "val_loss")]
+            if any(v is not None and not np.isfinite(v) for v in losses):
+                div.setdefault(int(r["replica"]), int(r["epoch"]))
+    return div
+
+
+def divergence_lines(div: dict[int, int]) -> list[str]:
+    """One report line per diverged replica."""
+    return [
+        f"run diverged: replica {rep}'s training loss is not finite from epoch {e} on "
+        "(lower train.lr); LLC estimates and theory at later checkpoints are meaningless"
+        for rep, e in sorted(div.items())
+    ]
 
 
 def theory_rows(theory: dict[str, Any]) -> list[dict[str, Any]]:
@@ -165,13 +255,14 @@ def llc_summary(rows: list[dict[str, Any]], nbeta: float) -> list[dict[str, Any]
     out = []
     for (epoch, rep), rs in sorted(groups.items()):
         vals = np.array([r["llc"] for r in rs], float)
+        ok = vals[~np.isnan(vals)]  # a diverged checkpoint has none: NaN, without numpy warnings
         flags = sorted({f for r in rs for f in (r["flags"] or "").split(",") if f})
         out.append(
             {
                 "epoch": epoch,
                 "replica": rep,
-                "llc_mean": float(np.nanmean(vals)),
-                "llc_std": float(np.nanstd(vals)),
+                "llc_mean": float(ok.mean()) if ok.size else float("nan"),
+                "llc_std": float(ok.std()) if ok.size else float("nan"),
                 "chains": len(rs),
                 "llc_regressed": rs[0].get("llc_regressed"),
                 "rhat": rs[0].get("rhat"),
@@ -275,7 +366,7 @@ def print_summary(s: RunSummary) -> None:
         for r in th.get("closed_form", [])
         if r["name"].startswith("unified")
     ]
-    if "numeric" in th:
+    if "llc_train" in th.get("numeric", {}):
         parts.append(f"numeric rank(J_c)/2 = {th['numeric'].get('llc_train', float('nan')):,.1f}")
     if "laplace" in th:
         parts.append(f"λ_Lap = {th['laplace']['value']:,.1f}")

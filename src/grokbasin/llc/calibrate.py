@@ -26,7 +26,7 @@ import numpy as np
 
 from grokbasin.config import LLCConfig, short_hash
 from grokbasin.errors import ConfigError, GrokbasinError
-from grokbasin.store.rundir import RunDir, write_parquet
+from grokbasin.store.rundir import RunDir, holds_run_locks, write_parquet
 
 DISQUALIFYING = ("nonfinite", "explosion", "negative", "rhat", "nonstationary")
 
@@ -107,6 +107,7 @@ def _laplace_grid(
     return res.values, res.method, None
 
 
+@holds_run_locks("run_dir")
 def calibrate(
     run_dir: str | Path,
     epoch: int | None,

@@ -23,7 +23,7 @@ from grokbasin.llc.diagnostics import GROUP_FLAGS
 from grokbasin.llc.estimate import Estimate, estimate_llc
 from grokbasin.llc.targets import from_modular, modular_train_rows
 from grokbasin.progress import make_progress
-from grokbasin.store.rundir import RunDir, read_parquet, write_parquet
+from grokbasin.store.rundir import RunDir, holds_run_locks, read_parquet, write_parquet
 
 COLUMNS = (
     "epoch",
@@ -106,6 +106,7 @@ def estimate_run(
     return estimate_runs([run_dir], llc_cfg, device, progress)[0]
 
 
+@holds_run_locks("run_dirs", many=True)
 def estimate_runs(
     run_dirs: Sequence[str | Path],
     llc_cfg: LLCConfig,

@@ -9,8 +9,13 @@
     llc      every llc.parquet row, with ``run``.
 
 No server and nothing written. A run without llc.parquet simply contributes no llc rows; an
-unreadable file is skipped with a :class:`StoreWarning` naming it, so one bad run never hides the
-others.
+unreadable, corrupt (checksum) or ill-typed file or config is skipped with a
+:class:`StoreWarning` naming it, so one bad run never hides the others.
+
+Queries are read-only by construction: every file is read (and its checksum verified) by
+grokbasin into memory before the user's SQL runs, then DuckDB's file system access is switched
+off and the configuration locked, so SQL can neither read nor write any file (COPY ... TO,
+ATTACH, read_text, INSTALL are refused), and only query statements are accepted.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
+from pydantic import ValidationError
 
+from grokbasin.config import RunConfig, format_validation_error
 from grokbasin.errors import GrokbasinError
-from grokbasin.store.rundir import RunDir
+from grokbasin.store.rundir import RunDir, read_parquet
 
 _METRICS_EMPTY = (
     "epoch BIGINT, step BIGINT, replica BIGINT, seed BIGINT, lr DOUBLE, weight_decay DOUBLE, "
@@ -36,7 +42,6 @@ _LLC_EMPTY = (
     "epoch BIGINT, replica BIGINT, chain BIGINT, nbeta DOUBLE, llc DOUBLE, init_loss DOUBLE, "
     "mean_loss DOUBLE, sampler_hash VARCHAR"
 )
-_RUN_FILE = r"([^/\\]+)[/\\][^/\\]+\.parquet$"
 
 
 class StoreWarning(UserWarning):
@@ -51,17 +56,18 @@ class Inventory:
     metrics: list[Path] = field(default_factory=list)
     llc: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    tables: dict[Path, pa.Table] = field(default_factory=dict)  # verified contents, by path
 
 
-def _parquet_ok(path: Path) -> str | None:
-    """None if the Parquet footer and schema read; otherwise a one-line reason."""
+def _load_table(path: Path) -> pa.Table | str:
+    """The file's verified table, or a one-line reason it was left out."""
     try:
-        meta = pq.read_metadata(path)
-        if meta.num_columns == 0:
-            return "no columns"
-    except (OSError, pa.ArrowInvalid) as e:
-        return f"unreadable Parquet ({str(e).splitlines()[0][:120]})"
-    return None
+        t = read_parquet(path)
+    except GrokbasinError as e:
+        return str(e).removeprefix(f"{path}: ")
+    if t.num_columns == 0:
+        return "no columns"
+    return t
 
 
 def _run_row(run: RunDir) -> dict[str, Any]:
@@ -72,9 +78,15 @@ def _run_row(run: RunDir) -> dict[str, Any]:
         raise ValueError(f"unreadable config ({e.__class__.__name__})") from None
     if not isinstance(cfg, dict):
         raise ValueError("config is not a mapping")
+    try:
+        cfg = RunConfig.model_validate(cfg).model_dump(mode="json")  # one schema for every run
+    except ValidationError as e:
+        raise ValueError(f"invalid config: {format_validation_error(e)[:200]}") from None
     prov = run.read_provenance()
     finished = bool(prov.get("finished"))
     status = "finished" if finished else ("partial" if run.state.exists() else "empty")
+    if prov.get("diverged"):
+        status = "diverged"
     return {
         "run": run.path.name,
         "path": str(run.path),
@@ -107,29 +119,70 @@ def scan(root: str | Path = "runs") -> Inventory:
         for path, bucket in ((run.metrics, inv.metrics), (run.llc, inv.llc)):
             if not path.exists():
                 continue
-            why = _parquet_ok(path)
-            if why:
-                inv.problems.append(f"{path}: skipped ({why})")
+            got = _load_table(path)
+            if isinstance(got, str):
+                inv.problems.append(f"{path}: skipped ({got})")
             else:
                 bucket.append(path)
+                inv.tables[path] = got
     return inv
 
 
-def _files_view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path], empty: str) -> None:
-    if not files:
+_ARROW = {"BIGINT": pa.int64(), "DOUBLE": pa.float64(), "VARCHAR": pa.string()}
+
+
+def _expected(columns: str) -> dict[str, pa.DataType]:
+    return {n: _ARROW[t] for n, t in (c.strip().split() for c in columns.split(","))}
+
+
+def _conform(t: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
+    """Known columns cast to their documented types (raises when a value cannot be)."""
+    for i, name in enumerate(t.column_names):
+        if name in types and t.schema.field(i).type != types[name]:
+            t = t.set_column(i, name, t.column(i).cast(types[name]))
+    return t
+
+
+def _union(inv: Inventory, files: list[Path], columns: str) -> pa.Table | None:
+    """All files' rows with a ``run`` column; a file whose types clash is skipped (warned)."""
+    out: pa.Table | None = None
+    types = _expected(columns)
+    for f in files:
+        try:
+            t = _conform(inv.tables[f], types)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            inv.problems.append(f"{f}: skipped (a column has the wrong type: {str(e)[:120]})")
+            continue
+        t = t.append_column("run", pa.array([f.parent.name] * t.num_rows, pa.string()))
+        try:
+            out = t if out is None else pa.concat_tables([out, t], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            inv.problems.append(f"{f}: skipped (columns clash with other runs: {str(e)[:120]})")
+    return out
+
+
+def _files_view(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table | None, empty: str):
+    if table is None:
         con.execute(f"CREATE TEMP TABLE {name} ({empty}, run VARCHAR)")
         return
-    lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-    con.execute(
-        f"CREATE VIEW {name} AS SELECT * EXCLUDE (filename), "
-        f"regexp_extract(filename, '{_RUN_FILE}', 1) AS run "
-        f"FROM read_parquet([{lst}], union_by_name = true, filename = true)"
-    )
+    con.register(f"_{name}_arrow", table)
+    con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_arrow")
+
+
+_LOCKDOWN = (
+    "SET enable_external_access = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET lock_configuration = true",
+)
+_QUERY_STATEMENTS = {"SELECT", "EXPLAIN"}
 
 
 def connect(root: str | Path = "runs") -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with views ``runs``, ``metrics`` and ``llc`` over ``root``."""
     inv = scan(root)
+    metrics = _union(inv, inv.metrics, _METRICS_EMPTY)
+    llc = _union(inv, inv.llc, _LLC_EMPTY)
     for msg in inv.problems:
         warnings.warn(msg, StoreWarning, stacklevel=2)
     con = duckdb.connect(":memory:")
@@ -142,39 +195,52 @@ def connect(root: str | Path = "runs") -> duckdb.DuckDBPyConnection:
             "ended VARCHAR, final_epoch BIGINT, n_checkpoints BIGINT, has_llc BOOLEAN, "
             "device VARCHAR, task JSON, model JSON, train JSON)"
         )
-    _files_view(con, "metrics", inv.metrics, _METRICS_EMPTY)
-    _files_view(con, "llc", inv.llc, _LLC_EMPTY)
+    _files_view(con, "metrics", metrics, _METRICS_EMPTY)
+    _files_view(con, "llc", llc, _LLC_EMPTY)
+    for setting in _LOCKDOWN:
+        con.execute(setting)
     return con
 
 
 def llc_connection(files: list[Path]) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB whose view ``llc`` holds these llc.parquet files' rows, with ``run``
-    and ``file_row`` (row order within its file); unreadable files are skipped with a warning."""
-    ok = []
+    """An in-memory DuckDB whose view ``llc`` holds these llc.parquet files' verified rows, with
+    ``run`` and ``file_row`` (row order within its file); unreadable files are skipped (warned)."""
+    inv = Inventory()
     for f in files:
-        why = _parquet_ok(f)
-        if why:
-            warnings.warn(f"{f}: skipped ({why})", StoreWarning, stacklevel=2)
-        else:
-            ok.append(f)
+        got = _load_table(f)
+        if isinstance(got, str):
+            inv.problems.append(f"{f}: skipped ({got})")
+            continue
+        inv.llc.append(f)
+        inv.tables[f] = got.append_column("file_row", pa.array(range(got.num_rows), pa.int64()))
+    llc = _union(inv, inv.llc, _LLC_EMPTY + ", file_row BIGINT")
+    for msg in inv.problems:
+        warnings.warn(msg, StoreWarning, stacklevel=2)
     con = duckdb.connect(":memory:")
-    if not ok:
-        con.execute(f"CREATE TEMP TABLE llc ({_LLC_EMPTY}, run VARCHAR, file_row BIGINT)")
-        return con
-    lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in ok)
-    con.execute(
-        f"CREATE VIEW llc AS SELECT * EXCLUDE (filename, file_row_number), "
-        f"regexp_extract(filename, '{_RUN_FILE}', 1) AS run, file_row_number AS file_row "
-        f"FROM read_parquet([{lst}], union_by_name = true, filename = true, "
-        f"file_row_number = true)"
-    )
+    _files_view(con, "llc", llc, _LLC_EMPTY + ", file_row BIGINT")
     return con
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse, in one line, any statement that is not a query (COPY, ATTACH, SET, CREATE...)."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as e:
+        raise GrokbasinError(f"SQL error: {str(e).splitlines()[0]}") from None
+    for st in statements:
+        kind = st.type.name
+        if kind not in _QUERY_STATEMENTS:
+            raise GrokbasinError(
+                f"--sql: only read queries (SELECT, WITH, DESCRIBE, SUMMARIZE, EXPLAIN) are "
+                f"allowed; got a {kind} statement"
+            )
 
 
 def query(root: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
     """Column names and rows of ``sql`` over the views; a SQL mistake is a one-line error."""
     con = connect(root)
     try:
+        check_read_only(con, sql)
         cur = con.execute(sql)
         cols = [d[0] for d in cur.description or []]
         return cols, cur.fetchall()

@@ -129,3 +129,34 @@ def train_epoch(
         grads = dict(zip(leaf, torch.autograd.grad(loss, list(leaf.values())), strict=True))
         params, state = optim.step(name, params, grads, state, s.hyper)
     return params, state
+
+
+def params_per_replica(cfg: RunConfig) -> int:
+    """Parameter count of one replica of ``cfg.model`` (from the shapes, nothing allocated)."""
+    m, p = cfg.model, cfg.task.p
+    if m.name == "quadratic":
+        return 3 * p * m.width
+    if m.name == "mlp":
+        return p * m.embed_dim + (2 * m.embed_dim + 1) * m.width + (m.width + 1) * p
+    e = m.embed_dim
+    per_layer = 4 * e * e + 2 * e * m.ff + 9 * e + m.ff
+    return p * e + 2 * e + m.layers * per_layer + (e + 1) * p
+
+
+def hidden_size(cfg: RunConfig) -> int:
+    m = cfg.model
+    return max(m.width, 2 * m.embed_dim, m.ff, cfg.task.p)
+
+
+def estimate_train_bytes(cfg: RunConfig, n_replicas: int | None = None) -> int:
+    """Rough peak memory of training ``cfg``: data, params with optimiser state, a step, an eval."""
+    R = n_replicas or len(cfg.train.replicas())
+    M, N = cfg.task.n_pairs, cfg.task.n_train
+    B = cfg.train.batch_size or N
+    H = hidden_size(cfg)
+    data = 8 * M * (6 + 2 * R)  # operand pairs, answers, meshgrid temporaries, split indices
+    params = 4 * 5 * R * params_per_replica(cfg)  # params, grads, two moments, update
+    step = 4 * 4 * R * B * H  # activations kept for backward
+    chunk = max(1, min(R, (1 << 26) // max(1, M * H)))
+    evaluation = 4 * 3 * chunk * M * H
+    return data + params + step + evaluation

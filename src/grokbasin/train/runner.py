@@ -8,22 +8,42 @@ run's result is what it would be alone.
 Order of writes at each checkpoint: epoch file, metrics, then the resume state. The state is the
 commit point: on restart, anything recorded after the state's epoch is discarded and replayed,
 which gives identical results because all randomness is keyed by (seed, epoch).
+
+Every run directory is locked (``<run>/.lock``) while it is trained: a second process on the
+same run waits, then finds it finished. A replica whose loss stops being finite is recorded as
+diverged (metrics column ``diverged``, provenance ``diverged``); a run whose replicas have all
+diverged stops there, since NaN parameters never recover.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from grokbasin import provenance
 from grokbasin.config import RunConfig, dump_yaml
-from grokbasin.device import intra_op_threads, resolve
+from grokbasin.device import check_fits, intra_op_threads, resolve
 from grokbasin.errors import ConfigError, CorruptFileError
 from grokbasin.progress import make_progress
-from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, write_parquet
+from grokbasin.store.rundir import (
+    RunDir,
+    atomic_write,
+    check_out_root,
+    locked,
+    read_parquet,
+    write_parquet,
+)
 from grokbasin.train import optim
-from grokbasin.train.loop import Setup, evaluate, init_params, make_setup, train_epoch
+from grokbasin.train.loop import (
+    Setup,
+    estimate_train_bytes,
+    evaluate,
+    init_params,
+    make_setup,
+    train_epoch,
+)
 
 
 @dataclass
@@ -31,6 +51,7 @@ class TrainResult:
     run: RunDir
     status: str  # "trained", "resumed" or "cached"
     final_epoch: int
+    diverged: dict[int, int] = field(default_factory=dict)  # replica -> first non-finite epoch
 
 
 @dataclass
@@ -44,6 +65,7 @@ class _Member:
     rows: list[dict] = field(default_factory=list)
     status: str = "trained"
     prov: dict = field(default_factory=dict)
+    diverged: dict[int, int] = field(default_factory=dict)
 
     @property
     def n_replicas(self) -> int:
@@ -83,21 +105,45 @@ def train_group(
         )
     runs = [RunDir(Path(root) / c.run_hash()) for c in cfgs]
     pending: dict[str, _Member] = {}
-    for cfg, run in zip(cfgs, runs, strict=True):
-        if not run.is_trained() and run.path.name not in pending:
-            pending[run.path.name] = _open_member(cfg, run)
-    by_epoch: dict[int, list[_Member]] = defaultdict(list)
-    for m in pending.values():
-        by_epoch[m.start_epoch].append(m)
-    with intra_op_threads(cfgs[0].device):
-        for members in by_epoch.values():
-            _train_batch(members, progress)
+    if not all(run.is_trained() for run in runs):  # a finished run is final: no lock needed
+        preflight(cfgs, root)
+        with locked([r.path for r in runs], create=True):
+            for cfg, run in zip(cfgs, runs, strict=True):
+                if not run.is_trained() and run.path.name not in pending:
+                    pending[run.path.name] = _open_member(cfg, run)
+            by_epoch: dict[int, list[_Member]] = defaultdict(list)
+            for m in pending.values():
+                by_epoch[m.start_epoch].append(m)
+            with intra_op_threads(cfgs[0].device):
+                for members in by_epoch.values():
+                    _train_batch(members, progress)
     out = []
     for run in runs:
         prov = run.read_provenance()
         status = pending[run.path.name].status if run.path.name in pending else "cached"
-        out.append(TrainResult(run, status, int(prov.get("final_epoch", -1))))
+        out.append(
+            TrainResult(run, status, int(prov.get("final_epoch", -1)), diverged_replicas(prov))
+        )
     return out
+
+
+def preflight(cfgs: list[RunConfig], root: str | Path) -> None:
+    """Refuse, before anything is written, an unusable --out or a batch too big for the device."""
+    check_out_root(root)
+    c = cfgs[0]
+    n_rep = sum(len(x.train.replicas()) for x in {x.run_hash(): x for x in cfgs}.values())
+    check_fits(
+        estimate_train_bytes(c, n_rep),
+        resolve(c.device),
+        f"training task.p={c.task.p} ({c.task.n_pairs:,} pairs), {c.model.name} "
+        f"width={c.model.width}, {n_rep} replicas",
+        "use a smaller task.p, model size or fewer replicas",
+    )
+
+
+def diverged_replicas(prov: dict) -> dict[int, int]:
+    """Replica -> first epoch with a non-finite loss, as recorded in provenance."""
+    return {int(k): int(v) for k, v in (prov.get("diverged") or {}).items()}
 
 
 def _open_member(cfg: RunConfig, run: RunDir) -> _Member:
@@ -109,7 +155,11 @@ def _open_member(cfg: RunConfig, run: RunDir) -> _Member:
         if not run.metrics.exists():
             raise CorruptFileError(f"{run.metrics}: missing although {run.state} exists")
         m.rows = [r for r in read_parquet(run.metrics).to_pylist() if r["epoch"] <= m.start_epoch]
+        for r in m.rows:  # metrics written before the column existed
+            if r.get("diverged") is None:
+                r["diverged"] = not all(math.isfinite(r[k]) for k in ("train_loss", "val_loss"))
         m.prov = run.read_provenance()
+        m.diverged = _first_diverged(m.rows)
         for e in run.checkpoint_epochs():
             if e > m.start_epoch:
                 run.checkpoint(e).unlink()
@@ -141,7 +191,9 @@ def _train_batch(members: list[_Member], progress: bool) -> None:
         task = bar.add_task(_acc_text(members), total=total, completed=epoch, stage="train")
         while members:
             done = [
-                i for i, m in enumerate(members) if epoch >= m.cfg.train.epochs or _should_stop(m)
+                i
+                for i, m in enumerate(members)
+                if epoch >= m.cfg.train.epochs or _should_stop(m) or _all_diverged(m)
             ]
             if done:
                 for i in done:
@@ -212,10 +264,15 @@ def _checkpoint(
 ) -> None:
     reps = s.replicas[lo:hi]
     vals = {k: v[lo:hi].tolist() for k, v in ev.items()}
-    m.rows.extend(
+    new = [
         {"epoch": epoch, "step": step, "replica": r, **rep, **{k: vals[k][r] for k in vals}}
         for r, rep in enumerate(reps)
-    )
+    ]
+    for row in new:
+        row["diverged"] = not all(math.isfinite(row[k]) for k in ("train_loss", "val_loss"))
+        if row["diverged"]:
+            m.diverged.setdefault(row["replica"], epoch)
+    m.rows.extend(new)
     mine = {k: v[lo:hi] for k, v in params.items()}
     meta = {"epoch": epoch, "step": step}
     m.run.save_tensors(m.run.checkpoint(epoch), mine, meta)
@@ -225,9 +282,23 @@ def _checkpoint(
 
 
 def _finish(m: _Member, epoch: int) -> None:
+    extra = {"diverged": {str(r): e for r, e in sorted(m.diverged.items())}} if m.diverged else {}
     m.run.write_provenance(
-        {**m.prov, "finished": True, "final_epoch": epoch, "ended": provenance.now()}
+        {**m.prov, "finished": True, "final_epoch": epoch, "ended": provenance.now(), **extra}
     )
+
+
+def _first_diverged(rows: list[dict]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for r in rows:
+        if r.get("diverged"):
+            out.setdefault(int(r["replica"]), int(r["epoch"]))
+    return out
+
+
+def _all_diverged(m: _Member) -> bool:
+    """Every replica's loss is non-finite: NaN parameters never recover, so stop training."""
+    return len(m.diverged) == m.n_replicas
 
 
 def _should_stop(m: _Member) -> bool:
@@ -246,4 +317,8 @@ def _acc_text(members: list[_Member]) -> str:
         return ""
     tr = sum(r["train_acc"] for r in last) / len(last)
     va = sum(r["val_acc"] for r in last) / len(last)
-    return f"train acc {tr:.3f}  val acc {va:.3f}"
+    text = f"train acc {tr:.3f}  val acc {va:.3f}"
+    bad = sum(len(m.diverged) for m in members)
+    if bad:
+        text += f"  [red]diverged: {bad}/{len(last)} replicas (loss not finite)[/red]"
+    return text
