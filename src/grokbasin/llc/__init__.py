@@ -1,8 +1,14 @@
-"""LLC estimation: SGLD kernels, sampling targets, the batched estimator, diagnostics, Laplace."""
+"""LLC estimation: SGLD kernels, sampling targets, the batched estimator, diagnostics, Laplace.
+
+``trajectory`` (your own model and checkpoints, :mod:`grokbasin.llc.external`) is a function;
+it shadows the attribute of the submodule ``grokbasin.llc.trajectory`` (built-in runs), which
+is still imported by name: ``from grokbasin.llc.trajectory import estimate_runs``.
+"""
 
 from grokbasin.llc.estimate import estimate_llc, sample
 from grokbasin.llc.targets import from_functional, from_module
 from grokbasin.llc.trajectory import estimate_run, estimate_runs
+from grokbasin.llc.external import trajectory  # noqa: E402  (after the submodule on purpose)
 
 __all__ = [
     "estimate_llc",
@@ -11,4 +17,5 @@ __all__ = [
     "from_functional",
     "from_module",
     "sample",
+    "trajectory",
 ]
