@@ -288,7 +288,7 @@ def llc_calibrate(
     quiet: QUIET = False,
     **flags: Any,
 ) -> None:
-    """An epsilon x gamma (x n*beta) grid of SGLD settings at one checkpoint, in one batched call."""
+    """An epsilon x gamma (x n*beta) grid of SGLD settings at one checkpoint, one batched call."""
     from grokbasin.llc.external import calibrate_run, is_external
     from grokbasin.store.rundir import RunDir
 
@@ -537,11 +537,10 @@ def report(
     path: Annotated[Path, typer.Argument(help="a run directory or an experiment folder")],
 ) -> None:
     """(Re)render the HTML and Markdown report of a run from its stored files."""
-    from grokbasin.pipeline import print_summary, report_run
-    from grokbasin.store.rundir import RunDir
-
     from grokbasin.llc.external import is_external
     from grokbasin.llc.external.rundir import report_run as report_external
+    from grokbasin.pipeline import print_summary, report_run
+    from grokbasin.store.rundir import RunDir
 
     if is_external(path):
         print(report_external(path))

@@ -8,7 +8,8 @@ is still imported by name: ``from grokbasin.llc.trajectory import estimate_runs`
 from grokbasin.llc.estimate import estimate_llc, sample
 from grokbasin.llc.targets import from_functional, from_module
 from grokbasin.llc.trajectory import estimate_run, estimate_runs
-from grokbasin.llc.external import trajectory  # noqa: E402  (after the submodule on purpose)
+
+from grokbasin.llc.external import trajectory  # isort: skip  (after the submodule: see above)
 
 __all__ = [
     "estimate_llc",
