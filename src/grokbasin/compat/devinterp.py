@@ -16,8 +16,9 @@ with Bessel's correction. Differences: the loader's dataset is materialised in m
 when too large); minibatches are per-chain shuffles of it (the last short batch dropped) rather
 than a cycle of the loader; the model is sampled in eval mode (``torch.func`` cannot vmap
 dropout or BatchNorm statistic updates; devinterp uses train mode); the noise stream is
-grokbasin's, so single chains differ from devinterp's while the distribution of λ̂ is the same. Unsupported arguments (callbacks,
-bounding boxes, other SGNHT/RMSprop constants) raise ValueError instead of being ignored.
+grokbasin's, so single chains differ from devinterp's while the distribution of λ̂ is the same.
+Unsupported arguments (callbacks, bounding boxes, other SGNHT/RMSprop constants) raise
+ValueError instead of being ignored.
 """
 
 from __future__ import annotations
