@@ -210,3 +210,22 @@ def test_cli_external_rejects_bad_input(saved, monkeypatch, capsys, change, need
     assert code == 2, (code, err)
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
     assert not (tmp / "runs").exists()  # nothing written
+
+
+def test_llc_group_and_mixed_store(saved, monkeypatch, capsys, tiny_cfg):
+    """`llc` lists its sub-commands; external and built-in runs share one `runs` listing."""
+    tmp, X, Y, sds = saved
+    code, out, _ = _main(monkeypatch, capsys, "llc", "--help")
+    assert code == 0 and all(c in out for c in ("estimate", "calibrate", "external"))
+    code, _, err = _main(monkeypatch, capsys, "llc", "estimate", str(tmp / "ck"))
+    assert code == 2 and "not a run directory" in err
+    from grokbasin.train.runner import train
+
+    train(tiny_cfg(train__epochs=20), tmp / "runs", progress=False)
+    ext = trajectory(_net(), sds, F.mse_loss, (X, Y), out=tmp / "runs", **SAMPLER)
+    cols, rows = db.list_runs(tmp / "runs")
+    models = {r[cols.index("run")]: r[cols.index("model")] for r in rows}
+    assert len(models) == 2 and models[ext.run_dir.name] == "Sequential"
+    assert "quadratic" in models.values()
+    _, n = db.query(tmp / "runs", "SELECT count(*) FROM llc")
+    assert n == [(8,)]
