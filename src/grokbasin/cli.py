@@ -241,6 +241,12 @@ llc_app = typer.Typer(
 )
 app.add_typer(llc_app, name="llc")
 RUN_DIR_ARG = Annotated[Path, typer.Argument(help="run directory (built-in or external)")]
+EXTERNAL_SPEC = "external.json"  # grokbasin.llc.external.core.SPEC_FILE, checked without the import
+
+
+def _is_external(path: Path) -> bool:
+    """An external run directory (cheap: importing grokbasin.llc loads ArviZ)."""
+    return (Path(path) / EXTERNAL_SPEC).is_file()
 
 
 @llc_app.command("estimate")
@@ -250,12 +256,12 @@ def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> No
 
     Sampler settings not given as flags are those of the run's newest estimate (else defaults).
     """
-    from grokbasin.llc.external import estimate_run as estimate_external
-    from grokbasin.llc.external import is_external
     from grokbasin.store.rundir import RunDir
 
     given, device = overrides(flags, LLC_FLAGS), flags["device"] or "cpu"
-    if is_external(run_dir):
+    if _is_external(run_dir):
+        from grokbasin.llc.external import estimate_run as estimate_external
+
         _print_external(estimate_external(run_dir, given, device, progress=not quiet), False)
         return
     run = RunDir(run_dir)
@@ -289,13 +295,14 @@ def llc_calibrate(
     **flags: Any,
 ) -> None:
     """An epsilon x gamma (x n*beta) grid of SGLD settings at one checkpoint, one batched call."""
-    from grokbasin.llc.external import calibrate_run, is_external
     from grokbasin.store.rundir import RunDir
 
     if run_dir is None:
         raise ConfigError("llc calibrate: give the run directory: grokbasin llc calibrate RUN_DIR")
     given, device = overrides(flags, LLC_FLAGS), flags["device"] or "cpu"
-    if is_external(run_dir):
+    if _is_external(run_dir):
+        from grokbasin.llc.external import calibrate_run
+
         cal = calibrate_run(
             run_dir,
             epoch,
@@ -537,12 +544,12 @@ def report(
     path: Annotated[Path, typer.Argument(help="a run directory or an experiment folder")],
 ) -> None:
     """(Re)render the HTML and Markdown report of a run from its stored files."""
-    from grokbasin.llc.external import is_external
-    from grokbasin.llc.external.rundir import report_run as report_external
     from grokbasin.pipeline import print_summary, report_run
     from grokbasin.store.rundir import RunDir
 
-    if is_external(path):
+    if _is_external(path):
+        from grokbasin.llc.external.rundir import report_run as report_external
+
         print(report_external(path))
         return
     run = RunDir(path)
