@@ -236,3 +236,29 @@ def test_cli_marker_matches_the_external_spec_file():
     from grokbasin.llc.external.core import SPEC_FILE
 
     assert EXTERNAL_SPEC == SPEC_FILE
+
+
+def test_checkpoints_ordered_by_the_number_in_their_name(saved):
+    from grokbasin.llc.external.inputs import resolve_checkpoints
+
+    tmp, _, _, sds = saved
+    d = tmp / "numbered"
+    d.mkdir()
+    for step, sd in zip((100, 5, 40), sds, strict=False):
+        torch.save(sd, d / f"run3_step_{step}.pt")
+    steps, labels, got, _ = resolve_checkpoints(str(d), None)
+    assert steps == [5, 40, 100] and labels[0] == "run3_step_5.pt"
+    torch.testing.assert_close(got[0]["0.weight"], sds[1]["0.weight"])
+    (d / "final.pt").write_bytes((d / "run3_step_5.pt").read_bytes())
+    with pytest.raises(ConfigError, match="final.pt has no number in its name"):
+        resolve_checkpoints(str(d), None)
+
+
+def test_temperature_sweep_gives_regressed_estimates(saved):
+    _, X, Y, sds = saved
+    res = trajectory(_net(), sds[-1:], F.mse_loss, (X, Y), nbetas=[40.0, 5.0], **SAMPLER)
+    rows = res.to_pylist()
+    assert sorted({r["nbeta"] for r in rows}) == [5.0, pytest.approx(16 / np.log(16)), 40.0]
+    assert all(np.isfinite(r["llc_regressed"]) for r in rows)
+    (main,) = res.summary()  # the main nβ only, although 5.0 sorts first
+    assert main["chains"] == 2 and main["nbeta"] == pytest.approx(16 / np.log(16))

@@ -49,13 +49,14 @@ class TrajectoryResult:
     run_dir: Path | None = None
     computed: list[int] = field(default_factory=list)  # steps sampled now
     cached: list[int] = field(default_factory=list)  # steps that already had rows
+    nbeta: float | None = None  # the main nβ (the others are temperature-sweep extras)
 
     def to_pylist(self) -> list[dict[str, Any]]:
         return self.table.to_pylist()
 
     def summary(self, nbeta: float | None = None) -> list[dict[str, Any]]:
-        """Mean and std of λ̂ over chains per step, at the main nβ (the most frequent)."""
-        return llc_summary(self.table.to_pylist(), nbeta)
+        """Mean and std of λ̂ over chains per step, at ``nbeta`` (default: the main nβ)."""
+        return llc_summary(self.table.to_pylist(), nbeta or self.nbeta)
 
 
 def sampler_config(llc: LLCConfig | dict | None, batch_hint: int | None, **kw: Any) -> LLCConfig:
@@ -365,7 +366,8 @@ def trajectory(
         idx = select_steps(x.steps, llc_cfg.checkpoints)
         est, _ = sample_steps(x, llc_cfg, idx, progress)
         table = pa.Table.from_pylist(estimate_rows(est, x, idx, llc_cfg))
-        return TrajectoryResult(table, None, [x.steps[i] for i in idx], [])
+        nb = llc_cfg.resolve_nbeta(x.n)
+        return TrajectoryResult(table, None, [x.steps[i] for i in idx], [], nb)
     return estimate_into(RunDir(Path(out) / x.key), x, llc_cfg, device, progress)
 
 
