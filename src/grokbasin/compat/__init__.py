@@ -1,0 +1,1 @@
+"""Drop-in replacements for other LLC libraries' entry points, backed by the batched sampler."""

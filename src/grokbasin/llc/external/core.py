@@ -1,0 +1,502 @@
+"""LLC trajectories of a user's own model and saved checkpoints, all sampled in one batched call.
+
+:func:`trajectory` stacks every checkpoint's parameters along the replica axis (checkpoints ×
+nβ × chains, the estimator's group layout) and samples them with ``from_module`` (``torch.func``
+``vmap`` + ``grad``) and ``estimate_llc``: the same sampler, diagnostics, health flags and nβ
+options as built-in runs. With ``out`` it writes a run directory ``out/<input hash>/`` in the
+usual store layout (config.yaml, provenance.json, llc.parquet, metrics.parquet, llc_traces/,
+figures/trajectory.png, report.html) plus external.json, which says how to rebuild the inputs
+so ``grokbasin llc estimate|calibrate RUN_DIR`` work on it. Rows are keyed by (sampler hash,
+step) as in built-in runs: a rerun samples only the steps that lack rows, so a finished rerun
+does no work, and a killed one resumes (writes are atomic; chains depend only on (seed, input
+hash, step, chain), so a resumed run gives the same numbers).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import yaml
+
+from grokbasin import provenance
+from grokbasin.config import LLCConfig
+from grokbasin.errors import ConfigError
+from grokbasin.llc.diagnostics import GROUP_FLAGS
+from grokbasin.llc.estimate import Estimate, estimate_llc
+from grokbasin.llc.external import inputs as inp
+from grokbasin.llc.targets import Target, from_module
+from grokbasin.progress import make_progress
+from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, write_parquet
+
+SPEC_FILE = "external.json"
+_KEY_VERSION = "grokbasin-external-v1"
+
+
+@dataclass
+class TrajectoryResult:
+    """The tidy table (one row per checkpoint × nβ × chain) and what the call did."""
+
+    table: pa.Table
+    run_dir: Path | None = None
+    computed: list[int] = field(default_factory=list)  # steps sampled now
+    cached: list[int] = field(default_factory=list)  # steps that already had rows
+    nbeta: float | None = None  # the main nβ (the others are temperature-sweep extras)
+
+    def to_pylist(self) -> list[dict[str, Any]]:
+        return self.table.to_pylist()
+
+    def summary(self, nbeta: float | None = None) -> list[dict[str, Any]]:
+        """Mean and std of λ̂ over chains per step, at ``nbeta`` (default: the main nβ)."""
+        return llc_summary(self.table.to_pylist(), nbeta or self.nbeta)
+
+
+def sampler_config(llc: LLCConfig | dict | None, batch_hint: int | None, **kw: Any) -> LLCConfig:
+    """LLCConfig from a config, a dict and/or keyword settings (a DataLoader's batch by default)."""
+    base = llc.model_dump() if isinstance(llc, LLCConfig) else dict(llc or {})
+    if batch_hint and "batch_size" not in base and "batch_size" not in kw:
+        base["batch_size"] = batch_hint
+    from pydantic import ValidationError
+
+    from grokbasin.config import format_validation_error
+
+    try:
+        return LLCConfig.model_validate({**base, **kw})
+    except ValidationError as e:
+        raise ConfigError("llc." + format_validation_error(e)) from None
+
+
+def prepare(
+    model: torch.nn.Module | str,
+    checkpoints: str | Path | Sequence[Any],
+    loss_fn: Callable | str,
+    data: Any,
+    *,
+    steps: Sequence[int] | None = None,
+    val_data: Any = None,
+    device: str = "cpu",
+    max_bytes: int | None = None,
+) -> inp.Inputs:
+    """Load and validate every input (nothing is written); see :mod:`.inputs` for the forms."""
+    module, model_spec = inp.resolve_model(model)
+    loss, loss_spec = inp.resolve_loss(loss_fn)
+    X, Y, val, hint, data_spec = inp.resolve_data(data, max_bytes)
+    val_spec = "data" if val is not None else None
+    if val_data is not None:
+        Xv, Yv, _, _, _ = inp.resolve_data(val_data, max_bytes)
+        val, val_spec = (Xv, Yv), "object"
+    st, labels, sds, paths = inp.resolve_checkpoints(checkpoints, steps)
+    for sd, lab in zip(sds, labels, strict=True):
+        inp.check_state_dict(sd, module, lab)
+    pnames = [k for k, _ in module.named_parameters()]
+    all_pnames = {k for k, _ in module.named_parameters(remove_duplicate=False)}
+    for k in sorted(set(sds[0]) - all_pnames):
+        if any(not torch.equal(sd[k], sds[0][k]) for sd in sds[1:]):
+            raise ConfigError(
+                f"--checkpoints: buffer {k!r} differs between checkpoints; all checkpoints are "
+                "sampled with one set of buffers (BatchNorm running statistics are not supported)"
+            )
+    module.load_state_dict(sds[0])
+    module.to(device).eval()
+    dtypes = {k: v.dtype for k, v in module.named_parameters()}
+    params = [{k: sd[k].to(dtypes[k]) for k in pnames} for sd in sds]
+    dev = torch.device(device)
+    out = inp.Inputs(
+        module,
+        loss,
+        X.to(dev),
+        Y.to(dev),
+        st,
+        labels,
+        params,
+        None if val is None else (val[0].to(dev), val[1].to(dev)),
+        hint,
+        {
+            "model": model_spec,
+            "loss": loss_spec,
+            "data": data_spec,
+            "val": val_spec,
+            "checkpoints": paths,
+        },
+    )
+    _probe(out, dev)
+    out.key = input_key(out, sds)
+    return out
+
+
+def _probe(x: inp.Inputs, dev: torch.device) -> None:
+    """One loss and gradient on two samples through the batched path: user errors surface here."""
+    p = {k: v[None].to(dev) for k, v in x.params[0].items()}
+    try:
+        target = from_module(x.model, x.loss_fn, x.X[:2], x.Y[:2], replicas=1, params0=p)
+        val, _ = target.loss_and_grad(p, torch.arange(2, device=dev)[None])
+    except Exception as e:  # the user's model/loss/data: one line, not a traceback
+        raise ConfigError(
+            f"--model/--loss/--data: loss_fn(model(X[:2]), Y[:2]) failed under torch.func: "
+            f"{inp._one_line(e)}"
+        ) from None
+    if val.numel() != 1:
+        raise ConfigError(f"--loss: must return one (mean) number per batch, got {val.shape}")
+    if not bool(torch.isfinite(val).all()):
+        raise ConfigError("--loss: not finite at the first checkpoint on the first samples")
+
+
+def input_key(x: inp.Inputs, sds: list[dict[str, torch.Tensor]]) -> str:
+    """Hash of model, loss, data and checkpoints (everything but the sampler settings)."""
+    h = hashlib.sha256(_KEY_VERSION.encode())
+    h.update(f"{type(x.model).__module__}.{type(x.model).__qualname__}\n{x.model!r}".encode())
+    h.update(inp.callable_identity(x.loss_fn).encode())
+    inp.tensor_digest(h, {"X": x.X, "Y": x.Y})
+    if x.val is not None:
+        inp.tensor_digest(h, {"X_val": x.val[0], "Y_val": x.val[1]})
+    for step, sd in zip(x.steps, sds, strict=True):
+        h.update(f"step {step}".encode())
+        inp.tensor_digest(h, sd)
+    return h.hexdigest()[:10]
+
+
+def module_target(
+    model: torch.nn.Module,
+    loss_fn: Callable,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    batch_size: int | None,
+    params0: dict[str, torch.Tensor],
+) -> Target:
+    """``from_module`` whose CPU shards each get their own copy of the module.
+
+    ``functional_call`` swaps a module's tensors in place for the call, so shards running in
+    threads on one shared module race (different results from run to run); copies do not.
+    """
+    R = next(iter(params0.values())).shape[0]
+    target = from_module(model, loss_fn, X, Y, replicas=R, batch_size=batch_size, params0=params0)
+
+    def shard(lo: int, hi: int) -> Target:
+        part = {k: v[lo:hi] for k, v in params0.items()}
+        return module_target(copy.deepcopy(model), loss_fn, X, Y, batch_size, part)
+
+    target.shard = shard
+    return target
+
+
+def nbeta_values(llc_cfg: LLCConfig, n: int) -> list[float]:
+    """The main nβ, then the temperature-sweep extras (duplicates dropped)."""
+    return list(dict.fromkeys([llc_cfg.resolve_nbeta(n)] + [float(v) for v in llc_cfg.nbetas]))
+
+
+def _group_id(key: str) -> int:
+    return int(key[:7], 16)
+
+
+def run_estimate(
+    target: Any,
+    llc_cfg: LLCConfig,
+    groups: int,
+    nbetas: list[float],
+    group_ids: list[list[int]],
+    label: str,
+    progress: bool,
+    step_size: Any = None,
+    gamma: Any = None,
+) -> Estimate:
+    """``estimate_llc`` with every setting from ``llc_cfg`` and a progress bar."""
+    total = llc_cfg.burnin + llc_cfg.draws * llc_cfg.thin
+    with make_progress(progress) as bar:
+        task = bar.add_task(label, total=total, stage="llc")
+        return estimate_llc(
+            target,
+            groups=groups,
+            chains=llc_cfg.chains,
+            nbetas=nbetas,
+            step_size=llc_cfg.step_size if step_size is None else step_size,
+            gamma=llc_cfg.gamma if gamma is None else gamma,
+            weight_decay=llc_cfg.weight_decay,
+            noise_level=llc_cfg.noise_level,
+            burnin=llc_cfg.burnin,
+            draws=llc_cfg.draws,
+            thin=llc_cfg.thin,
+            seed=llc_cfg.seed,
+            method=llc_cfg.method,
+            baseline=llc_cfg.baseline,
+            group_ids=group_ids,
+            on_step=lambda k: bar.update(task, advance=k),
+        )
+
+
+def sample_steps(
+    x: inp.Inputs, llc_cfg: LLCConfig, idx: list[int], progress: bool
+) -> tuple[Estimate, list[float]]:
+    """One sampler call over checkpoints ``idx`` × nβ × chains; the estimate and its nβ list."""
+    nbetas = nbeta_values(llc_cfg, x.n)
+    G, B, C = len(idx), len(nbetas), llc_cfg.chains
+    dev = x.X.device
+    p0 = {k: torch.stack([x.params[i][k] for i in idx]).to(dev) for k in x.params[0]}
+    p_rep = {k: v.repeat_interleave(B * C, 0).contiguous() for k, v in p0.items()}
+    target = module_target(x.model, x.loss_fn, x.X, x.Y, min(llc_cfg.batch_size, x.n), p_rep)
+    ids = [[_group_id(x.key), x.steps[i]] for i in idx]
+    label = f"{G} checkpoints × {C} chains × {B} nβ"
+    return run_estimate(target, llc_cfg, G, nbetas, ids, label, progress), nbetas
+
+
+def _sampler_json(llc_cfg: LLCConfig) -> str:
+    return json.dumps(llc_cfg.model_dump(mode="json", exclude={"checkpoints"}), sort_keys=True)
+
+
+def estimate_rows(
+    est: Estimate, x: inp.Inputs, idx: list[int], llc_cfg: LLCConfig
+) -> list[dict[str, Any]]:
+    """llc.parquet rows (built-in columns plus ``checkpoint``) from a grouped estimate."""
+    res, B, C = est.result, len(est.nbetas), est.chains
+    llc, init, mean = est.llc, est._gbc(res.init_loss), est._gbc(res.mean_loss)
+    reg = est.regressed
+    shash, scfg = llc_cfg.sampler_hash(), _sampler_json(llc_cfg)
+    rows = []
+    for g, i in enumerate(idx):
+        for b in range(B):
+            diag = est.diagnostics[g * B + b] if est.diagnostics else {}
+            group_flags = [f for f in diag.get("flags", []) if f in GROUP_FLAGS]
+            for c in range(C):
+                chain_flags = diag.get("chain_flags", [[]] * C)[c]
+                rows.append(
+                    {
+                        "epoch": int(x.steps[i]),
+                        "replica": 0,
+                        "chain": c,
+                        "nbeta": float(est.nbetas[b]),
+                        "llc": float(llc[g, b, c]),
+                        "llc_regressed": float(reg[g, c]) if reg is not None else float("nan"),
+                        "init_loss": float(init[g, b, c]),
+                        "mean_loss": float(mean[g, b, c]),
+                        "rhat": float(diag.get("rhat", float("nan"))),
+                        "ess": float(diag.get("ess", float("nan"))),
+                        "trend": float(diag.get("trend", float("nan"))),
+                        "flags": ",".join(sorted(set(chain_flags) | set(group_flags))),
+                        "sampler_hash": shash,
+                        "sampler_config": scfg,
+                        "checkpoint": x.labels[i],
+                    }
+                )
+    return rows
+
+
+def checkpoint_losses(x: inp.Inputs, idx: list[int], est: Estimate) -> list[dict[str, Any]]:
+    """metrics.parquet rows: full training (and validation) loss at each checkpoint."""
+    train = est._gbc(est.result.full_init_loss)[:, 0, 0]
+    val = [float("nan")] * len(idx)
+    if x.val is not None:
+        dev = x.X.device
+        p0 = {k: torch.stack([x.params[i][k] for i in idx]).to(dev) for k in x.params[0]}
+        t = module_target(x.model, x.loss_fn, x.val[0], x.val[1], None, p0)
+        with torch.no_grad():
+            val = [float(v) for v in t.full_loss(p0)]
+    nan = float("nan")
+    return [
+        {
+            "epoch": int(x.steps[i]),
+            "step": int(x.steps[i]),
+            "replica": 0,
+            "train_loss": float(train[g]),
+            "val_loss": val[g],
+            "train_acc": nan,
+            "val_acc": nan,
+        }
+        for g, i in enumerate(idx)
+    ]
+
+
+def select_steps(steps: list[int], spec: str) -> list[int]:
+    """Indices of the steps named by 'all', 'last' or 'S1,S2' (llc.checkpoints)."""
+    if spec == "all":
+        return list(range(len(steps)))
+    if spec == "last":
+        return [len(steps) - 1]
+    try:
+        want = sorted({int(s) for s in spec.replace(" ", "").split(",") if s})
+    except ValueError:
+        raise ConfigError(
+            f"llc.checkpoints: {spec!r} is not 'all', 'last' or comma-separated steps"
+        ) from None
+    missing = [s for s in want if s not in steps]
+    if missing:
+        raise ConfigError(f"llc.checkpoints: no checkpoint for steps {missing}; have {steps}")
+    return [steps.index(s) for s in want]
+
+
+def trajectory(
+    model: torch.nn.Module | str,
+    checkpoints: str | Path | Sequence[Any],
+    loss_fn: Callable | str,
+    data: Any,
+    *,
+    llc: LLCConfig | dict | None = None,
+    out: str | Path | None = None,
+    steps: Sequence[int] | None = None,
+    val_data: Any = None,
+    device: str = "cpu",
+    max_bytes: int | None = None,
+    progress: bool = False,
+    **sampler: Any,
+) -> TrajectoryResult:
+    """λ̂ at every checkpoint of a user's own run: all checkpoints × chains in one batched call.
+
+    ``model``: an nn.Module (its architecture; the weights come from the checkpoints) or
+    'FILE.py:factory'. ``checkpoints``: state_dicts or paths (.pt/.pth/.safetensors), a folder
+    or a glob; steps default to the last number in each file name (the index for state_dicts).
+    ``loss_fn(pred, y)``: a mean loss, or 'mse' | 'cross_entropy' | 'FILE.py:fn'. ``data``:
+    (X, Y), a Dataset, a DataLoader (its batch size becomes the SGLD batch) or 'DATA.pt';
+    materialised in memory, refused above ``max_bytes`` (default: half the free memory).
+    Sampler settings: ``llc`` (an LLCConfig or dict) and/or keywords such as chains=8,
+    step_size=1e-3, nbeta='n_over_log_n', nbetas=[...] (temperature sweep). With ``out`` the
+    results go to the run directory out/<input hash>/ and steps already estimated are reused.
+    """
+    x = prepare(
+        model, checkpoints, loss_fn, data, steps=steps, val_data=val_data, device=device,
+        max_bytes=max_bytes,
+    )  # fmt: skip
+    llc_cfg = sampler_config(llc, x.batch_hint, **sampler)
+    if out is None:
+        idx = select_steps(x.steps, llc_cfg.checkpoints)
+        est, _ = sample_steps(x, llc_cfg, idx, progress)
+        table = pa.Table.from_pylist(estimate_rows(est, x, idx, llc_cfg))
+        nb = llc_cfg.resolve_nbeta(x.n)
+        return TrajectoryResult(table, None, [x.steps[i] for i in idx], [], nb)
+    return estimate_into(RunDir(Path(out) / x.key), x, llc_cfg, device, progress)
+
+
+def estimate_into(
+    run: RunDir, x: inp.Inputs, llc_cfg: LLCConfig, device: str = "cpu", progress: bool = False
+) -> TrajectoryResult:
+    """Sample the selected steps that lack rows for this sampler in ``run``; write and report."""
+    from grokbasin.llc.external.report import write_report
+
+    shash = llc_cfg.sampler_hash()
+    idx = select_steps(x.steps, llc_cfg.checkpoints)
+    old = read_parquet(run.llc).to_pylist() if run.llc.exists() else []
+    done = {int(r["epoch"]) for r in old if r["sampler_hash"] == shash}
+    todo = [i for i in idx if x.steps[i] not in done]
+    result = TrajectoryResult(
+        pa.table({}),
+        run.path,
+        [x.steps[i] for i in todo],
+        [x.steps[i] for i in idx if i not in todo],
+    )
+    wanted = {x.steps[i] for i in idx}
+    if todo:
+        _write_inputs(run, x, llc_cfg, device)
+        est, nbetas = sample_steps(x, llc_cfg, todo, progress)
+        rows = estimate_rows(est, x, todo, llc_cfg)
+        fresh = {(r["sampler_hash"], r["epoch"]) for r in rows}
+        old = [r for r in old if (r["sampler_hash"], int(r["epoch"])) not in fresh] + rows
+        write_parquet(run.llc, old)
+        _write_traces(run, est, [x.steps[i] for i in todo], nbetas, shash)
+        _merge_metrics(run, checkpoint_losses(x, todo, est))
+        write_report(run, llc_cfg, x.n)
+        _finish(run, x, device)
+    elif not run.report.exists():
+        write_report(run, llc_cfg, x.n)
+    mine = [r for r in old if r["sampler_hash"] == shash and int(r["epoch"]) in wanted]
+    mine.sort(key=lambda r: (r["epoch"], r["nbeta"], r["chain"]))
+    result.table = pa.Table.from_pylist(mine)
+    return result
+
+
+def _write_inputs(run: RunDir, x: inp.Inputs, llc_cfg: LLCConfig, device: str) -> None:
+    """config.yaml (the `runs` view reads task/model/train), external.json and provenance."""
+    cfg = {
+        "kind": "external",
+        "task": {
+            "name": "external",
+            "p": None,
+            "n": x.n,
+            "n_val": None if x.val is None else int(x.val[0].shape[0]),
+            "x_shape": list(x.X.shape[1:]),
+            "y_shape": list(x.Y.shape[1:]),
+            "data": x.spec["data"],
+        },
+        "model": {
+            "name": type(x.model).__name__,
+            "width": None,
+            "parameters": x.n_params,
+            "factory": x.spec["model"],
+        },
+        "train": {
+            "loss": x.spec["loss"] or getattr(x.loss_fn, "__name__", "custom"),
+            "seeds": None,
+            "lr": None,
+            "weight_decay": None,
+        },
+        "llc": llc_cfg.model_dump(mode="json"),
+        "device": device,
+    }
+    atomic_write(run.config, yaml.safe_dump(cfg, sort_keys=False).encode())
+    spec = {**x.spec, "key": x.key, "steps": x.steps, "labels": x.labels}
+    atomic_write(run.path / SPEC_FILE, json.dumps(spec, indent=2).encode())
+    prov = run.read_provenance() or provenance.collect(device, kind="external")
+    run.write_provenance({**prov, "finished": False})
+
+
+def _finish(run: RunDir, x: inp.Inputs, device: str) -> None:
+    prov = run.read_provenance()
+    run.write_provenance(
+        {**prov, "finished": True, "final_epoch": x.steps[-1], "ended": provenance.now()}
+    )
+
+
+def _write_traces(
+    run: RunDir, est: Estimate, steps: list[int], nbetas: list[float], shash: str
+) -> None:
+    traces = est._gbc(est.result.traces)  # [G, B, C, D]
+    tpath = run.path / "llc_traces" / f"{shash}.safetensors"
+    tensors = run.load_tensors(tpath)[0] if tpath.exists() else {}
+    for g, s in enumerate(steps):
+        tensors[f"epoch_{s}"] = torch.from_numpy(np.ascontiguousarray(traces[g : g + 1])).float()
+    meta = {"nbetas": [float(v) for v in nbetas], "layout": "replica,nbeta,chain,draw"}
+    run.save_tensors(tpath, tensors, meta)
+
+
+def _merge_metrics(run: RunDir, rows: list[dict[str, Any]]) -> None:
+    new = {r["epoch"] for r in rows}
+    old = read_parquet(run.metrics).to_pylist() if run.metrics.exists() else []
+    merged = [r for r in old if r["epoch"] not in new] + rows
+    write_parquet(run.metrics, sorted(merged, key=lambda r: r["epoch"]))
+
+
+def llc_summary(rows: list[dict[str, Any]], nbeta: float | None = None) -> list[dict[str, Any]]:
+    """Per step at one nβ (default: the most frequent): λ̂ mean, std over chains, flags."""
+    if not rows:
+        return []
+    if nbeta is None:
+        counts: dict[float, int] = {}
+        for r in rows:
+            counts[r["nbeta"]] = counts.get(r["nbeta"], 0) + 1
+        nbeta = max(counts, key=lambda k: counts[k])
+    by: dict[int, list[dict]] = {}
+    for r in rows:
+        if abs(r["nbeta"] - nbeta) <= 1e-9 * abs(nbeta):
+            by.setdefault(int(r["epoch"]), []).append(r)
+    out = []
+    for step, rs in sorted(by.items()):
+        vals = np.array([r["llc"] for r in rs], float)
+        finite = vals[np.isfinite(vals)]
+        flags = sorted({f for r in rs for f in (r["flags"] or "").split(",") if f})
+        out.append(
+            {
+                "step": step,
+                "checkpoint": rs[0].get("checkpoint"),
+                "nbeta": float(nbeta),
+                "llc_mean": float(finite.mean()) if finite.size else float("nan"),
+                "llc_std": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
+                "chains": len(rs),
+                "rhat": rs[0].get("rhat"),
+                "flags": ",".join(flags),
+            }
+        )
+    return out
