@@ -22,6 +22,7 @@ the sampled parameters (the rest stay at w*), ``masks`` restricts elementwise.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -289,13 +290,17 @@ def from_module(
         params0 = {k: v.unsqueeze(0).expand(replicas, *v.shape).clone() for k, v in base.items()}
     sel = _select(params0, names)
 
-    def single(ps: Params, pf: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return loss_fn(functional_call(module, {**ps, **pf, **buffers}, (x,)), y)
-
     def split(params: Params) -> tuple[Params, Params]:
         return {k: params[k] for k in sel}, {k: v for k, v in params.items() if k not in sel}
 
     def bind(d: dict[str, Any]) -> Fns:
+        # functional_call swaps the module's tensors in place for the call, so shards running in
+        # threads must not share one module: each binding (one per shard) gets its own copy
+        own = copy.deepcopy(module)
+
+        def single(ps: Params, pf: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return loss_fn(functional_call(own, {**ps, **pf, **buffers}, (x,)), y)
+
         batched_loss = vmap(single, in_dims=(0, 0, 0, 0))
         batched_grad = vmap(grad_and_value(single), in_dims=(0, 0, 0, 0))
         full_loss = vmap(single, in_dims=(0, 0, None, None))

@@ -78,10 +78,11 @@ def _run_row(run: RunDir) -> dict[str, Any]:
         raise ValueError(f"unreadable config ({e.__class__.__name__})") from None
     if not isinstance(cfg, dict):
         raise ValueError("config is not a mapping")
-    try:
-        cfg = RunConfig.model_validate(cfg).model_dump(mode="json")  # one schema for every run
-    except ValidationError as e:
-        raise ValueError(f"invalid config: {format_validation_error(e)[:200]}") from None
+    if "kind" not in cfg:  # a built-in run: one schema; other kinds (external, paper-b) as written
+        try:
+            cfg = RunConfig.model_validate(cfg).model_dump(mode="json")
+        except ValidationError as e:
+            raise ValueError(f"invalid config: {format_validation_error(e)[:200]}") from None
     prov = run.read_provenance()
     finished = bool(prov.get("finished"))
     status = "finished" if finished else ("partial" if run.state.exists() else "empty")
@@ -89,6 +90,7 @@ def _run_row(run: RunDir) -> dict[str, Any]:
         status = "diverged"
     return {
         "run": run.path.name,
+        "kind": cfg.get("kind", "modular"),
         "path": str(run.path),
         "status": status,
         "started": prov.get("started"),
@@ -191,9 +193,9 @@ def connect(root: str | Path = "runs") -> duckdb.DuckDBPyConnection:
         con.execute("CREATE VIEW runs AS SELECT * FROM _runs_arrow")
     else:
         con.execute(
-            "CREATE TEMP TABLE runs (run VARCHAR, path VARCHAR, status VARCHAR, started VARCHAR, "
-            "ended VARCHAR, final_epoch BIGINT, n_checkpoints BIGINT, has_llc BOOLEAN, "
-            "device VARCHAR, task JSON, model JSON, train JSON)"
+            "CREATE TEMP TABLE runs (run VARCHAR, kind VARCHAR, path VARCHAR, status VARCHAR, "
+            "started VARCHAR, ended VARCHAR, final_epoch BIGINT, n_checkpoints BIGINT, "
+            "has_llc BOOLEAN, device VARCHAR, task JSON, model JSON, train JSON)"
         )
     _files_view(con, "metrics", metrics, _METRICS_EMPTY)
     _files_view(con, "llc", llc, _LLC_EMPTY)

@@ -14,7 +14,6 @@ hash, step, chain), so a resumed run gives the same numbers).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -171,20 +170,9 @@ def module_target(
     batch_size: int | None,
     params0: dict[str, torch.Tensor],
 ) -> Target:
-    """``from_module`` whose CPU shards each get their own copy of the module.
-
-    ``functional_call`` swaps a module's tensors in place for the call, so shards running in
-    threads on one shared module race (different results from run to run); copies do not.
-    """
+    """``from_module`` over replicas ``params0`` [R, ...] (positional, as this package calls it)."""
     R = next(iter(params0.values())).shape[0]
-    target = from_module(model, loss_fn, X, Y, replicas=R, batch_size=batch_size, params0=params0)
-
-    def shard(lo: int, hi: int) -> Target:
-        part = {k: v[lo:hi] for k, v in params0.items()}
-        return module_target(copy.deepcopy(model), loss_fn, X, Y, batch_size, part)
-
-    target.shard = shard
-    return target
+    return from_module(model, loss_fn, X, Y, replicas=R, batch_size=batch_size, params0=params0)
 
 
 def nbeta_values(llc_cfg: LLCConfig, n: int) -> list[float]:
