@@ -266,11 +266,13 @@ def llc(
     run = RunDir(target)
     if not run.config.exists():
         raise ConfigError(f"RUN_DIR: {target} is not a run directory (no config.yaml)")
+    from grokbasin.device import resolve
     from grokbasin.llc.trajectory import estimate_run
-    from grokbasin.pipeline import print_summary, report_run, stored_config
+    from grokbasin.pipeline import print_summary, record_sampler, report_run, stored_config
 
     cfg = build_config(stored_config(run).model_dump(mode="json"), given)
-    result = estimate_run(run.path, cfg.llc, device, progress=not quiet)
+    record_sampler(run, cfg.llc)
+    result = estimate_run(run.path, cfg.llc, resolve(device), progress=not quiet)
     console.print(
         f"LLC: {len(result.computed)} checkpoints sampled, {len(result.cached)} already estimated"
     )
