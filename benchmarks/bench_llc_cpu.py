@@ -253,6 +253,9 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=None, help="default 20; --paper: 8")
     ap.add_argument("--root", default="/tmp/grokbasin-bench")
     ap.add_argument("--paper", action="store_true", help="p=53, K=1024, the authors' sampler")
+    ap.add_argument(
+        "--devinterp-threads", default=None, help="comma-separated torch thread counts (1,N)"
+    )
     ap.add_argument("--skip-devinterp", action="store_true")
     ap.add_argument("--skip-loop", action="store_true")
     ap.add_argument("--ablation", action="store_true")
@@ -293,6 +296,7 @@ def main() -> None:
     ckpts = [run.load_checkpoint(e) for e in epochs]
     cs = len(epochs) * CHAINS * STEPS
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(flush=True)
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"workers={a.workers}; {load}"
@@ -316,16 +320,29 @@ def main() -> None:
         estimate_runs([run.path], llc, progress=False)
         dt = time.perf_counter() - t0
         torch.set_num_threads(1)
+        print(
+            f"# grokbasin, {workers} worker(s): {dt:.2f} s, {cs / dt:.0f} chain-steps/s", flush=True
+        )
         return dt
 
     def devinterp(threads: int) -> float | None:
         torch.set_num_threads(threads)
         dt = None if a.skip_devinterp else devinterp_baseline(ckpts, x, y, rows, nbeta)
         torch.set_num_threads(1)
+        if dt is not None:
+            print(
+                f"# devinterp, {threads} thread(s): {dt:.2f} s, {cs / dt:.0f} chain-steps/s",
+                flush=True,
+            )
         return dt
 
     t_gb = [grokbasin(a.workers)]
-    t_di = {th: devinterp(th) for th in sorted({1, a.workers})}
+    di_threads = (
+        sorted({int(t) for t in a.devinterp_threads.split(",")})
+        if a.devinterp_threads
+        else sorted({1, a.workers})
+    )
+    t_di = {th: devinterp(th) for th in di_threads}
     t_gb.append(grokbasin(a.workers))
     t_gb1 = grokbasin(1)
     ref = min(t_di.values()) if None not in t_di.values() else None
