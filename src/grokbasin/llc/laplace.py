@@ -381,7 +381,7 @@ def laplace_for_checkpoint(
 ) -> LaplaceResult:
     """λ_Lap of a built-in model's checkpoint: exact if min(N·o, P) ≤ max_exact, else SLQ.
 
-    SLQ defaults: the quadratic net's structured products, 4 probes × 32 Lanczos steps (at
+    SLQ defaults: the quadratic net's structured products, 4 probes × 24 Lanczos steps (at
     p = 53, K = 1024 the paper sampler's λ_Lap has a probe standard error ~0.4% and no change
     from 20 to 40 steps); other models: torch.func products, 32 probes × 80 steps.
     """
@@ -424,7 +424,7 @@ def laplace_for_checkpoint(
     if method != "slq":
         raise GrokbasinError(f"method must be 'auto', 'exact' or 'slq', got {method!r}")
     if setup.model.name == "quadratic":  # structured products in the smaller sample space
-        nodes, w, _ = quadratic_slq_nodes(one, x_train, probes or 4, steps or 32, seed)
+        nodes, w, _ = quadratic_slq_nodes(one, x_train, probes or 4, steps or 24, seed)
         vals, se = slq_laplace_llc(nodes, w, 1, nb[:, None], g[None, :])
         # the exact path's threshold: μ > μ_max·max(N·o, P)·eps64, μ_max the largest Ritz value
         tol = float(nodes.max()) * max(x_train.shape[0] * setup.task.n_outputs, P) * F64_EPS
