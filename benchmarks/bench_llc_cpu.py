@@ -15,6 +15,13 @@ Side by side in one process (the machine is shared, so only ratios within one ru
 
     python benchmarks/bench_llc_cpu.py [--workers N] [--checkpoints 20] [--ablation] [--scaling]
                                        [--micro] [--skip-devinterp] [--skip-loop] [--root DIR]
+
+``--paper``: paper A scale instead (issue 11, SPEC §6): checkpoints of the ``paper-fig3`` run
+(p = 53, K = 1024, trained here on first use, ~1 min) with the authors' sampler, ε = 5e-4,
+γ = 5, nβ = 26.4, 3 chains × (100 burn-in + 500 draws), batch 128; ``--checkpoints`` of them
+(default 8, spread over the run) for both sides. It also measures this CPU's sgemm peak with
+torch on 1 and 2 threads (before and after) and prints the achieved FLOP/s of each method at
+6·B·K·p FLOP per chain-step (the three matmuls of the quadratic-net gradient).
 """
 
 from __future__ import annotations
@@ -39,6 +46,29 @@ from grokbasin.train.runner import train
 
 CHAINS, BURNIN, DRAWS, BATCH, EPS, GAMMA = 4, 100, 200, 128, 1e-4, 5.0
 STEPS = BURNIN + DRAWS
+NBETA: float | str = "auto"  # B/ln B = 26.38 at B = 128; --paper: 26.4 (authors' code)
+
+
+def paper_scale() -> None:
+    """Switch the module's sampler settings to paper A's authors' code (SPEC §3.3)."""
+    global CHAINS, BURNIN, DRAWS, EPS, GAMMA, STEPS, NBETA
+    CHAINS, BURNIN, DRAWS, EPS, GAMMA, NBETA = 3, 100, 500, 5e-4, 5.0, 26.4
+    STEPS = BURNIN + DRAWS
+
+
+def sgemm_peak(threads: int, n: int = 4096, reps: int = 3) -> float:
+    """Best-of-``reps`` GFLOP/s of an n×n float32 matmul on ``threads`` torch threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    torch.set_num_threads(before)
+    return 2 * n**3 / best / 1e9
 
 
 class QuadNet(torch.nn.Module):
@@ -207,27 +237,50 @@ def micro(cfg, ckpts: list[dict], workers: int) -> None:
         print(f"| whole fused sampler step, {w} CPU worker(s) | {ms:.2f} |")
 
 
+FLOP_PER_STEP = 0.0  # set in main: 6·B·K·p, the gradient's three matmuls per chain-step
+
+
 def _row(name: str, seconds: float, chain_steps: int, ref: float | None) -> None:
     ratio = f"{ref / seconds:7.1f}x" if ref else "       "
-    print(f"| {name:34s} | {seconds:8.2f} | {chain_steps / seconds:10.0f} | {ratio} |", flush=True)
+    rate = chain_steps / seconds
+    gf = f" {rate * FLOP_PER_STEP / 1e9:6.1f} |" if FLOP_PER_STEP else ""
+    print(f"| {name:34s} | {seconds:8.2f} | {rate:10.0f} | {ratio} |{gf}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--checkpoints", type=int, default=20)
+    ap.add_argument("--checkpoints", type=int, default=None, help="default 20; --paper: 8")
     ap.add_argument("--root", default="/tmp/grokbasin-bench")
+    ap.add_argument("--paper", action="store_true", help="p=53, K=1024, the authors' sampler")
+    ap.add_argument(
+        "--devinterp-threads", default=None, help="comma-separated torch thread counts (1,N)"
+    )
     ap.add_argument("--skip-devinterp", action="store_true")
     ap.add_argument("--skip-loop", action="store_true")
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--scaling", action="store_true")
     ap.add_argument("--micro", action="store_true")
     a = ap.parse_args()
+    global FLOP_PER_STEP
+    peaks = {th: sgemm_peak(th) for th in sorted({1, a.workers})}
     torch.set_num_threads(1)
-    cfg = build_config({}, {"train.checkpoint_every": 125})
-    run = train(cfg, a.root, progress=False).run
-    epochs = run.checkpoint_epochs()[1 : a.checkpoints + 1]
+    if a.paper:
+        from grokbasin.presets import preset
+
+        paper_scale()
+        cfg = build_config(preset("paper-fig3"), {"device": "cpu"})
+        run = train(cfg, a.root, progress=False).run
+        every = run.checkpoint_epochs()[1:]
+        n_ck = a.checkpoints or 8
+        epochs = [every[round(i * (len(every) - 1) / max(n_ck - 1, 1))] for i in range(n_ck)]
+    else:
+        cfg = build_config({}, {"train.checkpoint_every": 125})
+        run = train(cfg, a.root, progress=False).run
+        epochs = run.checkpoint_epochs()[1 : (a.checkpoints or 20) + 1]
+    FLOP_PER_STEP = 6.0 * BATCH * cfg.model.width * cfg.task.p
     llc = LLCConfig(
+        nbeta=NBETA,
         chains=CHAINS,
         burnin=BURNIN,
         draws=DRAWS,
@@ -243,6 +296,7 @@ def main() -> None:
     ckpts = [run.load_checkpoint(e) for e in epochs]
     cs = len(epochs) * CHAINS * STEPS
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(flush=True)
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"workers={a.workers}; {load}"
@@ -252,7 +306,12 @@ def main() -> None:
         f"p={cfg.task.p} K={cfg.model.width} batch {BATCH} eps {EPS} gamma {GAMMA} "
         f"nbeta {nbeta:.2f}"
     )
-    print("| method | wall s | chain-steps/s | vs devinterp |\n|---|---|---|---|")
+    print(
+        "# sgemm peak (4096², float32, torch): "
+        + ", ".join(f"{th} thread(s) {gf:.1f} GFLOP/s" for th, gf in peaks.items())
+        + f"; {FLOP_PER_STEP / 1e6:.1f} MFLOP per chain-step (gradient matmuls)"
+    )
+    print("| method | wall s | chain-steps/s | vs devinterp | GFLOP/s |\n|---|---|---|---|---|")
 
     def grokbasin(workers: int) -> float:
         run.llc.unlink(missing_ok=True)
@@ -261,16 +320,29 @@ def main() -> None:
         estimate_runs([run.path], llc, progress=False)
         dt = time.perf_counter() - t0
         torch.set_num_threads(1)
+        print(
+            f"# grokbasin, {workers} worker(s): {dt:.2f} s, {cs / dt:.0f} chain-steps/s", flush=True
+        )
         return dt
 
     def devinterp(threads: int) -> float | None:
         torch.set_num_threads(threads)
         dt = None if a.skip_devinterp else devinterp_baseline(ckpts, x, y, rows, nbeta)
         torch.set_num_threads(1)
+        if dt is not None:
+            print(
+                f"# devinterp, {threads} thread(s): {dt:.2f} s, {cs / dt:.0f} chain-steps/s",
+                flush=True,
+            )
         return dt
 
     t_gb = [grokbasin(a.workers)]
-    t_di = {th: devinterp(th) for th in sorted({1, a.workers})}
+    di_threads = (
+        sorted({int(t) for t in a.devinterp_threads.split(",")})
+        if a.devinterp_threads
+        else sorted({1, a.workers})
+    )
+    t_di = {th: devinterp(th) for th in di_threads}
     t_gb.append(grokbasin(a.workers))
     t_gb1 = grokbasin(1)
     ref = min(t_di.values()) if None not in t_di.values() else None
@@ -290,6 +362,11 @@ def main() -> None:
             (f"batched: fast + fused, {a.workers} workers", True, True, a.workers),
         ):
             _row(name, batched(cfg, ckpts, CHAINS, STEPS, fast, fused, workers), cs, ref)
+    after = {th: sgemm_peak(th) for th in sorted({1, a.workers})}
+    print(
+        "# sgemm peak after: "
+        + ", ".join(f"{th} thread(s) {gf:.1f} GFLOP/s" for th, gf in after.items())
+    )
     if a.micro:
         micro(cfg, ckpts, a.workers)
     if a.scaling:

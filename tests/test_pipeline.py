@@ -141,3 +141,39 @@ def test_cli_commands_reject_bad_input(tmp_path):
         assert res.returncode == 2, (args, res.stderr)
         assert needle in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_preset_runs_without_device_flag_and_llc_reuses_its_sampler(tmp_path):
+    """paper-fig3 says device: auto (CPU here), and its run directory records the preset's
+    sampler, so a bare `grokbasin llc` after llc.parquet is gone samples with it again."""
+    import yaml
+
+    from grokbasin.device import resolve
+    from grokbasin.presets import PRESETS, preset
+
+    assert all(PRESETS[n][1]["device"] == "auto" for n in ("paper-fig3", "paper-baseline"))
+    if not torch_cuda():
+        assert resolve("auto") == "cpu"
+    tiny = ["--p", "7", "--width", "8", "--epochs", "20", "--checkpoint-every", "10"]
+    tiny += ["--batch-size", "8", "--chains", "1", "--draws", "5", "--burnin", "2"]
+    tiny += ["--llc-batch-size", "8", "--out", str(tmp_path / "runs"), "--quiet"]
+    res = _cli("run", "--preset", "paper-fig3", *tiny, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    run_dir = tmp_path / "runs" / res.stdout.strip().splitlines()[-1].split("/")[-1]
+    want = {**preset("paper-fig3")["llc"], "batch_size": 8, "chains": 1, "draws": 5, "burnin": 2}
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())["llc"]
+    assert {k: recorded[k] for k in want} == want  # the preset's sampler, not the default
+    first = pq.read_table(run_dir / "llc.parquet").to_pylist()
+    (run_dir / "llc.parquet").unlink()
+    res = _cli("llc", str(run_dir), "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    again = pq.read_table(run_dir / "llc.parquet").to_pylist()
+    assert {r["sampler_hash"] for r in again} == {r["sampler_hash"] for r in first}
+    assert json.loads(again[0]["sampler_config"])["step_size"] == 5e-4
+    assert [r["llc"] for r in again] == [r["llc"] for r in first]  # same sampler, same draws
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

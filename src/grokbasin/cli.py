@@ -292,9 +292,10 @@ def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> No
     if not run.config.exists():
         raise ConfigError(f"RUN_DIR: {run_dir} is not a run directory (no config.yaml)")
     from grokbasin.llc.trajectory import estimate_run
-    from grokbasin.pipeline import print_summary, report_run, stored_config
+    from grokbasin.pipeline import print_summary, record_sampler, report_run, stored_config
 
     cfg = build_config(stored_config(run).model_dump(mode="json"), given)
+    record_sampler(run, cfg.llc)
     result = estimate_run(run.path, cfg.llc, device, progress=not quiet)
     console.print(
         f"LLC: {len(result.computed)} checkpoints sampled, {len(result.cached)} already estimated"

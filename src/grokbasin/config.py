@@ -313,7 +313,9 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     llc: LLCConfig = Field(default_factory=LLCConfig)
-    device: str = "cpu"
+    device: str = Field(
+        "cpu", description="cpu | cuda | cuda:N | mps | auto (CUDA if present, else CPU)"
+    )
 
     @field_validator("device")
     @classmethod

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from grokbasin.analysis.grokking import grokking_metrics
 from grokbasin.config import LLCConfig, RunConfig, build_config, load_yaml, short_hash
@@ -64,6 +65,7 @@ def run(cfg: RunConfig, root: str | Path = "runs", progress: bool = True) -> Run
     )
     with run_dir.lock(create=True):
         trained = train(cfg, root, progress)
+        record_sampler(trained.run, cfg.llc)
         llc = estimate_run(trained.run.path, _llc_after(trained, cfg.llc), device, progress)
         summary = report_run(trained.run, cfg.model_copy(update={"device": "cpu"}))
     summary.statuses = {
@@ -95,6 +97,20 @@ def estimate_llc_bytes(cfg: RunConfig) -> int:
     copies = n_ck * len(t.replicas()) * llc.chains * (1 + len(llc.nbetas))
     b = min(llc.batch_size, cfg.task.n_train)
     return 4 * copies * (4 * params_per_replica(cfg) + 4 * b * hidden_size(cfg))
+
+
+def record_sampler(run_dir: RunDir, llc: LLCConfig) -> None:
+    """Write ``llc`` into the run's config.yaml: the sampler its estimates are made with.
+
+    Training writes the library-default sampler (the run directory is shared by every sampler);
+    without this, a later bare `grokbasin llc RUN_DIR` with no llc.parquet would sample with the
+    default instead of, say, a preset's. Rewritten before sampling so a killed run resumes with it.
+    """
+    data = load_yaml(run_dir.config)
+    new = llc.model_dump(mode="json")
+    if data.get("llc") != new:
+        data["llc"] = new
+        atomic_write(run_dir.config, yaml.safe_dump(data, sort_keys=False).encode())
 
 
 def stored_config(run_dir: RunDir) -> RunConfig:
@@ -163,12 +179,17 @@ def checkpoint_theory(run_dir: RunDir, cfg: RunConfig, epoch: int) -> dict[str, 
         lap = laplace_for_checkpoint(run_dir.path, epoch, 0, [nbeta], [cfg.llc.gamma])
         out["laplace"] = {
             "value": float(lap.values[0, 0]),
+            "stderr": float(lap.stderr[0, 0]) if lap.stderr is not None else None,
             "nbeta": nbeta,
             "gamma": cfg.llc.gamma,
             "method": lap.method,
         }
         if lap.limit is not None:
             out["numeric"]["llc_train"] = lap.limit
+            lo, hi = lap.rank_bounds or (lap.rank, lap.rank)
+            out["numeric"]["llc_train_bounds"] = [lo / 2, hi / 2]
+            out["numeric"]["llc_train_stderr"] = (lap.rank_stderr or 0.0) / 2
+            out["numeric"]["llc_train_method"] = lap.method
     atomic_write(path, json.dumps(out, indent=2, default=float).encode())
     return out
 
@@ -217,7 +238,7 @@ def theory_rows(theory: dict[str, Any]) -> list[dict[str, Any]]:
     if "llc_train" in num:
         rows.append(
             {
-                "quantity": f"numeric rank(J_c)/2 on training data (epoch {e})",
+                "quantity": f"numeric rank(J_c)/2 on training data (epoch {e}{_rank_note(num)})",
                 "λ": num["llc_train"],
                 "applies": True,
                 "source": "SPEC §3.4 data-aware",
@@ -237,13 +258,28 @@ def theory_rows(theory: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "quantity": f"λ_Lap at nβ={lap['nbeta']:.4g}, γ={lap['gamma']:.4g} "
-                f"(epoch {e}, {lap['method']})",
+                f"(epoch {e}, {lap['method']}{_se_note(lap.get('stderr'))})",
                 "λ": lap["value"],
                 "applies": True,
                 "source": "SPEC §3.3 localised Laplace",
             }
         )
     return rows
+
+
+def _se_note(se: float | None) -> str:
+    return f", ± {se:.3g} probe s.e." if se else ""
+
+
+def _rank_note(num: dict[str, Any]) -> str:
+    """', exact' or the SLQ bracket of the numeric rank, for table labels."""
+    lo, hi = num.get("llc_train_bounds") or (None, None)
+    if lo is None or lo == hi:
+        return ", exact" if lo is not None else ""
+    return (
+        f", {num.get('llc_train_method', 'slq')}: midpoint of [{lo:,.0f}, {hi:,.0f}]"
+        f"{_se_note(num.get('llc_train_stderr'))}"
+    )
 
 
 def llc_summary(rows: list[dict[str, Any]], nbeta: float) -> list[dict[str, Any]]:
@@ -366,10 +402,12 @@ def print_summary(s: RunSummary) -> None:
         for r in th.get("closed_form", [])
         if r["name"].startswith("unified")
     ]
-    if "llc_train" in th.get("numeric", {}):
-        parts.append(f"numeric rank(J_c)/2 = {th['numeric'].get('llc_train', float('nan')):,.1f}")
+    num = th.get("numeric", {})
+    if "llc_train" in num:
+        parts.append(f"numeric rank(J_c)/2 = {num['llc_train']:,.1f}{_rank_note(num)}")
     if "laplace" in th:
-        parts.append(f"λ_Lap = {th['laplace']['value']:,.1f}")
+        lap = th["laplace"]
+        parts.append(f"λ_Lap = {lap['value']:,.1f}{_se_note(lap.get('stderr'))}")
     if parts:
         console.print(f"theory at epoch {th.get('epoch')}: " + "; ".join(parts))
     for line in s.health[:10]:

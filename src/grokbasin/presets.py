@@ -29,7 +29,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         {"llc": _CPU_SAMPLER},
     ),
     "paper-fig3": (
-        "paper A Fig. 3: p=53, K=1024, Adam lr 1e-4 wd 1e-4, authors' sampler (GPU)",
+        "paper A Fig. 3: p=53, K=1024, Adam lr 1e-4 wd 1e-4, authors' sampler (CUDA if present)",
         {
             "task": {"p": 53, "frac": 0.4, "data_seed": 0},
             "model": {"name": "quadratic", "width": 1024},
@@ -44,7 +44,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                 "early_stop": True,
             },
             "llc": _AUTHORS_SAMPLER,
-            "device": "cuda",
+            "device": "auto",  # CUDA if present, else CPU: paper scale needs no GPU
         },
     ),
 }
