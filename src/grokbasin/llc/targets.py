@@ -120,12 +120,16 @@ def from_functional(
     names: Sequence[str] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
     per_replica: bool = False,
+    aux: dict[str, torch.Tensor] | None = None,
 ) -> Target:
-    """Target for forward(params, x [R, B, ...]) -> pred and loss_fn(pred, y [R, B, ...]) -> [R].
+    """Target for forward(params, x [R, B, ...], **aux) -> pred and loss_fn(pred, y) -> [R].
 
     X [n, ...], Y [n, ...] are shared by all replicas, or [R, n, ...] with ``per_replica``.
+    ``aux``: per-replica tensors (leading axis R, e.g. size masks) passed to ``forward`` as
+    keyword arguments; a shard receives its own slice, so forwards never capture [R, ...] data.
     """
     n = X.shape[1] if per_replica else X.shape[0]
+    aux = dict(aux or {})
 
     def take(T: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if per_replica:
@@ -133,7 +137,7 @@ def from_functional(
         return T[idx]
 
     def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:
-        return loss_fn(forward(params, take(X, idx)), take(Y, idx))
+        return loss_fn(forward(params, take(X, idx), **aux), take(Y, idx))
 
     def full(params: Params) -> torch.Tensor:
         R = next(iter(params.values())).shape[0]
@@ -152,6 +156,7 @@ def from_functional(
             names,
             None,
             per_replica,
+            _replicas(aux, lo, hi),
         )
 
     sel = _select(params0, names)
@@ -169,23 +174,31 @@ def from_functional(
 
 
 def from_potential(
-    potential: Callable[[Params], torch.Tensor],
+    potential: Callable[..., torch.Tensor],
     params0: Params,
     n: int = 1,
     names: Sequence[str] | None = None,
+    aux: dict[str, torch.Tensor] | None = None,
 ) -> Target:
-    """Target whose 'loss' is a deterministic function of the parameters (minibatches ignored)."""
+    """Target whose 'loss' is a deterministic function of the parameters (minibatches ignored).
+
+    ``potential(params, **aux)``; ``aux`` tensors have a leading replica axis and shard with it.
+    """
+    aux = dict(aux or {})
+
+    def pot(params: Params) -> torch.Tensor:
+        return potential(params, **aux)
 
     def loss(params: Params, idx: torch.Tensor) -> torch.Tensor:
-        return potential(params)
+        return pot(params)
 
     def shard(lo: int, hi: int) -> Target:
-        return from_potential(potential, _replicas(params0, lo, hi), n, names)
+        return from_potential(
+            potential, _replicas(params0, lo, hi), n, names, _replicas(aux, lo, hi)
+        )
 
     sel = _select(params0, names)
-    return Target(
-        params0, n, n, loss, autograd_loss_and_grad(loss, sel), potential, sel, shard=shard
-    )
+    return Target(params0, n, n, loss, autograd_loss_and_grad(loss, sel), pot, sel, shard=shard)
 
 
 def from_module(
