@@ -326,7 +326,7 @@ def sample_batch(cfgs: list[BRun], root: str | Path) -> int:
     if not centres:
         return 0
     used = sorted({k for k, _ in centres})
-    reps = {k: fam.make(cfgs[k], dev) for k in used}
+    reps = {k: fam.make(cfgs[k], dev, False) for k in used}  # data only: params from disk
     gc = [cfgs[k] for k, _ in centres]
     P = pad_stack(
         [RunDir(Path(root) / cfgs[k].run_hash()).load_checkpoint(e, dev) for k, e in centres]

@@ -41,7 +41,8 @@ class FamilyDef:
     """How the engine trains and samples one family."""
 
     name: str
-    make: Callable[[BRun, str], Replica]  # one replica (exact minimum when train.steps == 0)
+    # one replica (exact minimum when train.steps == 0); params={} when the flag is False
+    make: Callable[[BRun, str, bool], Replica]
     forward: Callable[..., torch.Tensor]  # forward(params, x, mask=...) -> prediction
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # -> [R]
     size_axes: dict[str, int]  # parameter -> axis (after the replica axis) that grows with size
@@ -56,14 +57,14 @@ def _key(run: BRun, device: str) -> torch.Tensor:
 # ------------------------------------------------------------------ polynomial regressors
 
 
-def _poly(run: BRun, device: str) -> Replica:
+def _poly(run: BRun, device: str, params: bool = True) -> Replica:
     t = run.task
     data = TR.polynomial(
         _key(run, device), t.n or 500, t.c or 1.0, t.true_degree or 3, t.noise or 0.1
     )
     x, y = data.x.double(), data.y.double()
     feats = MR.poly_features(x, run.model.size)  # monomials once; zero-padded columns are inert
-    return Replica(feats, y, MR.poly_lstsq(x, y, run.model.size))
+    return Replica(feats, y, MR.poly_lstsq(x, y, run.model.size) if params else {})
 
 
 def _poly_forward(
@@ -75,9 +76,11 @@ def _poly_forward(
 # ------------------------------------------------------------------ low-rank linear networks
 
 
-def _low_rank(run: BRun, device: str) -> Replica:
+def _low_rank(run: BRun, device: str, params: bool = True) -> Replica:
     t, r = run.task, run.model.size
     data = TR.low_rank_linear(_key(run, device), t.d or 10, r, t.n or 1000, t.noise or 0.0)
+    if not params:
+        return Replica(data.x, data.y, {})
     M = torch.linalg.lstsq(data.x, data.y).solution.transpose(1, 2)
     return Replica(data.x, data.y, MR.lowrank_from_matrix(M, r))
 
@@ -85,7 +88,7 @@ def _low_rank(run: BRun, device: str) -> Replica:
 # ------------------------------------------------------------------ ReLU autoencoders
 
 
-def _autoencoder(run: BRun, device: str) -> Replica:
+def _autoencoder(run: BRun, device: str, params: bool = True) -> Replica:
     t, r = run.task, run.model.size
     key = _key(run, device)
     data = TR.low_rank_autoencoder(key, t.d or 20, r, t.n or 1000)
@@ -95,7 +98,7 @@ def _autoencoder(run: BRun, device: str) -> Replica:
 # ------------------------------------------------------------------ TMS
 
 
-def _tms(run: BRun, device: str) -> Replica:
+def _tms(run: BRun, device: str, params: bool = True) -> Replica:
     key = _key(run, device)
     data = TR.tms_one_hot(key, run.task.features or 8, run.task.n or 1000)
     return Replica(data.x, data.y, TMS.init(key, run.task.features or 8, run.model.size))
@@ -117,7 +120,7 @@ def tms_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ paper B's grokking MLP
 
 
-def _grokking(run: BRun, device: str) -> Replica:
+def _grokking(run: BRun, device: str, params: bool = True) -> Replica:
     p, frac = run.task.p or 53, run.task.frac or 0.4
     pairs, labels = all_pairs(p, "add")
     n_train = int(frac * len(labels))
