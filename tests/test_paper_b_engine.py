@@ -192,3 +192,30 @@ def test_padding_is_inert_in_the_forward():
     got = fam.forward(P, reps[0].x, mask=mask)[0]
     want = fam.forward(reps[0].params, reps[0].x)[0]
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_paper_grids_are_the_papers():
+    from grokbasin.experiments.paper_b.common import runs_of
+    from grokbasin.experiments.paper_b.grids import GRIDS, SAMPLERS
+
+    runs = {k: runs_of(v["paper"]) for k, v in GRIDS.items()}
+    grok = runs["arrhenius-grokking"]
+    assert len(grok) == 500 and {r.seed for r in grok} == set(range(500))
+    t = grok[0]
+    assert (t.task.p, t.task.frac, t.model.size, t.model.embed_dim) == (53, 0.4, 48, 12)
+    assert (t.train.lr, t.train.weight_decay, t.train.batch_size) == ([5e-3], [2e-4], 128)
+    assert (t.train.steps, t.llc.nbeta, t.llc.chains) == (25000, 2.0, 3)
+    tms = runs["arrhenius-tms"]
+    assert len(tms) == 60 and tms[0].train.steps == 4500
+    assert tms[0].train.steps // tms[0].train.checkpoint_every == 100
+    poly = runs["llc-polynomial"]
+    assert len({r.model.size for r in poly}) == 20 and max(r.model.size for r in poly) == 1000
+    assert len(poly) == 20 * 10 * 3 and {r.task.c for r in poly} == {1.0, 0.75, 0.5}
+    lr = runs["llc-low-rank"]
+    assert len(lr) == 20 and {r.task.d for r in lr} == {100}
+    assert {r.task.d for r in runs["llc-autoencoder"]} == {100}
+    for name, rs in runs.items():
+        s = rs[0].llc
+        eps, gamma, steps = SAMPLERS[rs[0].family]
+        assert (s.step_size, s.gamma, s.burnin + s.draws) == (eps, gamma, steps), name
+        assert isinstance(GRIDS[name]["small"]["trim"], str), name  # deviations are recorded

@@ -57,8 +57,12 @@ def grokking_pairs(rows: Rows, n: int, every: int) -> Rows:
     return out
 
 
-def tms_pairs(rows: Rows, n: int, window: int = 5) -> tuple[Rows, dict[str, list]]:
-    """Consecutive loss-curve transitions per TMS run (at checkpoint resolution) with ΔF."""
+def tms_pairs(rows: Rows, n: int, window: int = 3) -> tuple[Rows, dict[str, list]]:
+    """Consecutive loss-curve transitions per TMS run with ΔF.
+
+    The curve is the full training loss at the checkpoints (100 in the paper), smoothed over
+    ``window`` of them: at this resolution a window of 5 merged the later drops into the first.
+    """
     out, found = [], {}
     for run, rs in _by_run(rows).items():
         steps = np.array([q["epoch"] for q in rs])

@@ -155,7 +155,7 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         | {"trim": None},
     },
     "arrhenius-tms": {
-        "small": _tms(16, 4500, 50) | {"trim": "small: 16 models, 50 checkpoints"},
+        "small": _tms(16, 4500, 100) | {"trim": "small: 16 models"},
         "paper": _tms(60, 4500, 100) | {"trim": None},
     },
     "arrhenius-grokking": {

@@ -59,8 +59,9 @@ class BTrain(_Strict):
     momentum: float = Field(0.0, ge=0, lt=1)
     batch_size: int = Field(0, ge=0, description="0: full batch")
     seeds: list[int] = Field(default_factory=lambda: [0])
-    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: last only")
-    log_every: int = Field(0, ge=0, description="steps between logged losses; 0: steps // 50")
+    checkpoint_every: int = Field(
+        0, ge=0, description="steps between checkpoints (metrics are logged at each); 0: last only"
+    )
 
     @field_validator("lr", "weight_decay", "seeds", mode="before")
     @classmethod
