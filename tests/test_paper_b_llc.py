@@ -65,9 +65,11 @@ def _aw(d, r):
 
 
 def test_polynomial_estimate_within_20pct_of_theory_on_wide_domain(tmp_path):
-    # degree 1..3 on [-1, 1], N = 200, nβ = 1000, ε = 1e-4, γ = 1, 4 chains, 300 + 900 steps:
-    # mean over chains within 20% of (d + 1)/2
-    kw = {"step_size": 1e-4, "gamma": 1.0, "burnin": 300, "draws": 900, "nbetas": [1000.0]}
+    # degree 1..3 on [-1, 1], N = 200, nβ = 1000, ε = 1e-4, γ = 1, 4 chains, 1000 + 2000 steps:
+    # mean over chains within 20% of (d + 1)/2. The flattest Gram direction of degree 3 relaxes
+    # in ~1000 steps at this ε: with 300 + 900 steps degree 3 gave 1.56-1.9 over seeds 0-2 (and
+    # passed only for the old data seeds); with 1000 + 2000 it gives 1.70-2.02
+    kw = {"step_size": 1e-4, "gamma": 1.0, "burnin": 1000, "draws": 2000, "nbetas": [1000.0]}
     rows = polynomial_llcs([1, 2, 3], [1.0], repeats=1, chains=4, n=200, sampler=kw, root=tmp_path)
     for r in rows:
         assert r["llc"] == pytest.approx(TH.polynomial_llc(r["degree"]), rel=0.2), r
