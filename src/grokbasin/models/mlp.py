@@ -2,7 +2,8 @@
 
 h = act([E[a]; E[b]] W1 + b1), f = h W2 + b2 (``init``, ``forward``); paper B's variant with one
 Linear per operand, summed, GELU and a bias-free readout is ``init_paper_b``, ``forward_paper_b``.
-Shapes: E [R, p, D], W1 [R, 2D, H], b1 [R, H], W2 [R, H, p], b2 [R, p]. Embedding init N(0, 1) (``nn.Embedding``), linear layers as ``nn.Linear``.
+Shapes: E [R, p, D], W1 [R, 2D, H], b1 [R, H], W2 [R, H, p], b2 [R, p]. Embedding init N(0, 1)
+(``nn.Embedding``), linear layers as ``nn.Linear``.
 """
 
 from __future__ import annotations
