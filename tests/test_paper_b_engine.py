@@ -219,3 +219,16 @@ def test_paper_grids_are_the_papers():
         eps, gamma, steps = SAMPLERS[rs[0].family]
         assert (s.step_size, s.gamma, s.burnin + s.draws) == (eps, gamma, steps), name
         assert isinstance(GRIDS[name]["small"]["trim"], str), name  # deviations are recorded
+
+
+def test_a_second_sampler_reuses_the_training(tmp_path):
+    # the same runs under two sampler settings in one call: trained once, sampled once each
+    g1, g2 = grid("autoencoder", seeds=(0,)), grid("autoencoder", seeds=(0,))
+    g2["base"]["llc"] = g2["base"]["llc"] | {"step_size": 2e-3}
+    cfgs = expand_grid(g1) + expand_grid(g2)
+    res = run_all(cfgs, tmp_path)
+    assert (res.trained, res.sampled) == (2, 4)
+    assert run_all(cfgs, tmp_path).did_nothing
+    a, b = collect(cfgs[:2], tmp_path), collect(cfgs[2:], tmp_path)
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+    assert [r["llc"] for r in a] != [r["llc"] for r in b]

@@ -124,7 +124,7 @@ def group_key(cfg: BRun) -> str:
     bucket = 1 << (units(cfg) - 1).bit_length()
     model = cfg.model.model_dump(exclude={"size"}) | {"bucket": bucket}
     train = cfg.train.model_dump(exclude={"seeds", "lr", "weight_decay"})
-    return json.dumps([task, model, train, cfg.llc.model_dump(), cfg.device], sort_keys=True)
+    return json.dumps([task, model, train, cfg.device], sort_keys=True)
 
 
 def _elements(cfg: BRun) -> int:
@@ -138,11 +138,8 @@ def jobs_for(cfgs: list[BRun], root: str | Path) -> list[BJob]:
         groups.setdefault(group_key(c), []).append(c)
     jobs = []
     for g in groups.values():
-        todo = list(
-            {
-                c.run_hash(): c for c in g if needs_sampling(c, RunDir(Path(root) / c.run_hash()))
-            }.values()
-        )
+        key = {c.run_hash() + c.llc.sampler_hash() + c.llc.checkpoints: c for c in g}
+        todo = [c for c in key.values() if needs_sampling(c, RunDir(Path(root) / c.run_hash()))]
         chunk: list[BRun] = []
         used = 0
         for c in sorted(todo, key=units):
@@ -392,7 +389,8 @@ def run_job(job: BJob) -> BJobResult:
     from grokbasin.experiments.paper_b.spec import build_run
 
     cfgs = [build_run(c) for c in job.runs]
-    todo = [c for c in cfgs if not RunDir(Path(job.root) / c.run_hash()).is_trained()]
+    unique = {c.run_hash(): c for c in cfgs}  # one training per run, whatever its samplers
+    todo = [c for c in unique.values() if not RunDir(Path(job.root) / c.run_hash()).is_trained()]
     if todo:
         train_batch(todo, job.root)
     sampled = 0
