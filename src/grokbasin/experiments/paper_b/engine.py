@@ -248,7 +248,7 @@ def _train_batch(cfgs: list[BRun], root: str | Path) -> None:
         for r, (c, run) in enumerate(zip(cfgs, runs, strict=True)):
             history[r].append(rows[r])
             run.save_tensors(run.checkpoint(step), unpad(fam, p, r, units(c)), {"step": step})
-        if step < steps and (step // every) % saves == 0:  # a resume point
+        if 0 < step < steps and (step // every) % saves == 0:  # a resume point
             for r, run in enumerate(runs):
                 flat = {f"p.{k}": v[r : r + 1] for k, v in p.items()}
                 flat |= {f"s.{k}": v[r : r + 1] for k, v in state.items() if v.dim() > 0}
