@@ -200,7 +200,9 @@ def test_paper_grids_are_the_papers():
 
     runs = {k: runs_of(v["paper"]) for k, v in GRIDS.items()}
     grok = runs["arrhenius-grokking"]
-    assert len(grok) == 500 and {r.seed for r in grok} == set(range(500))
+    # trimmed from the paper's 500 models to fit ~45 min on this CPU; the trim is recorded
+    assert len(grok) == 350 and {r.seed for r in grok} == set(range(350))
+    assert "500" in GRIDS["arrhenius-grokking"]["paper"]["trim"]
     t = grok[0]
     assert (t.task.p, t.task.frac, t.model.size, t.model.embed_dim) == (53, 0.4, 48, 12)
     assert (t.train.lr, t.train.weight_decay, t.train.batch_size) == ([5e-3], [2e-4], 128)
