@@ -191,16 +191,16 @@ def test_per_replica_data_with_wrong_leading_axis_is_refused_at_construction() -
         from_functional(_linear, _mse, _p0(), X, Y, masks={"W": torch.ones(4)})
 
 
-def test_paper_b_low_rank_equal_on_1_and_3_threads() -> None:
+def test_paper_b_low_rank_equal_on_1_and_3_threads(tmp_path) -> None:
     # The experiment that crashed on 2 cores (issue 12): its masks now travel as aux. Rows at
     # the default sharding of 1 and 3 torch threads agree to float32 round-off (rtol 1e-5).
-    from grokbasin.experiments.paper_b import low_rank_llcs
+    from test_paper_b_llc import low_rank_llcs
 
     kw = {"step_size": 1e-4, "gamma": 1.0, "burnin": 5, "draws": 10, "nbetas": [100.0]}
     out = {}
     for threads in (1, 3):
         with intra_op_threads("cpu", threads):  # the sampler's default shard count
-            out[threads] = low_rank_llcs(3, [1, 2, 3], chains=2, n=40, sampler=kw)
+            out[threads] = low_rank_llcs(3, [1, 2, 3], 2, 40, kw, tmp_path / str(threads))
     for a, b in zip(out[1], out[3], strict=True):
-        assert a["rank"] == b["rank"] and np.isfinite(a["llc"])
+        assert a["size"] == b["size"] and np.isfinite(a["llc"])
         assert b["llc"] == pytest.approx(a["llc"], rel=1e-5, abs=1e-6)
