@@ -79,13 +79,10 @@ def nbeta_values(llc_cfg: LLCConfig, n: int) -> list[float]:
 
 
 def _done_epochs(run: RunDir, shash: str) -> set[int]:
-    if not run.llc.exists():
-        return set()
-    t = read_parquet(run.llc)
-    if "sampler_hash" not in t.column_names:
-        raise CorruptFileError(f"{run.llc}: no sampler_hash column")
-    d = t.select(["epoch", "sampler_hash"]).to_pylist()
-    return {int(r["epoch"]) for r in d if r["sampler_hash"] == shash}
+    """Epochs this sampler already estimated (at any nβ), by the one LLC-row query rule."""
+    from grokbasin.store.query import Want, llc_rows
+
+    return {int(r["epoch"]) for r in llc_rows([Want(run.path, shash, "any")])[0]}
 
 
 def _compat_key(cfg: RunConfig) -> str:

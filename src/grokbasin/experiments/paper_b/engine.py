@@ -34,7 +34,7 @@ from grokbasin.experiments.paper_b.families import (
     unpad,
 )
 from grokbasin.experiments.paper_b.spec import BRun, dump_yaml
-from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, write_parquet
+from grokbasin.store.rundir import RunDir, atomic_write, locked, read_parquet, write_parquet
 
 _METRICS = pa.schema(
     [
@@ -390,15 +390,19 @@ def run_job(job: BJob) -> BJobResult:
 
     cfgs = [build_run(c) for c in job.runs]
     unique = {c.run_hash(): c for c in cfgs}  # one training per run, whatever its samplers
-    todo = [c for c in unique.values() if not RunDir(Path(job.root) / c.run_hash()).is_trained()]
-    if todo:
-        train_batch(todo, job.root)
-    sampled = 0
-    by_sampler: dict[str, list[BRun]] = {}
-    for c in cfgs:
-        by_sampler.setdefault(c.llc.sampler_hash() + c.llc.checkpoints, []).append(c)
-    for group in by_sampler.values():
-        sampled += sample_batch(group, job.root)
+    # a second process on any of these run directories waits (what it finds is then done)
+    with locked((Path(job.root) / h for h in unique), create=True):
+        todo = [
+            c for c in unique.values() if not RunDir(Path(job.root) / c.run_hash()).is_trained()
+        ]
+        if todo:
+            train_batch(todo, job.root)
+        sampled = 0
+        by_sampler: dict[str, list[BRun]] = {}
+        for c in cfgs:
+            by_sampler.setdefault(c.llc.sampler_hash() + c.llc.checkpoints, []).append(c)
+        for group in by_sampler.values():
+            sampled += sample_batch(group, job.root)
     return BJobResult(len(todo), sampled)
 
 

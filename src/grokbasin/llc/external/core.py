@@ -33,6 +33,7 @@ from grokbasin.llc.diagnostics import GROUP_FLAGS
 from grokbasin.llc.estimate import Estimate, estimate_llc
 from grokbasin.llc.external import inputs as inp
 from grokbasin.llc.targets import Target, from_module
+from grokbasin.llc.trajectory import nbeta_values
 from grokbasin.progress import make_progress
 from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, write_parquet
 
@@ -173,11 +174,6 @@ def module_target(
     """``from_module`` over replicas ``params0`` [R, ...] (positional, as this package calls it)."""
     R = next(iter(params0.values())).shape[0]
     return from_module(model, loss_fn, X, Y, replicas=R, batch_size=batch_size, params0=params0)
-
-
-def nbeta_values(llc_cfg: LLCConfig, n: int) -> list[float]:
-    """The main nβ, then the temperature-sweep extras (duplicates dropped)."""
-    return list(dict.fromkeys([llc_cfg.resolve_nbeta(n)] + [float(v) for v in llc_cfg.nbetas]))
 
 
 def _group_id(key: str) -> int:
