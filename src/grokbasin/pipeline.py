@@ -106,11 +106,12 @@ def record_sampler(run_dir: RunDir, llc: LLCConfig) -> None:
     without this, a later bare `grokbasin llc RUN_DIR` with no llc.parquet would sample with the
     default instead of, say, a preset's. Rewritten before sampling so a killed run resumes with it.
     """
-    data = load_yaml(run_dir.config)
-    new = llc.model_dump(mode="json")
-    if data.get("llc") != new:
-        data["llc"] = new
-        atomic_write(run_dir.config, yaml.safe_dump(data, sort_keys=False).encode())
+    with run_dir.lock():  # a writer of run files like any other (waits; refuses read-only dirs)
+        data = load_yaml(run_dir.config)
+        new = llc.model_dump(mode="json")
+        if data.get("llc") != new:
+            data["llc"] = new
+            atomic_write(run_dir.config, yaml.safe_dump(data, sort_keys=False).encode())
 
 
 def stored_config(run_dir: RunDir) -> RunConfig:
