@@ -285,7 +285,10 @@ def test_paper_grids_keep_the_papers_settings_and_record_what_was_trimmed():
         if exp.name in ("llc-vs-p", "llc-vs-width", "trajectory-robustness"):
             s = common.samplers(grid)
             assert list(s) == ["paper", "calibrated"]  # side by side, paper's first
-            assert (s["calibrated"]["step_size"], s["calibrated"]["gamma"]) == (2e-3, 5.0)
+            assert (s["calibrated"]["step_size"], s["calibrated"]["gamma"]) == (
+                2e-3,
+                100.0,
+            )  # llc calibrate at paper-fig3
     llc_p = get("llc-vs-p").grids["paper"]
     assert llc_p["grid"]["model.width"] == [600, 1000, 1400]
     assert set(llc_p["grid"]["task.p"]) <= paper_ps
