@@ -42,7 +42,7 @@ def intra_op_threads(device: str | torch.device, n: int | None = 1) -> Iterator[
     """Run with ``n`` torch intra-op threads on a CPU (restored afterwards; None: unchanged).
 
     Replica batching makes each op one large kernel, so a second OpenMP thread gains little on a
-    2-core machine, while on a busy one the per-op barriers made 2 threads 10-50x slower than 1.
+    2-core machine, while on a busy one the per-op barriers stall every op (BENCHMARKS.md).
     """
     before = torch.get_num_threads()
     if torch.device(device).type == "cpu" and n is not None:

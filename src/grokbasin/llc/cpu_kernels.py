@@ -2,7 +2,7 @@
 
 ``sgld_update``: in eager PyTorch the noise stream and the update are ~30 passes over [R, N]
 tensors per step, about as costly as the gradient's matmuls. Here one compiled loop per replica
-hashes, transforms and applies the noise without storing it: 3-4× faster (``BENCHMARKS.md``).
+hashes, transforms and applies the noise without storing it (speed-up in ``BENCHMARKS.md``).
 The stream is ``rng.NormalStream``'s, element for element (same SplitMix64 words, same
 Box–Muller mapping and angle polynomials), evaluated in float64, so it sits closer to the exact
 normals than the float32 torch version (< 1e-6 against < 1e-5 absolute). ``log`` is written out

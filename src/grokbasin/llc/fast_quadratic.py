@@ -1,14 +1,14 @@
 """Hand-written loss + gradient of the built-in quadratic net for the LLC sampler (SPEC §3.1, §4).
 
 f(x) = (W[a] + W[p+b])² Vᵀ on a minibatch of B rows per replica, W [R, 2p, K], V [R, p, K]:
-    h = W[a] + W[p+b],  outᵀ = V·(h²)ᵀ  [R, p, B]  (this layout is ~2× faster for bmm on a CPU),
+    h = W[a] + W[p+b],  outᵀ = V·(h²)ᵀ  [R, p, B]  (the faster bmm layout on a CPU),
     centred MSE: L = ‖P⊥(Y − out)‖²/(2B), dL/dout = −P⊥(Y − out)/B;
     cross-entropy: L = mean CE, dL/dout = (softmax(out) − Y)/B;
     dV = g_outᵀ·h²,  dh = 2h ⊙ (g_out·V),  dW = dh added into rows a and p+b.
 Autograd's gather backward is the slow part of the reference path; this replaces it with
 ``scatter_add_`` over a contiguous index broadcast along K, which takes PyTorch's sorted fast
-path (``index_add_`` pays a per-row kernel launch on a CPU: 2.3× slower here, and a strided
-index 10× slower). Same maths as ``models.quadratic.forward`` + ``losses``.
+path (``index_add_`` pays a per-row kernel launch on a CPU; measurements in BENCHMARKS.md,
+"Design measurements"). Same maths as ``models.quadratic.forward`` + ``losses``.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ class QuadraticGrad:
         """Loss [R] and gradients; written into ``out`` (same shapes as params) when given.
 
         Replicas go through in blocks of ``chunk`` so the [chunk, B, K] intermediates stay in the
-        CPU caches (R = 16 costs 0.6× per replica what R = 80 does at p = 23, K = 256, B = 128),
-        and live in a workspace reused across calls: a fresh 10 MB tensor costs ~4× a pass over
-        a resident one (page faults), so nothing large is allocated per step.
+        CPU caches, and live in a workspace reused across calls (a fresh large tensor costs page
+        faults on every step), so nothing large is allocated per step (BENCHMARKS.md, "Design
+        measurements").
         """
         W, V = params["W"], params["V"]
         (R, B), (K, p) = idx.shape, (W.shape[-1], self.p)

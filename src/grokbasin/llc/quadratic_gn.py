@@ -8,7 +8,7 @@ f_k(x_n) = Σ_j V_kj h_nj², h_nj = W[a_n, j] + W[p + b_n, j], so the Jacobian n
 i.e. the V-block is block-diagonal in the output k with the same block h² for every k, and the
 W-block touches only the two one-hot rows of each sample. H v = (1/N)·J_cᵀ(J_c v) (J_c = P⊥J,
 centred over the N training samples) is then six matmul-sized passes per probe instead of a
-torch.func jvp + vjp through a generic forward: the same operator, ~an order of magnitude faster.
+torch.func jvp + vjp through a generic forward: the same operator (timing in BENCHMARKS.md).
 All probes ride one batch axis S, so every pass is one large kernel.
 """
 

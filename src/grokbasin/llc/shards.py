@@ -5,8 +5,8 @@ Knows nothing about samplers or targets. :func:`take` is the one generic slice: 
 axis, so whatever carries per-replica data (centre, inputs, masks, aux tensors, hyperparameters,
 keys) is sharded by the same rule, and anything not per-replica must live outside tensors passed
 here (closures, ints, strings). Shards never synchronise and each thread has one intra-op thread,
-so a busy core slows one shard instead of stalling every op at an OpenMP barrier (2 intra-op
-threads on a shared 2-core machine ran 13× slower than 1).
+so a busy core slows one shard instead of stalling every op at an OpenMP barrier
+(BENCHMARKS.md, "Design measurements").
 """
 
 from __future__ import annotations
