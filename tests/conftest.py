@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
+from grokbasin.cli import main
 from grokbasin.config import build_config
 
 TINY = {
@@ -21,3 +25,24 @@ def tiny_cfg():
         return build_config(TINY, {k.replace("__", "."): v for k, v in overrides.items()})
 
     return make
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """`grokbasin ARGS` run in this process from ``cwd`` -> (exit code, stdout, stderr).
+
+    Goes through ``main()``: the same error handling as the console script.
+    """
+
+    def run(args: list[str], cwd: Path) -> tuple[int, str, str]:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["grokbasin", *args])
+        try:
+            main()
+            rc = 0
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        cap = capsys.readouterr()
+        return rc, cap.out, cap.err
+
+    return run

@@ -232,7 +232,7 @@ def test_llc_group_and_mixed_store(saved, monkeypatch, capsys, tiny_cfg):
 
 
 def test_cli_marker_matches_the_external_spec_file():
-    from grokbasin.cli import EXTERNAL_SPEC
+    from grokbasin.cli_llc import EXTERNAL_SPEC
     from grokbasin.llc.external.core import SPEC_FILE
 
     assert EXTERNAL_SPEC == SPEC_FILE

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from grokbasin.cli import main
 from grokbasin.errors import CorruptFileError
 from grokbasin.store.db import StoreWarning, list_runs
 from grokbasin.store.rundir import (
@@ -36,19 +35,6 @@ def flip64(path: Path, where: str = "data") -> None:
     for i in range(start, min(start + 64, len(data) - 12)):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-def cli(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
-    """`grokbasin ARGS` in this process (main(): the same error handling as the console script)."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["grokbasin", *args])
-    try:
-        main()
-        rc = 0
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def one_line(err: str) -> str:
@@ -98,12 +84,12 @@ def test_file_without_checksum_still_reads(tmp_path):
     assert load_tensors(tmp_path / "old.safetensors")[1] == {"epoch": 3}
 
 
-def test_resume_from_corrupt_state_is_one_line(trained, tiny_cfg, monkeypatch, capsys):
+def test_resume_from_corrupt_state_is_one_line(trained, tiny_cfg, run_cli):
     """A killed run resumes from state.safetensors: corrupt, it refuses (no training on garbage)."""
     prov = json.loads(trained.provenance.read_text())
     trained.provenance.write_text(json.dumps({**prov, "finished": False}))
     flip64(trained.state)
-    rc, _, err = cli(
+    rc, _, err = run_cli(
         [
             "train",
             *("--p", "11", "--frac", "0.5", "--width", "24", "--epochs", "60"),
@@ -111,21 +97,17 @@ def test_resume_from_corrupt_state_is_one_line(trained, tiny_cfg, monkeypatch, c
             *("--out", "runs", "--quiet"),
         ],
         trained.path.parent.parent,
-        monkeypatch,
-        capsys,
     )
     line = one_line(err)
     rel = trained.state.relative_to(trained.path.parent.parent)
     assert rc == 2 and str(rel) in line and "delete it" in line
 
 
-def test_corrupt_checkpoint_stops_llc_in_one_line(trained, monkeypatch, capsys):
+def test_corrupt_checkpoint_stops_llc_in_one_line(trained, run_cli):
     flip64(trained.checkpoint(20))
-    rc, _, err = cli(
+    rc, _, err = run_cli(
         ["llc", str(trained.path), "--chains", "1", "--draws", "5", "--burnin", "0", "--quiet"],
         trained.path.parent,
-        monkeypatch,
-        capsys,
     )
     line = one_line(err)
     assert rc == 2 and "epoch_20.safetensors" in line and "checksum mismatch" in line

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from grokbasin.cli import main
 from grokbasin.config import build_config
 from grokbasin.errors import ConfigError, GrokbasinError
 from grokbasin.pipeline import run as run_pipeline
@@ -32,21 +31,9 @@ TINY_FLAGS = [
 LLC_FLAGS = [*("--chains", "2", "--draws", "10", "--burnin", "5", "--llc-batch-size", "16")]
 
 
-def cli(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["grokbasin", *args])
-    try:
-        main()
-        rc = 0
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def refused(args, cwd, monkeypatch, capsys, *needles: str) -> str:
+def refused(args, cwd, run_cli, *needles: str) -> str:
     """Exit 2, exactly one line on stderr containing every needle, no traceback."""
-    rc, _, err = cli(args, cwd, monkeypatch, capsys)
+    rc, _, err = run_cli(args, cwd)
     lines = [x for x in err.strip().splitlines() if x.strip()]
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, (rc, err)
     for n in needles:
@@ -100,18 +87,17 @@ def test_rates_must_be_finite(key, value, needle):
         ("llc: {checkpoints: yes}", "llc.checkpoints"),
     ],
 )
-def test_wrong_yaml_types_are_one_line(tmp_path, monkeypatch, capsys, yaml_text, needle):
+def test_wrong_yaml_types_are_one_line(tmp_path, run_cli, yaml_text, needle):
     (tmp_path / "c.yaml").write_text(yaml_text + "\n")
-    refused(["train", "--config", "c.yaml", "--out", "runs"], tmp_path, monkeypatch, capsys, needle)
+    refused(["train", "--config", "c.yaml", "--out", "runs"], tmp_path, run_cli, needle)
     assert not (tmp_path / "runs").exists()
 
 
-def test_checkpoint_epochs_checked_before_training(tmp_path, monkeypatch, capsys):
+def test_checkpoint_epochs_checked_before_training(tmp_path, run_cli):
     line = refused(
         ["run", *TINY_FLAGS, "--checkpoints", "0,30", "--out", "runs"],
         tmp_path,
-        monkeypatch,
-        capsys,
+        run_cli,
         "llc.checkpoints",
         "30",
     )
@@ -119,46 +105,43 @@ def test_checkpoint_epochs_checked_before_training(tmp_path, monkeypatch, capsys
     assert build_config({}, {"llc.checkpoints": "0, 100,2500"}).llc.checkpoints == "0,100,2500"
 
 
-def test_sweep_checkpoints_checked_before_training(tmp_path, monkeypatch, capsys):
+def test_sweep_checkpoints_checked_before_training(tmp_path, run_cli):
     (tmp_path / "s.yaml").write_text(
         "base: {task: {p: 11, frac: 0.5}, model: {width: 8}, "
         "train: {epochs: 40, checkpoint_every: 20, batch_size: 16}}\n"
         "grid: {train.lr: [0.001, 0.003]}\nllc: {checkpoints: '20,75', chains: 1}\n"
     )
-    refused(["sweep", "s.yaml", "--out", "runs"], tmp_path, monkeypatch, capsys, "75")
+    refused(["sweep", "s.yaml", "--out", "runs"], tmp_path, run_cli, "75")
     assert not (tmp_path / "runs").exists()
 
 
-def test_sizes_beyond_the_machine_are_refused_with_the_estimate(tmp_path, monkeypatch, capsys):
-    line = refused(
-        ["train", "--p", "100003", "--out", "runs"], tmp_path, monkeypatch, capsys, "memory"
-    )
+def test_sizes_beyond_the_machine_are_refused_with_the_estimate(tmp_path, run_cli):
+    line = refused(["train", "--p", "100003", "--out", "runs"], tmp_path, run_cli, "memory")
     assert "task.p=100003" in line and "PiB" in line and not (tmp_path / "runs").exists()
     line = refused(
         ["run", *TINY_FLAGS, "--chains", "100000000", "--out", "runs"],
         tmp_path,
-        monkeypatch,
-        capsys,
+        run_cli,
         "LLC sampling",
         "memory",
     )
     assert not (tmp_path / "runs").exists()
 
 
-def test_sweep_sizes_checked_before_any_group_trains(tmp_path, monkeypatch, capsys):
+def test_sweep_sizes_checked_before_any_group_trains(tmp_path, run_cli):
     (tmp_path / "s.yaml").write_text(
         "base: {task: {frac: 0.5}, model: {width: 8}, "
         "train: {epochs: 20, checkpoint_every: 20, batch_size: 16}}\n"
         "grid: {task.p: [11, 100003]}\nllc: false\n"
     )
-    refused(["sweep", "s.yaml", "--out", "runs"], tmp_path, monkeypatch, capsys, "100003", "memory")
+    refused(["sweep", "s.yaml", "--out", "runs"], tmp_path, run_cli, "100003", "memory")
     assert not (tmp_path / "runs").exists()  # the small p=11 group did not train first
 
 
 @pytest.mark.parametrize("p", ["21", "2", "1", "-7"])
-def test_theory_takes_the_same_p_as_train(tmp_path, monkeypatch, capsys, p):
-    a = refused(["theory", "--p", p, "--width", "4"], tmp_path, monkeypatch, capsys, "--p")
-    b = refused(["train", "--p", p, "--out", "r"], tmp_path, monkeypatch, capsys, "task.p")
+def test_theory_takes_the_same_p_as_train(tmp_path, run_cli, p):
+    a = refused(["theory", "--p", p, "--width", "4"], tmp_path, run_cli, "--p")
+    b = refused(["train", "--p", p, "--out", "r"], tmp_path, run_cli, "task.p")
     assert a.split("--p: ")[1] == b.split("task.p: ")[1]
 
 
@@ -169,33 +152,29 @@ def test_theory_takes_the_same_p_as_train(tmp_path, monkeypatch, capsys, p):
         ("cuda:99" if torch.cuda.is_available() else "cuda", "device: 'cuda"),
     ],
 )
-def test_llc_device_is_named_not_the_checkpoint(
-    tmp_path, tiny_cfg, monkeypatch, capsys, device, needle
-):
+def test_llc_device_is_named_not_the_checkpoint(tmp_path, tiny_cfg, run_cli, device, needle):
     run = train(tiny_cfg(), tmp_path, progress=False).run
-    line = refused(
-        ["llc", str(run.path), "--device", device], tmp_path, monkeypatch, capsys, needle
-    )
+    line = refused(["llc", str(run.path), "--device", device], tmp_path, run_cli, needle)
     assert "safetensors" not in line and not run.llc.exists()
 
 
 # ------------------------------------------------------------------ the file system
 
 
-def test_out_that_is_a_file(tmp_path, monkeypatch, capsys):
+def test_out_that_is_a_file(tmp_path, run_cli):
     (tmp_path / "f").write_text("x")
-    refused(["train", *TINY_FLAGS, "--out", "f"], tmp_path, monkeypatch, capsys, "--out", "file")
-    refused(["run", *TINY_FLAGS, "--out", "f/sub"], tmp_path, monkeypatch, capsys, "--out")
+    refused(["train", *TINY_FLAGS, "--out", "f"], tmp_path, run_cli, "--out", "file")
+    refused(["run", *TINY_FLAGS, "--out", "f/sub"], tmp_path, run_cli, "--out")
     assert (tmp_path / "f").read_text() == "x"
 
 
-def test_corrupt_theory_json_is_one_line(tmp_path, tiny_cfg, monkeypatch, capsys):
+def test_corrupt_theory_json_is_one_line(tmp_path, tiny_cfg, run_cli):
     run = run_pipeline(
         tiny_cfg(llc__chains=1, llc__draws=5, llc__burnin=0, llc__batch_size=16), tmp_path, False
     ).run
     theory = run.path / "theory.json"
     theory.write_text('{"key": "abc", "closed_form": [')
-    refused(["report", str(run.path)], tmp_path, monkeypatch, capsys, "theory.json", "delete it")
+    refused(["report", str(run.path)], tmp_path, run_cli, "theory.json", "delete it")
 
 
 def _unprivileged() -> None:
@@ -311,10 +290,10 @@ def test_sql_cannot_write_or_read_files(two_runs):
     assert query(root, "DESCRIBE runs")[1]
 
 
-def test_sql_refusal_from_the_command_line(two_runs, monkeypatch, capsys):
+def test_sql_refusal_from_the_command_line(two_runs, run_cli):
     root, runs = two_runs
     sql = f"COPY (SELECT 1) TO '{runs[0].metrics}'"
-    refused(["runs", "--out", str(root), "--sql", sql], root, monkeypatch, capsys, "COPY")
+    refused(["runs", "--out", str(root), "--sql", sql], root, run_cli, "COPY")
     read_parquet(runs[0].metrics)  # intact
 
 
@@ -373,11 +352,11 @@ def test_divergence_is_recorded_and_reported(tmp_path, tiny_cfg):
     assert listed[0][cols.index("status")] == "diverged"
 
 
-def test_divergence_on_the_command_line(tmp_path, monkeypatch, capsys):
+def test_divergence_on_the_command_line(tmp_path, run_cli):
     args = ["train", *TINY_FLAGS, "--optimizer", "sgd", "--lr", "1000", "--out", "runs"]
-    rc, out, err = cli([*args, "--json", "--quiet"], tmp_path, monkeypatch, capsys)
+    rc, out, err = run_cli([*args, "--json", "--quiet"], tmp_path)
     assert rc == 0 and json.loads(out)["diverged"] == {"0": 20}
-    rc, out, err = cli([*args, "--quiet"], tmp_path, monkeypatch, capsys)
+    rc, out, err = run_cli([*args, "--quiet"], tmp_path)
     assert rc == 0 and "replica 0 diverged" in err and "epoch 20" in err
 
 

@@ -9,8 +9,8 @@ An experiment is data plus two functions (see the ``experiments`` package docstr
 
 ``run_experiment`` picks the scale's grid, computes, plots and writes figures, CSVs and a report
 under ``root/experiments/<name>-<scale>/``. Runs live under ``root`` keyed by config hash, so every
-experiment and sweep shares them. ``register`` (a decorator over a whole function) remains for
-experiments not yet moved to this form.
+experiment and sweep shares them. A grid's ``trim`` (why it deviates from the paper) is stated in
+the report next to the method.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from grokbasin.errors import ConfigError
 
@@ -67,45 +67,36 @@ class ExperimentResult:
     output: Output | None = None
 
 
-class ExperimentFn(Protocol):
-    def __call__(
-        self, scale: str, root: Path, backend: str, workers: int, device: str, progress: bool
-    ) -> ExperimentResult: ...
-
-
 @dataclass(frozen=True)
 class Experiment:
     """A named experiment: grids per scale (data), compute, plot, and fixed method text."""
 
     name: str
     description: str
-    grids: Mapping[str, Grid] = field(default_factory=dict)
-    compute: Callable[[Grid, Context], Output] | None = None
-    plot: Callable[[Output], dict[str, Any]] | None = None
+    grids: Mapping[str, Grid]
+    compute: Callable[[Grid, Context], Output]
+    plot: Callable[[Output], dict[str, Any]]
     method: str = ""
-    fn: ExperimentFn | None = None  # legacy: one function does everything
 
     def run(self, ctx: Context, grid: Grid | None = None) -> ExperimentResult:
         """Compute (resumable), plot and write outputs for ``ctx.scale`` (or the given grid)."""
-        if self.fn is not None:
-            return self.fn(
-                scale=ctx.scale,
-                root=ctx.root,
-                backend=ctx.backend,
-                workers=ctx.workers,
-                device=ctx.device or "cpu",
-                progress=ctx.progress,
-            )
         from grokbasin.experiments.common import finish
 
-        assert self.compute is not None and self.plot is not None
         g = grid if grid is not None else self.grids[ctx.scale]
         out = self.compute(g, ctx)
         figs = self.plot(out)
-        res = finish(self.name, ctx.scale, ctx.root, figs, out.tables, out.summary, [], self.method)
-        res.notes = [self.method] if self.method else []
+        notes = trim_notes(g)
+        res = finish(
+            self.name, ctx.scale, ctx.root, figs, out.tables, out.summary, notes, self.method
+        )
+        res.notes = [self.method, *notes] if self.method else notes
         res.output = out
         return res
+
+
+def trim_notes(grid: Grid) -> list[str]:
+    """The grid's stated deviation from the paper (key ``trim``) as a report line, if any."""
+    return [f"Deviation from the paper's grid: {grid['trim']}."] if grid.get("trim") else []
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -115,16 +106,6 @@ def add(exp: Experiment) -> Experiment:
     """Register an experiment under its name (modules call this at import)."""
     _REGISTRY[exp.name] = exp
     return exp
-
-
-def register(name: str, description: str) -> Callable[[ExperimentFn], ExperimentFn]:
-    """Legacy decorator adding a whole-function experiment under ``name``."""
-
-    def deco(fn: ExperimentFn) -> ExperimentFn:
-        add(Experiment(name, description, fn=fn))
-        return fn
-
-    return deco
 
 
 def _load() -> None:
@@ -178,6 +159,5 @@ __all__ = [
     "get",
     "list_experiments",
     "out_dir",
-    "register",
     "run_experiment",
 ]

@@ -10,9 +10,10 @@ draws] so figures and ArviZ export can reuse them.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -173,15 +174,15 @@ def _sample_batch(
 
 
 def sample_with_progress(
-    target,
+    target: Any,
     llc_cfg: LLCConfig,
     groups: int,
     nbetas: list[float],
-    group_ids: list,
+    group_ids: list[list[int]],
     label: str,
     progress: bool,
-    step_size=None,
-    gamma=None,
+    step_size: Any = None,
+    gamma: Any = None,
 ) -> Estimate:
     """``estimate_llc`` with every setting from ``llc_cfg`` and a progress bar over the steps.
 
@@ -214,27 +215,29 @@ def _is_hex(s: str) -> bool:
     return bool(s) and all(ch in "0123456789abcdef" for ch in s)
 
 
-def _rows_for(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str) -> dict:
-    """llc.parquet rows per run, from the grouped estimate."""
+def sampler_json(llc_cfg: LLCConfig) -> str:
+    """The sampler settings as stored with every LLC row (all but ``checkpoints``)."""
+    return json.dumps(llc_cfg.model_dump(mode="json", exclude={"checkpoints"}), sort_keys=True)
+
+
+def group_rows(
+    est: Estimate, llc_cfg: LLCConfig, shash: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(group g, llc.parquet columns after epoch and replica) per group × nβ × chain."""
     res = est.result
     B, C = len(est.nbetas), est.chains
     llc, init, mean = est.llc, est._gbc(res.init_loss), est._gbc(res.mean_loss)
     reg = est.regressed
-    scfg = json.dumps(
-        llc_cfg.model_dump(mode="json", exclude={"checkpoints"}),
-        sort_keys=True,
-    )
-    out: dict[Path, list[dict]] = {}
-    for g, (run_res, epoch, rep) in enumerate(where):
+    scfg = sampler_json(llc_cfg)
+    for g in range(llc.shape[0]):
         for b in range(B):
             diag = est.diagnostics[g * B + b] if est.diagnostics else {}
             group_flags = [f for f in diag.get("flags", []) if f in GROUP_FLAGS]
             for c in range(C):
                 chain_flags = diag.get("chain_flags", [[]] * C)[c]
-                out.setdefault(run_res.run.path, []).append(
+                yield (
+                    g,
                     {
-                        "epoch": int(epoch),
-                        "replica": int(rep),
                         "chain": c,
                         "nbeta": float(est.nbetas[b]),
                         "llc": float(llc[g, b, c]),
@@ -247,8 +250,18 @@ def _rows_for(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str) -> dic
                         "flags": ",".join(sorted(set(chain_flags) | set(group_flags))),
                         "sampler_hash": shash,
                         "sampler_config": scfg,
-                    }
+                    },
                 )
+
+
+def _rows_for(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str) -> dict:
+    """llc.parquet rows per run, from the grouped estimate."""
+    out: dict[Path, list[dict]] = {}
+    for g, row in group_rows(est, llc_cfg, shash):
+        run_res, epoch, rep = where[g]
+        out.setdefault(run_res.run.path, []).append(
+            {"epoch": int(epoch), "replica": int(rep), **row}
+        )
     return out
 
 

@@ -44,20 +44,24 @@ def scaling_grid(
     }
 
 
-_SMALL_SAMPLER = {"small": common.sampler_small()}
-_PAPER_SAMPLERS = {"paper": common.SAMPLER_PAPER, "calibrated": common.SAMPLER_PAPER_CALIBRATED}
+# One set of settings per scale for both experiments: their shared (p, K) points are the same runs.
+_SMALL: dict[str, Any] = {
+    "train": common.train_small(3000, 100),
+    "samplers": {"small": common.sampler_small()},
+    "frac": 0.6,
+    "seeds": [0, 1],
+}
+_PAPER: dict[str, Any] = {
+    "train": common.TRAIN_PAPER,
+    "samplers": {"paper": common.SAMPLER_PAPER, "calibrated": common.SAMPLER_PAPER_CALIBRATED},
+    "frac": 0.4,
+    "seeds": [0],
+    "device": "auto",
+}
 
 LLC_VS_P: dict[str, Grid] = {
     "small": scaling_grid(
-        "llc-vs-p",
-        "task.p",
-        "model.width",
-        [19, 23, 29, 31],
-        [96, 192, 256],
-        common.train_small(3000, 100),
-        _SMALL_SAMPLER,
-        0.6,
-        [0, 1],
+        "llc-vs-p", "task.p", "model.width", [19, 23, 29, 31], [96, 192, 256], **_SMALL
     ),
     "paper": scaling_grid(
         "llc-vs-p",
@@ -65,28 +69,16 @@ LLC_VS_P: dict[str, Grid] = {
         "model.width",
         [53, 61, 71, 79, 89, 97],
         [600, 1000, 1400],
-        common.TRAIN_PAPER,
-        _PAPER_SAMPLERS,
-        0.4,
-        [0],
-        "auto",
-        "p: 6 of the paper's 10 values (59, 67, 73, 83 dropped; 53, 61, 71 kept to share runs "
-        "with llc-vs-width); one seed; epochs capped at 10k. Estimated here: training "
+        **_PAPER,
+        trimmed="p: 6 of the paper's 10 values (59, 67, 73, 83 dropped; 53, 61, 71 kept to share "
+        "runs with llc-vs-width); one seed; epochs capped at 10k. Estimated here: training "
         "Σp²K/(53²·1024) ≈ 37 × 36 s ≈ 22 min, both samplers at one checkpoint ≈ 3 min.",
     ),
 }
 
 LLC_VS_WIDTH: dict[str, Grid] = {
     "small": scaling_grid(
-        "llc-vs-width",
-        "model.width",
-        "task.p",
-        [96, 128, 192, 256],
-        [23, 29, 31],
-        common.train_small(3000, 100),
-        _SMALL_SAMPLER,
-        0.6,
-        [0, 1],
+        "llc-vs-width", "model.width", "task.p", [96, 128, 192, 256], [23, 29, 31], **_SMALL
     ),
     "paper": scaling_grid(
         "llc-vs-width",
@@ -94,12 +86,8 @@ LLC_VS_WIDTH: dict[str, Grid] = {
         "task.p",
         list(range(200, 1601, 200)),
         [53, 61, 71],
-        common.TRAIN_PAPER,
-        _PAPER_SAMPLERS,
-        0.4,
-        [0],
-        "auto",
-        "one seed; epochs capped at 10k; every K and p of the paper kept. Estimated here: "
+        **_PAPER,
+        trimmed="one seed; epochs capped at 10k; every K and p of the paper kept. Estimated here: "
         "≈ 29 × 36 s ≈ 17 min training (K = 600/1000/1400 shared with llc-vs-p), ≈ 3 min sampling.",
     ),
 }

@@ -1,25 +1,23 @@
 """Arrhenius-style tests of paper B: ΔF vs log(time to transition) on grokking and TMS runs.
 
-``compute`` trains and samples through the run engine (all seeds as replicas of one batch);
-``analyse`` turns the per-checkpoint rows into transition pairs with ΔF; ``plot`` draws the fit.
+Same pattern as paper A (see ``experiments.paper_a``): ``compute`` trains and samples through the
+run engine (all seeds as replicas of one batch) and turns the per-checkpoint rows into transition
+pairs with ΔF and their fit; ``plot`` draws it; what the numbers mean is in ``docs/paper-b.md``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from grokbasin.analysis import free_energy as FE
-from grokbasin.experiments.common import finish
-from grokbasin.experiments.paper_b.common import Ctx, compute, describe
-from grokbasin.experiments.paper_b.grids import grid as grid_of
-from grokbasin.experiments.registry import ExperimentResult, register
+from grokbasin.experiments.paper_b.common import Rows, compute, facts
+from grokbasin.experiments.paper_b.grids import GRIDS
+from grokbasin.experiments.registry import Context, Experiment, Grid, Output, add
 from grokbasin.report.figures import PALETTE, new_figure, plot_linear_fit
 from grokbasin.theory import paper_b as TH
 
-Rows = list[dict[str, Any]]
 MIN_CHECKPOINTS = 20  # SPEC §3.8: grokking runs enter the fit only if j − i > 20 checkpoints
 
 
@@ -96,103 +94,107 @@ def tms_pairs(rows: Rows, n: int, window: int = 3) -> tuple[Rows, dict[str, list
     return out, found
 
 
-def plot_fit(pairs: Rows, title: str) -> tuple[Any, Any]:
-    """Scatter ΔF vs log r with the least-squares line, R² and bootstrap slope interval."""
+def _fit_points(pairs: Rows) -> tuple[np.ndarray, np.ndarray]:
+    """(ΔF, r) of the pairs that enter the fit and have a finite ΔF."""
     use = [p for p in pairs if p["in_fit"] and np.isfinite(p["delta_F"])]
-    df = np.array([p["delta_F"] for p in use])
-    r = np.array([p["r"] for p in use], float)
+    return np.array([p["delta_F"] for p in use]), np.array([p["r"] for p in use], float)
+
+
+def fit_summary(pairs: Rows, base: dict[str, Any]) -> Rows:
+    """``base`` plus slope, R² and 95% bootstrap slope interval of ΔF on log r (if ≥ 3 points)."""
+    df, r = _fit_points(pairs)
+    if len(df) < 3 or np.ptp(np.log(r)) <= 0:
+        return [base]
+    fitres = FE.arrhenius_fit(df, r)
+    return [
+        base
+        | {
+            "slope": fitres.slope,
+            "intercept": fitres.intercept,
+            "r2": fitres.r2,
+            "slope_lo": fitres.slope_ci[0],
+            "slope_hi": fitres.slope_ci[1],
+            "n_fit": fitres.n,
+        }
+    ]
+
+
+def plot_fit(pairs: Rows, summary: dict[str, Any], title: str) -> Any:
+    """Scatter ΔF vs log r with the least-squares line, R² and bootstrap slope interval."""
+    df, r = _fit_points(pairs)
     fig, ax = new_figure(width=6.0, row_height=3.8)
     a = ax[0, 0]
-    fitres = None
-    if len(df) >= 3 and np.ptp(np.log(r)) > 0:
-        fitres = FE.arrhenius_fit(df, r)
+    if "slope" in summary:
         plot_linear_fit(
             a,
             np.log(r),
             df,
             color=PALETTE[0],
-            label=f"runs (n={len(df)}), 95% CI [{fitres.slope_ci[0]:.3g}, "
-            f"{fitres.slope_ci[1]:.3g}]",
+            label=f"runs (n={len(df)}), 95% CI [{summary['slope_lo']:.3g}, "
+            f"{summary['slope_hi']:.3g}]",
         )
     else:
         a.plot(np.log(r), df, "o", color=PALETTE[0], label=f"runs (n={len(df)}): too few to fit")
     a.set(xlabel="log r (time to transition)", ylabel="ΔF", title=title)
     a.title.set_fontsize(7)
     a.legend(fontsize=7)
-    return fig, fitres
+    return fig
 
 
-def fit_summary(fitres: Any, base: dict[str, Any], paper: str) -> tuple[Rows, list[str]]:
-    if fitres is None:
-        return [base], ["Too few transitions to fit ΔF against log r.", paper]
-    sign = "negative" if fitres.slope < 0 else "positive"
-    covers = fitres.slope_ci[0] < 0 < fitres.slope_ci[1]
-    row = base | {
-        "slope": fitres.slope,
-        "r2": fitres.r2,
-        "slope_lo": fitres.slope_ci[0],
-        "slope_hi": fitres.slope_ci[1],
-    }
-    note = (
-        f"ΔF ≈ {fitres.slope:.3g}·log r + {fitres.intercept:.3g}, R² = {fitres.r2:.3f}, 95% "
-        f"bootstrap slope interval [{fitres.slope_ci[0]:.3g}, {fitres.slope_ci[1]:.3g}] over "
-        f"{fitres.n} points: slope {sign}" + (", interval covers 0." if covers else ".")
-    )
-    return [row], [note, paper]
+GROKKING = "arrhenius_grokking"
 
 
-@register("arrhenius-grokking", "Paper B: ΔF vs log time-to-grok over many seeds of the MLP")
-def arrhenius_grokking(
-    scale: str, root: Path, backend: str, workers: int, device: str, progress: bool
-) -> ExperimentResult:
-    g = grid_of("arrhenius-grokking", scale)
-    rows, _ = compute(g, Ctx(root, backend, workers, device, progress))
-    t, s = g["base"]["task"], g["base"]["llc"]
-    n, every = int(t["frac"] * t["p"] ** 2), g["base"]["train"]["checkpoint_every"]
+def compute_grokking(grid: Grid, ctx: Context) -> Output:
+    """Grokking pairs (i, j) per run with ΔF; summary: counts and the fit of ΔF on log r."""
+    rows, _ = compute(grid, ctx)
+    t = grid["base"]["task"]
+    n, every = int(t["frac"] * t["p"] ** 2), grid["base"]["train"]["checkpoint_every"]
     pairs = grokking_pairs(rows, n, every)
-    seeds = len(g["seeds"])
-    kept = sum(p["in_fit"] for p in pairs)
+    base = {
+        "runs": len(grid["seeds"]),
+        "grokked": len(pairs),
+        "in_fit": sum(p["in_fit"] for p in pairs),
+    }
+    return Output({GROKKING: pairs}, fit_summary(pairs, base), facts(grid))
+
+
+def plot_grokking(out: Output) -> dict[str, Any]:
+    """ΔF vs log r over the grokked runs."""
+    s, f = out.summary[0], out.facts
     title = (
-        f"paper B MLP, p={t['p']}: {len(pairs)}/{seeds} grokked, {kept} with j − i > "
-        f"{MIN_CHECKPOINTS} checkpoints\n{describe(s)}"
+        f"paper B MLP, p={f['task']['p']}: {s['grokked']}/{s['runs']} grokked, {s['in_fit']} with "
+        f"j − i > {MIN_CHECKPOINTS} checkpoints\n{f['sampler']}"
     )
-    fig, fitres = plot_fit(pairs, title)
-    base = {"runs": seeds, "grokked": len(pairs), "in_fit": kept}
-    summary, notes = fit_summary(
-        fitres, base, "Paper B: 168 of 500 runs grokked (33.6%); slope negative with low R²."
-    )
-    if g.get("trim"):
-        notes.append(f"Deviation from the paper's grid: {g['trim']}.")
-    return finish(
-        "arrhenius-grokking",
-        scale,
-        root,
-        {"arrhenius_grokking": fig},
-        {"arrhenius_grokking": pairs},
-        summary,
-        notes,
-        "i = first checkpoint with train acc 1, j = first with val acc ≥ 0.95, r = j − i (steps);"
-        " ΔF = (λ̂_j − λ̂_i)·log N + N·(L_j − L_i).",
-    )
+    return {GROKKING: plot_fit(out.tables[GROKKING], s, title)}
 
 
-@register("arrhenius-tms", "Paper B: ΔF vs log time between loss-curve transitions in TMS runs")
-def arrhenius_tms(
-    scale: str, root: Path, backend: str, workers: int, device: str, progress: bool
-) -> ExperimentResult:
-    g = grid_of("arrhenius-tms", scale)
-    rows, _ = compute(g, Ctx(root, backend, workers, device, progress))
-    n = g["base"]["task"]["n"]
-    pairs, found = tms_pairs(rows, n)
-    seeds = len(g["seeds"])
-    title = f"TMS 8→2, {seeds} runs, {len(pairs)} transition pairs\n{describe(g['base']['llc'])}"
-    fig, fitres = plot_fit(pairs, title)
+TMS = "arrhenius_tms"
+CURVES_SHOWN = 6
+
+
+def compute_tms(grid: Grid, ctx: Context) -> Output:
+    """Consecutive transition pairs per TMS run with ΔF, the fit, and the first runs' curves."""
+    rows, _ = compute(grid, ctx)
+    pairs, found = tms_pairs(rows, grid["base"]["task"]["n"])
+    summary = fit_summary(pairs, {"runs": len(grid["seeds"]), "pairs": len(pairs)})
+    curves = [
+        {"step": steps, "loss": curve, "at": [t.at for t in tr]}
+        for steps, curve, tr in list(found.values())[:CURVES_SHOWN]
+    ]
+    return Output({TMS: pairs}, summary, facts(grid) | {"curves": curves})
+
+
+def plot_tms(out: Output) -> dict[str, Any]:
+    """ΔF vs log r over the transition pairs, and the loss curves with detected transitions."""
+    s, f = out.summary[0], out.facts
+    title = f"TMS 8→2, {s['runs']} runs, {s['pairs']} transition pairs\n{f['sampler']}"
+    fig = plot_fit(out.tables[TMS], s, title)
     fig2, ax = new_figure(width=6.4, row_height=3.6)
-    for i, (steps, curve, tr) in enumerate(list(found.values())[:6]):
+    for i, c in enumerate(f["curves"]):
         col = PALETTE[i % len(PALETTE)]
-        ax[0, 0].plot(steps, curve, color=col, lw=1)
-        for t in tr:
-            ax[0, 0].axvline(steps[t.at], color=col, ls=":", lw=0.8)
+        ax[0, 0].plot(c["step"], c["loss"], color=col, lw=1)
+        for at in c["at"]:
+            ax[0, 0].axvline(c["step"][at], color=col, ls=":", lw=0.8)
     for k in range(2, 9):
         ax[0, 0].axhline(TH.tms_kgon_loss(8, k), color="#999999", lw=0.6, ls="--")
     ax[0, 0].set(
@@ -202,22 +204,30 @@ def arrhenius_tms(
         "dashed: k-gon losses (n−k)(n−1)/n², k = 2..8)",
     )
     ax[0, 0].title.set_fontsize(7)
-    summary, notes = fit_summary(
-        fitres,
-        {"runs": seeds, "pairs": len(pairs)},
-        "Paper B: TMS inconclusive (slightly positive slope).",
+    return {TMS: fig, "tms_curves": fig2}
+
+
+add(
+    Experiment(
+        "arrhenius-grokking",
+        "Paper B: ΔF vs log time-to-grok over many seeds of the MLP",
+        GRIDS["arrhenius-grokking"],
+        compute_grokking,
+        plot_grokking,
+        "i = first checkpoint with train acc 1, j = first with val acc ≥ 0.95, r = j − i (steps);"
+        " ΔF = (λ̂_j − λ̂_i)·log N + N·(L_j − L_i). Paper B: 168 of 500 runs grokked (33.6%); "
+        "slope negative with low R².",
     )
-    if g.get("trim"):
-        notes.append(f"Deviation from the paper's grid: {g['trim']}.")
-    return finish(
+)
+add(
+    Experiment(
         "arrhenius-tms",
-        scale,
-        root,
-        {"arrhenius_tms": fig, "tms_curves": fig2},
-        {"arrhenius_tms": pairs},
-        summary,
-        notes,
+        "Paper B: ΔF vs log time between loss-curve transitions in TMS runs",
+        GRIDS["arrhenius-tms"],
+        compute_tms,
+        plot_tms,
         "Transitions: fast drops of the smoothed loss (at checkpoints) ≥ 10% of its total "
         "decrease; r = steps between consecutive transitions, ΔF between the checkpoints after"
-        " them.",
+        " them. Paper B: TMS inconclusive (slightly positive slope).",
     )
+)

@@ -1,24 +1,14 @@
-"""What every paper-B experiment shares: a small context, compute through the engine, outputs."""
+"""What every paper-B experiment shares: compute through the engine, neutral facts for titles."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from grokbasin.experiments.paper_b.engine import BRunResult, collect, run_all
 from grokbasin.experiments.paper_b.spec import BRun, expand_grid
+from grokbasin.experiments.registry import Context, Grid
 
-
-@dataclass(frozen=True)
-class Ctx:
-    """Where and how an experiment computes: run root, backend, workers, device, progress."""
-
-    root: Path
-    backend: str = "local"
-    workers: int = 1
-    device: str = "cpu"
-    progress: bool = False
+Rows = list[dict[str, Any]]
 
 
 def runs_of(grid: dict[str, Any], device: str = "cpu") -> list[BRun]:
@@ -28,11 +18,19 @@ def runs_of(grid: dict[str, Any], device: str = "cpu") -> list[BRun]:
     return expand_grid(g)
 
 
-def compute(grid: dict[str, Any], ctx: Ctx) -> tuple[list[dict[str, Any]], BRunResult]:
-    """Train and sample whatever the grid still lacks under ctx.root; one row per estimate."""
-    cfgs = runs_of(grid, ctx.device)
+def compute(grid: dict[str, Any], ctx: Context) -> tuple[Rows, BRunResult]:
+    """Train and sample whatever the grid still lacks under ctx.root; one row per estimate.
+
+    Paper-B grids carry no device of their own: ``ctx.device`` None means CPU.
+    """
+    cfgs = runs_of(grid, ctx.device or "cpu")
     done = run_all(cfgs, ctx.root, ctx.backend, ctx.workers, ctx.progress)
     return collect(cfgs, ctx.root), done
+
+
+def facts(grid: Grid) -> dict[str, Any]:
+    """Neutral facts every paper-B figure title states: the task's fields and the sampler line."""
+    return {"task": dict(grid["base"]["task"]), "sampler": describe(grid["base"]["llc"])}
 
 
 def describe(s: dict[str, Any]) -> str:

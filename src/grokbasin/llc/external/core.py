@@ -29,12 +29,10 @@ import yaml
 from grokbasin import provenance
 from grokbasin.config import LLCConfig
 from grokbasin.errors import ConfigError
-from grokbasin.llc.diagnostics import GROUP_FLAGS
-from grokbasin.llc.estimate import Estimate, estimate_llc
+from grokbasin.llc.estimate import Estimate
 from grokbasin.llc.external import inputs as inp
 from grokbasin.llc.targets import Target, from_module
-from grokbasin.llc.trajectory import nbeta_values
-from grokbasin.progress import make_progress
+from grokbasin.llc.trajectory import group_rows, nbeta_values, sample_with_progress
 from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, write_parquet
 
 SPEC_FILE = "external.json"
@@ -180,41 +178,6 @@ def _group_id(key: str) -> int:
     return int(key[:7], 16)
 
 
-def run_estimate(
-    target: Any,
-    llc_cfg: LLCConfig,
-    groups: int,
-    nbetas: list[float],
-    group_ids: list[list[int]],
-    label: str,
-    progress: bool,
-    step_size: Any = None,
-    gamma: Any = None,
-) -> Estimate:
-    """``estimate_llc`` with every setting from ``llc_cfg`` and a progress bar."""
-    total = llc_cfg.burnin + llc_cfg.draws * llc_cfg.thin
-    with make_progress(progress) as bar:
-        task = bar.add_task(label, total=total, stage="llc")
-        return estimate_llc(
-            target,
-            groups=groups,
-            chains=llc_cfg.chains,
-            nbetas=nbetas,
-            step_size=llc_cfg.step_size if step_size is None else step_size,
-            gamma=llc_cfg.gamma if gamma is None else gamma,
-            weight_decay=llc_cfg.weight_decay,
-            noise_level=llc_cfg.noise_level,
-            burnin=llc_cfg.burnin,
-            draws=llc_cfg.draws,
-            thin=llc_cfg.thin,
-            seed=llc_cfg.seed,
-            method=llc_cfg.method,
-            baseline=llc_cfg.baseline,
-            group_ids=group_ids,
-            on_step=lambda k: bar.update(task, advance=k),
-        )
-
-
 def sample_steps(
     x: inp.Inputs, llc_cfg: LLCConfig, idx: list[int], progress: bool
 ) -> tuple[Estimate, list[float]]:
@@ -227,48 +190,17 @@ def sample_steps(
     target = module_target(x.model, x.loss_fn, x.X, x.Y, min(llc_cfg.batch_size, x.n), p_rep)
     ids = [[_group_id(x.key), x.steps[i]] for i in idx]
     label = f"{G} checkpoints × {C} chains × {B} nβ"
-    return run_estimate(target, llc_cfg, G, nbetas, ids, label, progress), nbetas
-
-
-def _sampler_json(llc_cfg: LLCConfig) -> str:
-    return json.dumps(llc_cfg.model_dump(mode="json", exclude={"checkpoints"}), sort_keys=True)
+    return sample_with_progress(target, llc_cfg, G, nbetas, ids, label, progress), nbetas
 
 
 def estimate_rows(
     est: Estimate, x: inp.Inputs, idx: list[int], llc_cfg: LLCConfig
 ) -> list[dict[str, Any]]:
     """llc.parquet rows (built-in columns plus ``checkpoint``) from a grouped estimate."""
-    res, B, C = est.result, len(est.nbetas), est.chains
-    llc, init, mean = est.llc, est._gbc(res.init_loss), est._gbc(res.mean_loss)
-    reg = est.regressed
-    shash, scfg = llc_cfg.sampler_hash(), _sampler_json(llc_cfg)
-    rows = []
-    for g, i in enumerate(idx):
-        for b in range(B):
-            diag = est.diagnostics[g * B + b] if est.diagnostics else {}
-            group_flags = [f for f in diag.get("flags", []) if f in GROUP_FLAGS]
-            for c in range(C):
-                chain_flags = diag.get("chain_flags", [[]] * C)[c]
-                rows.append(
-                    {
-                        "epoch": int(x.steps[i]),
-                        "replica": 0,
-                        "chain": c,
-                        "nbeta": float(est.nbetas[b]),
-                        "llc": float(llc[g, b, c]),
-                        "llc_regressed": float(reg[g, c]) if reg is not None else float("nan"),
-                        "init_loss": float(init[g, b, c]),
-                        "mean_loss": float(mean[g, b, c]),
-                        "rhat": float(diag.get("rhat", float("nan"))),
-                        "ess": float(diag.get("ess", float("nan"))),
-                        "trend": float(diag.get("trend", float("nan"))),
-                        "flags": ",".join(sorted(set(chain_flags) | set(group_flags))),
-                        "sampler_hash": shash,
-                        "sampler_config": scfg,
-                        "checkpoint": x.labels[i],
-                    }
-                )
-    return rows
+    return [
+        {"epoch": int(x.steps[idx[g]]), "replica": 0, **row, "checkpoint": x.labels[idx[g]]}
+        for g, row in group_rows(est, llc_cfg, llc_cfg.sampler_hash())
+    ]
 
 
 def checkpoint_losses(x: inp.Inputs, idx: list[int], est: Estimate) -> list[dict[str, Any]]:

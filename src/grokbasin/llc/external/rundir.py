@@ -35,9 +35,9 @@ from grokbasin.llc.external.core import (
     estimate_into,
     module_target,
     prepare,
-    run_estimate,
     sampler_config,
 )
+from grokbasin.llc.trajectory import sample_with_progress
 from grokbasin.store.rundir import RunDir, read_parquet, write_parquet
 
 NO_LAPLACE = (
@@ -135,7 +135,7 @@ def calibrate_inputs(
     eps_r, gam_r = per_replica(cells, B, C)
     label = f"calibration: {G} cells × {B} nβ × {C} chains"
     ids = [[_group_id(x.key or "0" * 7), step]] * G
-    est = run_estimate(target, llc_cfg, G, nb_list, ids, label, progress, eps_r, gam_r)
+    est = sample_with_progress(target, llc_cfg, G, nb_list, ids, label, progress, eps_r, gam_r)
     rows = cell_rows(est, cells, nb_list, None, gam_list, step, 0)
     return Calibration(rows, recommend(rows), notes=[NO_LAPLACE])
 

@@ -210,3 +210,12 @@ class NormSums:
 
     def info(self) -> Info:
         return {} if self.sq is None else {"norms": {k: v.sqrt() for k, v in self.sq.items()}}
+
+
+def step_start(state: State, grads: Params, t: int) -> tuple[NormSums, Params, Params, Params]:
+    """What every reference step begins with: norm sums, copies of the parameters and slots to
+    update, and this step's noise ξ for the parameters that have a gradient."""
+    s, params = state.setup, state.params
+    norms = NormSums(s.hyper.replicas, next(iter(params.values())).device, s.norms)
+    xis = noise(s.keys, t, {k: params[k] for k in grads})
+    return norms, dict(params), dict(state.slots), xis

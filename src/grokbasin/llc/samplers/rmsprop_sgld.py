@@ -9,13 +9,12 @@ import torch
 from grokbasin.llc.samplers.base import (
     Info,
     Kernel,
-    NormSums,
     Params,
     Setup,
     State,
     forces,
     mask_of,
-    noise,
+    step_start,
 )
 
 
@@ -29,9 +28,7 @@ def step(
 ) -> tuple[State, Info]:
     """One preconditioned step for all replicas."""
     s, params, h = state.setup, state.params, state.setup.hyper
-    R, dev = h.replicas, next(iter(params.values())).device
-    norms, new_p, new_s = NormSums(R, dev, s.norms), dict(params), dict(state.slots)
-    xis = noise(s.keys, t, {k: params[k] for k in grads})
+    norms, new_p, new_s, xis = step_start(state, grads, t)
     for name in sorted(grads):
         w, g, c = params[name], grads[name], s.center[name]
         f = forces(h, w, g, c)

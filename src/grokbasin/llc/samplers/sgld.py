@@ -22,15 +22,14 @@ from grokbasin.llc.samplers.base import (
     NOISE_TAG,
     Info,
     Kernel,
-    NormSums,
     Params,
     Setup,
     State,
     b,
     forces,
     mask_of,
-    noise,
     split,
+    step_start,
 )
 
 
@@ -44,9 +43,7 @@ def step(
 ) -> tuple[State, Info]:
     """One reference SGLD step for all replicas; parameters without a gradient stay put."""
     s, params = state.setup, state.params
-    R, dev = s.hyper.replicas, next(iter(params.values())).device
-    norms, new_p = NormSums(R, dev, s.norms), dict(params)
-    xis = noise(s.keys, t, {k: params[k] for k in grads})
+    norms, new_p, _, xis = step_start(state, grads, t)
     for name in sorted(grads):
         w, c = params[name], s.center[name]
         f = forces(s.hyper, w, grads[name], c)

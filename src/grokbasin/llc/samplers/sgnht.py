@@ -12,15 +12,14 @@ from grokbasin import rng
 from grokbasin.llc.samplers.base import (
     Info,
     Kernel,
-    NormSums,
     Params,
     Setup,
     State,
     b,
     forces,
     mask_of,
-    noise,
     sq,
+    step_start,
 )
 
 _MOMENTUM_TAG = 0x3077
@@ -43,9 +42,8 @@ def step(
     """One momentum + thermostat step for all replicas."""
     s, params, h = state.setup, state.params, state.setup.hyper
     R, dev = h.replicas, next(iter(params.values())).device
-    norms, new_p, new_s = NormSums(R, dev, s.norms), dict(params), dict(state.slots)
+    norms, new_p, new_s, xis = step_start(state, grads, t)
     kinetic, numel = torch.zeros(R, device=dev), torch.zeros(R, device=dev)
-    xis = noise(s.keys, t, {k: params[k] for k in grads})
     for name in sorted(grads):
         w, c = params[name], s.center[name]
         f = forces(h, w, grads[name], c)
