@@ -135,4 +135,25 @@ def run_jobs(
     raise ConfigError(f"backend: got {backend!r}; use one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "run_jobs", "run_local", "run_ray"]
+def run_jobs_with_progress(
+    fn: Callable[[J], R],
+    jobs: Sequence[J],
+    stage: str,
+    backend: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    progress: bool = True,
+) -> list[R]:
+    """:func:`run_jobs` under one progress bar: a tick per finished job, named by its ``label``."""
+    from grokbasin.progress import make_progress
+
+    with make_progress(progress and bool(jobs)) as bar:
+        task = bar.add_task("groups", total=len(jobs), stage=stage)
+
+        def done(i: int, res: R) -> None:
+            bar.update(task, advance=1, description=f"done {jobs[i].label}")
+
+        return run_jobs(fn, jobs, backend, workers, address, on_result=done)
+
+
+__all__ = ["BACKENDS", "run_jobs", "run_jobs_with_progress", "run_local", "run_ray"]

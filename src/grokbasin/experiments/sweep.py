@@ -273,20 +273,13 @@ def run_configs(
     progress: bool = True,
 ) -> SweepResult:
     """Train (and sample) every config, reusing what exists; one progress display throughout."""
-    from grokbasin.experiments.backends import run_jobs
-    from grokbasin.progress import make_progress
+    from grokbasin.experiments.backends import run_jobs_with_progress
 
     before = plan(root, cfgs, estimate)
     jobs = jobs_for(cfgs, root, estimate)
-    results: list[GroupResult] = []
-    with make_progress(progress and bool(jobs)) as bar:
-        task = bar.add_task("groups", total=len(jobs), stage="sweep")
-
-        def done(i: int, res: GroupResult) -> None:
-            results.append(res)
-            bar.update(task, advance=1, description=f"done {jobs[i].label}")
-
-        run_jobs(run_group, jobs, backend=backend, workers=workers, address=address, on_result=done)
+    results = run_jobs_with_progress(
+        run_group, jobs, "sweep", backend, workers, address, progress=progress
+    )
     runs = list({p.run.path.name: p.run for p in before}.values())
     return SweepResult(
         before, runs, sum(r.trained for r in results), sum(r.sampled for r in results)

@@ -426,19 +426,10 @@ def run_all(
     progress: bool = False,
 ) -> BRunResult:
     """Train and sample every run that is not finished under ``root``; reuse everything else."""
-    from grokbasin.experiments.backends import run_jobs
-    from grokbasin.progress import make_progress
+    from grokbasin.experiments.backends import run_jobs_with_progress
 
     jobs = jobs_for(cfgs, root)
-    out: list[BJobResult] = []
-    with make_progress(progress and bool(jobs)) as bar:
-        task = bar.add_task("groups", total=len(jobs), stage="paper-b")
-
-        def done(i: int, res: BJobResult) -> None:
-            out.append(res)
-            bar.update(task, advance=1, description=f"done {jobs[i].label}")
-
-        run_jobs(run_job, jobs, backend=backend, workers=workers, on_result=done)
+    out = run_jobs_with_progress(run_job, jobs, "paper-b", backend, workers, progress=progress)
     return BRunResult(sum(r.trained for r in out), sum(r.sampled for r in out))
 
 
