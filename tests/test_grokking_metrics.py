@@ -87,6 +87,16 @@ def test_gsm_exact_for_curves_constant_between_checkpoints():
     assert gsm(coarse, f_t(coarse), f_v(coarse)) == pytest.approx(0.5, abs=1e-12)
 
 
+def test_gsm_horizon_holds_the_last_values_and_scales_as_one_over_t():
+    e = np.array([0, 100, 200, 300])
+    at, av = np.array([0.0, 1.0, 1.0, 1.0]), np.array([0.0, 0.0, 1.0, 1.0])
+    assert gsm(e, at, av) == pytest.approx(100 / 300)  # gap 1 over (100, 200]
+    assert gsm(e, at, av, horizon=1000) == pytest.approx(100 / 1000)
+    assert gsm(e, at, av, horizon=200) == gsm(e, at, av)  # an earlier horizon changes nothing
+    held_gap = np.array([0.0, 1.0, 1.0, 0.96])  # the last gap (0.04) is held to the horizon
+    assert gsm(e, held_gap, av, horizon=1000) == pytest.approx((100 + 0.04 * 800) / 1000)
+
+
 def test_gsm_threshold_gate():
     at, av = step(100), step(600, high=0.92)
     assert gsm(EPOCHS, at, av) == 0.0  # 0.92 < 0.95

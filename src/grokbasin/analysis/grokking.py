@@ -52,15 +52,24 @@ def _interval_weights(e: np.ndarray) -> np.ndarray:
 
 
 def gsm(
-    epochs: ArrayLike, train_acc: ArrayLike, val_acc: ArrayLike, threshold: float = 0.95
+    epochs: ArrayLike,
+    train_acc: ArrayLike,
+    val_acc: ArrayLike,
+    threshold: float = 0.95,
+    horizon: float | None = None,
 ) -> float:
     """Paper A's GSM = 1{a_V(T) ≥ 0.95} · (1/T) · Σ_{x=1..T} |a_T(x) − a_V(x)|.
 
     The per-epoch sum is taken over checkpoints, each weighted by the epochs since the previous
     one (a step function), so it equals the paper's per-epoch average for every-epoch curves and
-    does not depend on the checkpoint spacing otherwise. T is the last epoch.
+    does not depend on the checkpoint spacing otherwise. T is the last epoch, or ``horizon``
+    when it is later: the curves are then held at their last values up to it (a run stopped
+    early stays where it stopped), so runs of different lengths share one T. GSM scales as 1/T,
+    so values are only comparable at the same T.
     """
     e, at, av = _arrays(epochs, train_acc, val_acc)
+    if horizon is not None and horizon > e[-1]:
+        e, at, av = np.append(e, horizon), np.append(at, at[-1]), np.append(av, av[-1])
     if av[-1] < threshold:
         return 0.0
     w = _interval_weights(e)

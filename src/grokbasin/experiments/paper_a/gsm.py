@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from grokbasin.analysis.grokking import gsm
 from grokbasin.experiments import common
 from grokbasin.experiments.registry import Context, Experiment, Grid, Output, add
 from grokbasin.report.figures import PALETTE, new_figure
@@ -14,9 +15,12 @@ from grokbasin.report.figures import PALETTE, new_figure
 METHOD = (
     "GSM is computed up to each run's solution checkpoint (lowest-loss checkpoint with train acc "
     "≥ 0.99 and val acc ≥ 0.95), as if training had stopped there: small Adam runs can fall off "
-    "the solution later, which would zero GSM's indicator. GSM is 0 for runs that never reach val "
-    "acc 0.95; the plotted mean and the log fit (ln GSM = a + b·log10 x) use only seeds that "
-    "generalised (column 'generalised'). The max LLC is over every estimated checkpoint."
+    "the solution later, which would zero GSM's indicator. GSM averages the train-validation gap "
+    "over T epochs, so it scales as 1/T: column 'gsm' takes T = the solution checkpoint, "
+    "'gsm_budget' takes T = the grid's epoch budget (train.epochs) with the gap held at its "
+    "solution value after it, one T for every run. GSM is 0 for runs that never reach val acc "
+    "0.95; means use only seeds that generalised (column 'generalised'), and the log fits "
+    "(ln GSM = a + b·log10 x) only positive means. The max LLC is over every estimated checkpoint."
 )
 
 
@@ -112,13 +116,18 @@ def compute(grid: Grid, ctx: Context) -> Output:
     common.run(ctx, cfgs, True)
     rows = []
     for c, by in zip(cfgs, common.llc_by_epochs(cfgs, ctx.root), strict=True):
-        _, _, g = common.solution_metrics(common.metrics_rows(c, ctx.root))
+        mrows = common.metrics_rows(c, ctx.root)
+        end, ok, g = common.solution_metrics(mrows)
+        upto = [r for r in mrows if r["epoch"] <= end]
+        curves = [[r[k] for r in upto] for k in ("epoch", "train_acc", "val_acc")]
         means = [float(np.mean(v)) for v in by.values()]
         rows.append(
             {
                 "value": c.train.lr[0] if key == "train.lr" else c.train.weight_decay[0],
                 "seed": c.train.seeds[0],
+                "generalised": ok,
                 "gsm": g.get("gsm"),
+                "gsm_budget": gsm(*curves, horizon=c.train.epochs) if ok else 0.0,
                 "regime": g.get("regime"),
                 "t_mem": g.get("t_mem"),
                 "t_gen": g.get("t_gen"),
@@ -128,56 +137,68 @@ def compute(grid: Grid, ctx: Context) -> Output:
     agg = []
     for v in values:
         sel = [r for r in rows if r["value"] == v]
-        pos = [r["gsm"] for r in sel if r["gsm"]]  # seeds that generalised (GSM > 0)
+        ok = [r for r in sel if r["generalised"]]
         agg.append(
-            {
-                "value": v,
-                "gsm_mean": float(np.mean(pos)) if pos else math.nan,
-                "gsm_std": float(np.std(pos)) if pos else math.nan,
+            {"value": v}
+            | _mean_std(ok, "gsm")
+            | _mean_std(ok, "gsm_budget")
+            | {
                 "max_llc_mean": float(np.nanmean([r["max_llc"] for r in sel])),
-                "generalised": len(pos),
+                "generalised": len(ok),
                 "n": len(sel),
             }
         )
-    b, a0, r2 = common.log_linear_fit(
-        [math.log10(a["value"]) for a in agg], [a["gsm_mean"] for a in agg]
-    )
-    summary = [{"fit": "ln GSM = a + b·log10(x)", "b": b, "a": a0, "r2": r2}, *agg]
-    return Output({name: rows}, summary, {"name": name, "key": key})
+    lx = [math.log10(a["value"]) for a in agg]
+    fits = []
+    for col, t in (("gsm", "solution checkpoint"), ("gsm_budget", "epoch budget")):
+        b, a0, r2 = common.log_linear_fit(lx, [a[f"{col}_mean"] for a in agg])
+        fits.append({"fit": f"ln {col} = a + b·log10(x), T = {t}", "b": b, "a": a0, "r2": r2})
+    return Output({name: rows}, [*fits, *agg], {"name": name, "key": key})
+
+
+def _mean_std(rows: list[dict[str, Any]], col: str) -> dict[str, float]:
+    """Mean and standard deviation of ``col`` over rows (nan for none)."""
+    v = [r[col] for r in rows]
+    return {
+        f"{col}_mean": float(np.mean(v)) if v else math.nan,
+        f"{col}_std": float(np.std(v)) if v else math.nan,
+    }
 
 
 def plot(out: Output) -> dict[str, Any]:
-    """GSM vs the hyperparameter with the exponential-decay fit, and max LLC vs it."""
+    """GSM vs the hyperparameter (T = solution checkpoint and T = epoch budget) with their
+    exponential-decay fits, and max LLC vs it."""
     name, key = out.facts["name"], out.facts["key"]
-    fit, agg = out.summary[0], out.summary[1:]
-    b, a0, r2 = fit["b"], fit["a"], fit["r2"]
-    lx = [math.log10(a["value"]) for a in agg]
+    fits, agg = out.summary[:2], out.summary[2:]
+    x = [a["value"] for a in agg]
+    lx = [math.log10(v) for v in x]
+    short = "lr" if key == "train.lr" else "wd"
     label = "learning rate" if key == "train.lr" else "weight decay"
     fig, axes = new_figure(1, 2, width=9.0, row_height=3.6)
     ax = axes[0, 0]
-    ax.errorbar(
-        [a["value"] for a in agg],
-        [a["gsm_mean"] for a in agg],
-        yerr=[a["gsm_std"] for a in agg],
-        fmt="o",
-        color=PALETTE[0],
-        capsize=2,
-    )
-    if math.isfinite(b):
-        xs = np.logspace(min(lx), max(lx), 50)
-        ax.plot(
-            xs,
-            np.exp(a0 + b * np.log10(xs)),
-            color="#333333",
-            label=f"GSM ∝ exp({b:.2f}·log10 {'lr' if key == 'train.lr' else 'wd'}), R²={r2:.2f}",
-        )
+    series = (("gsm", "T = solution checkpoint"), ("gsm_budget", "T = epoch budget"))
+    for (col, what), fit, color in zip(series, fits, PALETTE, strict=False):
+        y = [a[f"{col}_mean"] for a in agg]
+        ax.errorbar(x, y, yerr=[a[f"{col}_std"] for a in agg], fmt="o", color=color, capsize=2)
+        b, a0, r2 = fit["b"], fit["a"], fit["r2"]
+        if math.isfinite(b):
+            xs = np.logspace(min(lx), max(lx), 50)
+            ax.plot(
+                xs,
+                np.exp(a0 + b * np.log10(xs)),
+                color=color,
+                label=f"{what}: GSM ∝ exp({b:.2f}·log10 {short}), R²={r2:.2f}",
+            )
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel(label)
     ax.set_ylabel("GSM (mean over seeds that generalised)")
     ax.set_title(f"GSM vs {label}")
     ax2 = axes[0, 1]
-    ax2.plot([a["value"] for a in agg], [a["max_llc_mean"] for a in agg], "o-", color=PALETTE[2])
+    ax2.plot(x, [a["max_llc_mean"] for a in agg], "o-", color=PALETTE[2])
     ax2.set_xscale("log")
     ax2.set_xlabel(label)
     ax2.set_ylabel("max LLC along training")
