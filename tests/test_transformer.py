@@ -183,10 +183,21 @@ def test_settings_use_the_papers_model_and_optimiser() -> None:
             [1e-3],
             [1e-5],
         )
-        assert llc["checkpoints"].split(",")[0] == str(t["checkpoint_every"]) and len(seeds) >= 2
+        assert int(llc["checkpoints"].split(",")[0]) % t["checkpoint_every"] == 0 and seeds
         assert llc["nbeta"] == 1000.0 and llc["gamma"] == 1000.0  # the calibrated sampler
     paper = settings("paper")[0]
     assert (paper["model"]["embed_dim"], paper["model"]["ff"]) == (256, 256)
+
+
+def test_paper_grid_samples_under_both_samplers_and_records_its_trim() -> None:
+    from grokbasin.experiments import common
+    from grokbasin.experiments.transformer import GRIDS
+
+    g = GRIDS["paper"]
+    assert list(g["samplers"]) == ["calibrated", "paper"] and g["trimmed"]
+    paper = g["samplers"]["paper"]
+    assert {k: paper[k] for k in common.SAMPLER_PAPER} == common.SAMPLER_PAPER
+    assert paper["checkpoints"] == g["samplers"]["calibrated"]["checkpoints"]
 
 
 def test_llc_error_correlation_known_answer() -> None:
@@ -225,3 +236,11 @@ def test_experiment_writes_outputs_and_reruns_nothing(tmp_path) -> None:
     assert res.report is not None and res.report.exists()
     again = C.execute(C.configs(base, seeds=[0, 1], llc=llc), tmp_path, True, "local", 1, False)
     assert again.did_nothing  # second invocation: no training, no sampling
+    # a second sampler reuses the trained runs and adds its own figure and rows
+    other = {**llc, "step_size": llc["step_size"] / 2}
+    g = {"base": base, "seeds": [0, 1], "samplers": {"calibrated": llc, "half": other}}
+    res2 = X.EXPERIMENT.run(C.Context(tmp_path, "tiny"), g)
+    assert set(res2.figures) == {"transformer", "transformer-half"}
+    rows2 = list(csv.DictReader(res2.tables["transformer"].open()))
+    assert [r["sampler"] for r in rows2] == ["calibrated"] * 3 + ["half"] * 3
+    assert [r["llc_mean"] for r in rows2[:3]] == [r["llc_mean"] for r in rows]  # reused as is
