@@ -200,8 +200,8 @@ def test_paper_grids_are_the_papers():
 
     runs = {k: runs_of(v["paper"]) for k, v in GRIDS.items()}
     grok = runs["arrhenius-grokking"]
-    # trimmed from the paper's 500 models to fit ~45 min on this CPU; the trim is recorded
-    assert len(grok) == 350 and {r.seed for r in grok} == set(range(350))
+    # trimmed from the paper's 500 models to fit the session on this CPU; the trim is recorded
+    assert len(grok) == 200 and {r.seed for r in grok} == set(range(200))
     assert "500" in GRIDS["arrhenius-grokking"]["paper"]["trim"]
     t = grok[0]
     assert (t.task.p, t.task.frac, t.model.size, t.model.embed_dim) == (53, 0.4, 48, 12)
@@ -212,7 +212,9 @@ def test_paper_grids_are_the_papers():
     assert tms[0].train.steps // tms[0].train.checkpoint_every == 100
     poly = runs["llc-polynomial"]
     assert len({r.model.size for r in poly}) == 20 and max(r.model.size for r in poly) == 1000
-    assert len(poly) == 20 * 10 * 3 and {r.task.c for r in poly} == {1.0, 0.75, 0.5}
+    # 5 of the paper's 10 repetitions, recorded as a trim
+    assert len(poly) == 20 * 5 * 3 and {r.task.c for r in poly} == {1.0, 0.75, 0.5}
+    assert "10 repetitions" in GRIDS["llc-polynomial"]["paper"]["trim"]
     lr = runs["llc-low-rank"]
     assert len(lr) == 20 and {r.task.d for r in lr} == {100}
     assert {r.task.d for r in runs["llc-autoencoder"]} == {100}
