@@ -94,6 +94,15 @@ def test_slq_matches_exact_on_a_small_model() -> None:
     assert np.all(np.abs(est - exact) < 4 * se + 1e-9)
 
 
+def test_slq_nodes_do_not_depend_on_the_probe_batching() -> None:
+    params, x, _ = setup(7, 8)
+    args = (quadratic.forward, params, x)
+    big = L.slq_nodes(*args, probes=6, steps=12, seed=2, probe_batch=6)
+    tiny_budget = L.slq_nodes(*args, probes=6, steps=12, seed=2, basis_bytes=1)  # one at a time
+    for a, b in zip(big[:2], tiny_budget[:2], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_laplace_for_checkpoint_exact_and_slq_agree(tmp_path: Path) -> None:
     cfg = build_config(
         {},

@@ -214,15 +214,21 @@ def slq_nodes(
     probes: int = 32,
     steps: int = 80,
     seed: int = 0,
-    probe_batch: int = 16,
+    probe_batch: int | None = None,
+    basis_bytes: int = 1 << 30,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Lanczos quadrature nodes θ [S, m] and weights τ² [S, m] of H for S Rademacher probes, and P.
 
     tr f(H) ≈ (P/S)·Σ_s Σ_k τ²_sk f(θ_sk) for any f; computing the nodes once serves every (nβ, γ).
+    Probes run in batches whose Lanczos basis (steps × batch × P float64) fits ``basis_bytes``
+    (at most 16 per batch): a ~800k-parameter transformer took 11 GB with 16 at once. The
+    result does not depend on the batching (each probe has its own key).
     """
     p1 = _strip(params)
     mv = gn_matvec(forward, p1, x_train)
     P = sum(t[0].numel() for t in p1.values())
+    if probe_batch is None:
+        probe_batch = int(np.clip(basis_bytes // (8 * min(steps, P) * P), 1, 16))
     keys = rng.bits(rng.fold_in(rng.key(seed), _PROBE_TAG), probes)[0]
     nodes, weights = [], []
     for lo in range(0, probes, probe_batch):  # bounded memory: Q holds steps x batch x P
