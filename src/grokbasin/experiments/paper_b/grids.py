@@ -142,8 +142,7 @@ def _grokking(
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "llc-polynomial": {
         "small": _poly([1, 2, 4, 8, 16, 32, 64], seeds=2, chains=2) | {"trim": "small scale"},
-        "paper": _poly(PAPER_DEGREES, seeds=5, chains=2)
-        | {"trim": "5 of the paper's 10 repetitions (10 were estimated at 25 min of CPU here)"},
+        "paper": _poly(PAPER_DEGREES, seeds=10, chains=2) | {"trim": None},
     },
     "llc-low-rank": {
         "small": _low_rank(10, list(range(1, 11)), chains=2, n=500) | {"trim": "small: d = 10"},
