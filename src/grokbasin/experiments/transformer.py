@@ -149,8 +149,8 @@ def grid(scale: str) -> Grid:
         trimmed = (
             f"1 seed (of 3 planned; the paper shows one run); {PAPER_EPOCHS} epochs (the paper "
             f"states none); LLC every {PAPER_LLC_EVERY} epochs. Measured here with other jobs on "
-            "both cores: 0.58 s per epoch and ~65 s per checkpoint and sampler (3 × 700 steps), "
-            "so ≈ 12 min training + 2 × 9 min sampling."
+            "both cores: 0.58 s per epoch and ~65 s per checkpoint and sampler (3 chains × "
+            "600-700 steps), so ≈ 12 min training + 2 × 9 min sampling."
         )
     return {
         "base": base,
@@ -193,7 +193,8 @@ def compute(g: Grid, ctx: Context) -> Output:
         "title": (
             f"transformer (d={mc.embed_dim}, {mc.layers} layers, {mc.heads} head, ff {mc.ff}), "
             f"p={cfg0.task.p}, frac={cfg0.task.frac}, Adam lr {cfg0.train.lr[0]:g} "
-            f"wd {cfg0.train.weight_decay[0]:g}; mean of {len(cfgs)} seeds"
+            f"wd {cfg0.train.weight_decay[0]:g}; "
+            + (f"mean of {len(cfgs)} seeds" if len(cfgs) > 1 else f"seed {cfg0.train.seeds[0]}")
         ),
     }
     return Output({NAME: rows}, summary, facts)
