@@ -171,7 +171,6 @@ def plot(out: Output) -> dict[str, Any]:
     name, key = out.facts["name"], out.facts["key"]
     fits, agg = out.summary[:2], out.summary[2:]
     x = [a["value"] for a in agg]
-    lx = [math.log10(v) for v in x]
     short = "lr" if key == "train.lr" else "wd"
     label = "learning rate" if key == "train.lr" else "weight decay"
     fig, axes = new_figure(1, 2, width=9.0, row_height=3.6)
@@ -181,7 +180,8 @@ def plot(out: Output) -> dict[str, Any]:
         y = [a[f"{col}_mean"] for a in agg]
         ax.errorbar(x, y, yerr=[a[f"{col}_std"] for a in agg], fmt="o", color=color, capsize=2)
         b, a0, r2 = fit["b"], fit["a"], fit["r2"]
-        if math.isfinite(b):
+        lx = [math.log10(v) for v, m in zip(x, y, strict=True) if m > 0]  # the fitted points
+        if math.isfinite(b) and lx:
             xs = np.logspace(min(lx), max(lx), 50)
             ax.plot(
                 xs,
