@@ -193,7 +193,9 @@ def test_per_replica_data_with_wrong_leading_axis_is_refused_at_construction() -
 
 def test_paper_b_low_rank_equal_on_1_and_3_threads(tmp_path) -> None:
     # The experiment that crashed on 2 cores (issue 12): its masks now travel as aux. Rows at
-    # the default sharding of 1 and 3 torch threads agree to float32 round-off (rtol 1e-5).
+    # the default sharding of 1 and 3 torch threads agree to float32 round-off. rtol 1e-4: the
+    # round-off of differently sharded reductions is amplified by λ̂ = nβ·(E L − L0), a difference
+    # of nearly equal losses (a CI run measured 1.1e-5); a mask applied wrongly changes λ̂ by O(1).
     from test_paper_b_llc import low_rank_llcs
 
     kw = {"step_size": 1e-4, "gamma": 1.0, "burnin": 5, "draws": 10, "nbetas": [100.0]}
@@ -203,4 +205,4 @@ def test_paper_b_low_rank_equal_on_1_and_3_threads(tmp_path) -> None:
             out[threads] = low_rank_llcs(3, [1, 2, 3], 2, 40, kw, tmp_path / str(threads))
     for a, b in zip(out[1], out[3], strict=True):
         assert a["size"] == b["size"] and np.isfinite(a["llc"])
-        assert b["llc"] == pytest.approx(a["llc"], rel=1e-5, abs=1e-6)
+        assert b["llc"] == pytest.approx(a["llc"], rel=1e-4, abs=1e-6)
