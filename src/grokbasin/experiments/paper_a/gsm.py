@@ -137,14 +137,14 @@ def compute(grid: Grid, ctx: Context) -> Output:
     agg = []
     for v in values:
         sel = [r for r in rows if r["value"] == v]
-        ok = [r for r in sel if r["generalised"]]
+        gen = [r for r in sel if r["generalised"]]
         agg.append(
             {"value": v}
-            | _mean_std(ok, "gsm")
-            | _mean_std(ok, "gsm_budget")
+            | _mean_std(gen, "gsm")
+            | _mean_std(gen, "gsm_budget")
             | {
                 "max_llc_mean": float(np.nanmean([r["max_llc"] for r in sel])),
-                "generalised": len(ok),
+                "generalised": len(gen),
                 "n": len(sel),
             }
         )
