@@ -316,7 +316,7 @@ def render_figures(
     out = {}
     marks_all = {m["replica"]: m for m in metrics}
     replicas = sorted(marks_all)[:4]
-    sampler = _sampler_settings(cfg.llc, cfg.task.n_train)
+    sampler = figs.sampler_settings(cfg.llc, cfg.task.n_train)
     wants = [query.Want(run_dir.path, shash, sampler["nbeta"], replica=r) for r in replicas]
     for rep, rows in zip(replicas, query.llc_rows(wants), strict=True):
         m_in, l_in = query.metrics_arrays(metrics_rows, rep), query.llc_arrays(rows)
@@ -343,18 +343,6 @@ def _figure_theory(theory: dict[str, Any]) -> list[dict[str, Any]]:
     if "laplace" in theory:
         rows.append({"name": "λ_Lap, final checkpoint", "value": theory["laplace"]["value"]})
     return rows
-
-
-def _sampler_settings(llc: LLCConfig, n_train: int) -> dict[str, Any]:
-    return {
-        "nbeta": llc.resolve_nbeta(n_train),
-        "step_size": llc.step_size,
-        "gamma": llc.gamma,
-        "chains": llc.chains,
-        "draws": llc.draws,
-        "burnin": llc.burnin,
-        "baseline": llc.baseline,
-    }
 
 
 def _title(cfg: RunConfig, rep: dict[str, Any]) -> str:

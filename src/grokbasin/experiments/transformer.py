@@ -30,7 +30,7 @@ from grokbasin.experiments.registry import (
     Output,
     add,
 )
-from grokbasin.report.figures import trajectory_figure
+from grokbasin.report.figures import sampler_settings, trajectory_figure
 from grokbasin.store.query import Want, llc_arrays, llc_rows, metrics_arrays
 from grokbasin.store.rundir import RunDir, read_parquet
 
@@ -232,15 +232,7 @@ def _curve_row(
 def _sampler_facts(cfgs: list[RunConfig]) -> dict[str, Any]:
     """What the figure states about the sampler (chains pooled over seeds)."""
     c = cfgs[0]
-    return {
-        "nbeta": c.llc.resolve_nbeta(c.task.n_train),
-        "step_size": c.llc.step_size,
-        "gamma": c.llc.gamma,
-        "chains": c.llc.chains * len(cfgs),
-        "draws": c.llc.draws,
-        "burnin": c.llc.burnin,
-        "baseline": c.llc.baseline,
-    }
+    return sampler_settings(c.llc, c.task.n_train) | {"chains": c.llc.chains * len(cfgs)}
 
 
 def plot(out: Output) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import matplotlib
 
@@ -25,6 +25,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from grokbasin.store.rundir import atomic_write  # noqa: E402
+
+if TYPE_CHECKING:
+    from grokbasin.config import LLCConfig
 
 # ---------------------------------------------------------------------------------------------
 # Style shared by every grokbasin figure.
@@ -295,6 +298,19 @@ def add_caption(fig: Figure, text: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # The paper-Fig.-3 trajectory.
+
+
+def sampler_settings(llc: LLCConfig, n_train: int) -> dict[str, Any]:
+    """The settings :func:`describe_sampler` states, for a sampler config and the data size."""
+    return {
+        "nbeta": llc.resolve_nbeta(n_train),
+        "step_size": llc.step_size,
+        "gamma": llc.gamma,
+        "chains": llc.chains,
+        "draws": llc.draws,
+        "burnin": llc.burnin,
+        "baseline": llc.baseline,
+    }
 
 
 def describe_sampler(settings: Mapping[str, Any] | None) -> str:

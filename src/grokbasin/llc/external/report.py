@@ -80,15 +80,7 @@ def write_report(run: RunDir, llc_cfg: LLCConfig, n: int) -> Path:
 
     config = yaml.safe_load(run.config.read_text())
     spec = json.loads((run.path / SPEC_FILE).read_text())
-    sampler = {
-        "nbeta": nbeta,
-        "step_size": llc_cfg.step_size,
-        "gamma": llc_cfg.gamma,
-        "chains": llc_cfg.chains,
-        "draws": llc_cfg.draws,
-        "burnin": llc_cfg.burnin,
-        "baseline": llc_cfg.baseline,
-    }
+    sampler = figs.sampler_settings(llc_cfg, n)
     model = config.get("model", {})
     title = f"{model.get('name')} ({model.get('parameters'):,} parameters), n = {n}"
     fig = trajectory_figure(metrics, main, sampler, title)
