@@ -42,6 +42,7 @@ from grokbasin.train.loop import (
     evaluate,
     init_params,
     make_setup,
+    steps_per_unit,
     train_epoch,
 )
 
@@ -185,7 +186,7 @@ def _train_batch(members: list[_Member], progress: bool) -> None:
             _load_member_state(m, params, state, lo, hi, s)
         else:
             _create(m, s, params, state, lo, hi)
-    steps_per_epoch = -(-s.task.n_train // s.batch_size)
+    steps_per_epoch = steps_per_unit(s)
     total = max(m.cfg.train.epochs for m in members)
     with make_progress(progress) as bar:
         task = bar.add_task(_acc_text(members), total=total, completed=epoch, stage="train")
