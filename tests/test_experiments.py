@@ -269,7 +269,7 @@ def test_paper_grids_keep_the_papers_settings_and_record_what_was_trimmed():
     paper_ps = {53, 59, 61, 67, 71, 73, 79, 83, 89, 97}
     for exp in (get(n) for n in sorted(NAMES)):
         grid = exp.grids["paper"]
-        assert grid["device"] == "auto" and isinstance(grid["trimmed"], str) and grid["trimmed"]
+        assert grid["device"] == "auto" and isinstance(grid["trim"], str) and grid["trim"]
         ctx = Context(Path("unused"), "paper", device="cpu")
         for label, llc in common.samplers(grid).items() or {"none": None}.items():
             for c in common.grid_configs(grid, ctx, llc):
@@ -323,3 +323,34 @@ def test_plot_takes_plain_rows_and_boundary_known_answer():
     (fig,) = critical_data_size.plot(out).values()
     assert "boundary ≈ 2.75" in fig.axes[0].get_legend_handles_labels()[1]
     assert math.isnan(critical_data_size.boundary(rows[:2]))  # no success: no boundary
+
+
+def test_every_paper_trim_reaches_the_report(tmp_path):
+    # paper A wrote "trimmed" while the report read "trim": every stated deviation was lost
+    import html
+    from dataclasses import replace
+
+    from grokbasin.experiments.experiment import Output
+
+    paper_a = {"critical-data-size", "gsm-vs-lr", "gsm-vs-weight-decay", "llc-vs-p"}
+    paper_a |= {"llc-vs-width", "sgld-sensitivity", "trajectory-robustness", "transformer"}
+    for exp in list_experiments():
+        if exp.name in paper_a:
+            assert exp.grids["paper"]["trim"], exp.name
+        for scale, grid in exp.grids.items():
+            if not grid.get("trim"):
+                continue
+            quiet = replace(exp, compute=lambda g, ctx: Output({}), plot=lambda out: {})
+            res = quiet.run(Context(tmp_path, scale), grid)
+            assert f"Deviation from the paper's grid: {grid['trim']}." in res.notes
+            assert html.escape(grid["trim"]) in res.report.read_text(), exp.name
+
+
+def test_a_misspelt_grid_key_fails_when_the_grid_is_defined():
+    from grokbasin.errors import ConfigError
+    from grokbasin.experiments.experiment import Experiment, Output
+
+    with pytest.raises(ConfigError, match="unknown key.*'trimmed'.*allowed:.*trim"):
+        Experiment("x", "d", {"paper": {"seeds": [0], "trimmed": "one seed"}}, None, None)
+    with pytest.raises(ConfigError, match="'seed'"):
+        Experiment("x", "d", {"small": {"seed": [0]}}, lambda g, c: Output({}), dict)

@@ -194,7 +194,7 @@ def test_paper_grid_samples_under_both_samplers_and_records_its_trim() -> None:
     from grokbasin.experiments.transformer import GRIDS
 
     g = GRIDS["paper"]
-    assert list(g["samplers"]) == ["calibrated", "paper"] and g["trimmed"]
+    assert list(g["samplers"]) == ["calibrated", "paper"] and g["trim"]
     paper = g["samplers"]["paper"]
     assert {k: paper[k] for k in common.SAMPLER_PAPER} == common.SAMPLER_PAPER
     assert paper["checkpoints"] == g["samplers"]["calibrated"]["checkpoints"]

@@ -22,14 +22,8 @@ import pyarrow as pa
 from grokbasin.analysis.grokking import curve_metrics, grokking_metrics
 from grokbasin.config import RunConfig
 from grokbasin.experiments import common
-from grokbasin.experiments.registry import (
-    Context,
-    Experiment,
-    ExperimentResult,
-    Grid,
-    Output,
-    add,
-)
+from grokbasin.experiments.experiment import Context, Experiment, Grid, Output
+from grokbasin.experiments.output import ExperimentResult
 from grokbasin.report.figures import sampler_settings, trajectory_figure
 from grokbasin.store.query import Want, llc_arrays, llc_rows, metrics_arrays
 from grokbasin.store.rundir import RunDir, read_parquet
@@ -44,7 +38,7 @@ SAMPLER = {"step_size": 1e-4, "gamma": 1000.0, "nbeta": 1000.0}
 
 
 # The paper states no training length; 1200 epochs at lr 1e-3 (~10.8k Adam steps), one seed and
-# an LLC every 150 epochs keep the run near 30 minutes on a 2-core CPU (the grid's "trimmed").
+# an LLC every 150 epochs keep the run near 30 minutes on a 2-core CPU (the grid's "trim").
 PAPER_EPOCHS = 1200
 PAPER_LLC_EVERY = 150
 
@@ -142,11 +136,11 @@ def grid(scale: str) -> Grid:
     """The scale's grid as data (the sweep-file structure plus the calibrated sampler)."""
     base, seeds, llc = settings(scale)
     samplers = {"calibrated": llc}
-    trimmed = ""
+    trim = ""
     if scale == "paper":
         # the paper's quadratic-net sampler beside the calibrated one, same chains and checkpoints
         samplers["paper"] = {**common.SAMPLER_PAPER, "checkpoints": llc["checkpoints"]}
-        trimmed = (
+        trim = (
             f"1 seed (of 3 planned; the paper shows one run); {PAPER_EPOCHS} epochs (the paper "
             f"states none); LLC every {PAPER_LLC_EVERY} epochs. Measured here with other jobs on "
             "both cores: 0.58 s per epoch and ~65 s per checkpoint and sampler (3 chains × "
@@ -157,7 +151,7 @@ def grid(scale: str) -> Grid:
         "seeds": seeds,
         "samplers": samplers,
         "device": "cpu" if scale == "small" else "auto",
-        "trimmed": trimmed,
+        "trim": trim,
     }
 
 
@@ -246,16 +240,15 @@ def plot(out: Output) -> dict[str, Any]:
     }
 
 
-EXPERIMENT = add(
-    Experiment(
-        NAME,
-        "H.3.1: transformer on modular addition, losses/accuracy and LLC trajectory",
-        GRIDS,
-        compute,
-        plot,
-        METHOD,
-    )
+EXPERIMENT = Experiment(
+    NAME,
+    "H.3.1: transformer on modular addition, losses/accuracy and LLC trajectory",
+    GRIDS,
+    compute,
+    plot,
+    METHOD,
 )
+EXPERIMENTS: tuple[Experiment, ...] = (EXPERIMENT,)
 
 
 def run(

@@ -9,7 +9,7 @@ import numpy as np
 
 from grokbasin.analysis.grokking import gsm
 from grokbasin.experiments import common
-from grokbasin.experiments.registry import Context, Experiment, Grid, Output, add
+from grokbasin.experiments.experiment import Context, Experiment, Grid, Output
 from grokbasin.report.figures import PALETTE, new_figure
 
 METHOD = (
@@ -32,7 +32,7 @@ def gsm_grid(
     seeds: list[int],
     llc: dict[str, Any],
     device: str = "cpu",
-    trimmed: str = "",
+    trim: str = "",
 ) -> Grid:
     """GSM sweep over ``key`` ∈ ``values`` × seeds, LLC at every checkpoint."""
     return {
@@ -43,7 +43,7 @@ def gsm_grid(
         "seeds": seeds,
         "samplers": {"main": llc},
         "device": device,
-        "trimmed": trimmed,
+        "trim": trim,
     }
 
 
@@ -206,7 +206,7 @@ def plot(out: Output) -> dict[str, Any]:
     return {name: fig}
 
 
-add(
+EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
         "gsm-vs-lr",
         "Fig. 4: GSM vs learning rate (exponential-decay fit) and max LLC vs lr",
@@ -214,9 +214,8 @@ add(
         compute,
         plot,
         METHOD,
-    )
-)
-add(
+        keys=frozenset({"name", "key"}),
+    ),
     Experiment(
         "gsm-vs-weight-decay",
         "H.3: GSM vs weight decay (exponential-decay fit), max LLC",
@@ -224,5 +223,6 @@ add(
         compute,
         plot,
         METHOD,
-    )
+        keys=frozenset({"name", "key"}),
+    ),
 )

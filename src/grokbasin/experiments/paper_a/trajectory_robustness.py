@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from grokbasin.experiments import common
-from grokbasin.experiments.registry import Context, Experiment, Grid, Output, add
+from grokbasin.experiments.experiment import Context, Experiment, Grid, Output
 from grokbasin.report.figures import PALETTE, new_figure
 
 METHOD = (
@@ -42,7 +42,7 @@ GRIDS: dict[str, Grid] = {
         "seeds": [0, 1],
         "samplers": {"small": common.sampler_small(checkpoints="all", chains=2)},
         "device": "cpu",
-        "trimmed": "",
+        "trim": "",
     },
     "paper": {
         "base": {
@@ -64,7 +64,7 @@ GRIDS: dict[str, Grid] = {
             "calibrated": {**common.SAMPLER_PAPER_CALIBRATED, "checkpoints": "all"},
         },
         "device": "auto",
-        "trimmed": "seeds 1 of 3 (the six variants carry the robustness claim); epochs "
+        "trim": "seeds 1 of 3 (the six variants carry the robustness claim); epochs "
         "capped at 10k. Estimated here: 6 variants × (36 s training + 20 checkpoints × (1.8 s "
         "paper + 3 s calibrated sampler)) ≈ 13 min on an idle 2-core CPU.",
     },
@@ -142,7 +142,7 @@ def plot(out: Output) -> dict[str, Any]:
     return figs
 
 
-add(
+EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
         "trajectory-robustness",
         "Fig. 3/H.2: LLC trajectories across p, K, lr, batch, weight decay, seeds (mean ± band)",
@@ -150,5 +150,6 @@ add(
         compute,
         plot,
         METHOD,
-    )
+        keys=frozenset({"variants"}),
+    ),
 )
