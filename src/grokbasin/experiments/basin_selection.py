@@ -54,7 +54,7 @@ GRIDS: dict[str, Grid] = {
         "lazy_only": _LAZY_SMALL_P,
         "eta_rel": basins.ETA_REL,
         "rel_tau": basins.REL_TAU,
-        "device": "cpu",
+        "device": "auto",
         "trimmed": "",
     },
     "paper": {
@@ -246,7 +246,8 @@ def _cfg_for(grid: Grid, ctx: Context, p: int, width: int) -> Any:
 
     t = grid["base"]["task"]
     over = {"task.p": p, "task.frac": t["frac"], "task.data_seed": t.get("data_seed", 0),
-            "model.width": width, "train.seeds": grid["seeds"][:1], "train.batch_size": 0}  # fmt: skip
+            "model.width": width, "train.seeds": grid["seeds"][:1],
+            "train.batch_size": 0}  # fmt: skip
     return build_config({}, over).model_copy(update={"device": common.device_for(grid, ctx)})
 
 
@@ -368,16 +369,15 @@ def plot(out: Output) -> dict[str, Any]:
                    label=f"data cap p(N−1)/2 = {lz['data_cap']:,.0f}")  # fmt: skip
     if gen:
         ax.axhline(gen["llc_keff"], color="#444444", ls="-.", lw=0.8,
-                   label=f"K_eff(3p−1)/2 = {gen['llc_keff']:,.0f} (K_eff {gen['k_eff']})")  # fmt: skip
+                   label=f"K_eff(3p−1)/2 = {gen['llc_keff']:,.0f} "
+                   f"(K_eff {gen['k_eff']})")  # fmt: skip
     ax.set_yscale("log")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels([f"{b}\n{s}" for b, s in labels], fontsize=8)
     ax.set_ylabel("LLC (log scale)")
     ax.scatter([], [], facecolors="none", edgecolors="#777777", s=60, label="λ_Lap at (nβ, γ)")
     ax.legend(fontsize=7, loc="center right")
-    ax.set_title(
-        f"basin selection at p={f['p']}, K={f['width']} (all of W, V sampled)", fontsize=9
-    )
+    ax.set_title(f"basin selection at p={f['p']}, K={f['width']} (all of W, V sampled)", fontsize=9)
     return {"basin-selection": fig}
 
 

@@ -109,10 +109,10 @@ def add(exp: Experiment) -> Experiment:
 
 
 def _load() -> None:
+    import grokbasin.experiments.basin_selection  # noqa: F401
     import grokbasin.experiments.paper_a  # noqa: F401  (registers on import)
     import grokbasin.experiments.paper_b  # noqa: F401
     import grokbasin.experiments.transformer  # noqa: F401
-    import grokbasin.experiments.basin_selection  # noqa: F401
 
 
 def list_experiments() -> list[Experiment]:

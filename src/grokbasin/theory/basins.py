@@ -58,11 +58,12 @@ def effective_width_rows(
     rel_tau: float = REL_TAU,
     n_train: int | None = None,
 ) -> list[dict[str, Any]]:
-    """K_eff and its Thm 5.5 prediction K_eff(d + o − 1)/2 for checkpoints V [C, o, K]: one row each.
+    """K_eff and Thm 5.5's K_eff(d + o − 1)/2 for checkpoints V [C, o, K]: one row each.
 
     Rows: epoch (or index), k_eff, tau (the threshold used), tau_rule, max_norm, median_norm,
-    k_eff at the profile levels, llc_keff = K_eff(d+o−1)/2 and, with ``n_train``, llc_keff_capped
-    = min(llc_keff, o(N−1)/2) (the data-aware ceiling). One batched computation, no loop over C.
+    k_eff at the profile levels, llc_keff = K_eff(d+o−1)/2 (paper), llc_keff_onehot =
+    K_eff(d+o−2)/2 (one-hot inputs have rank d − 1, ours) and, with ``n_train``, llc_keff_capped =
+    min(llc_keff, o(N−1)/2) (the data-aware ceiling). One batched computation, no loop over C.
     """
     C, o, K = V.shape
     norms = column_norms(V)
@@ -88,6 +89,7 @@ def effective_width_rows(
             "median_norm": float(med[i]),
             **{f"k_eff_rel_{lv:.0e}": int(prof[lv][i]) for lv in PROFILE_REL_TAUS},
             "llc_keff": lam,
+            "llc_keff_onehot": effective_width_llc(int(k[i]), d - 1, o) if d > 1 else lam,
         }
         if cap is not None:
             row.update(data_cap=cap, llc_keff_capped=min(lam, cap))
@@ -145,7 +147,11 @@ class LazyFit:
 
 
 def lazy_ridge_V(
-    W: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor, outputs: int, eta_rel: float = ETA_REL
+    W: torch.Tensor,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    outputs: int,
+    eta_rel: float = ETA_REL,
 ) -> LazyFit:
     """V = (F̃ᵀF̃ + ηI)⁻¹F̃ᵀỸ for W [R, d, K] frozen, training tokens [R, N, 2], labels [R, N].
 

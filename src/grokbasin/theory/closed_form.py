@@ -61,6 +61,16 @@ def modular_llc_under(p: int, width: int) -> float:
     return llc_under(2 * p, p, width)
 
 
+def onehot_llc_under(p: int, width: int) -> float:
+    """Thm 4.2 on one-hot pairs (ours): λ = K(3p − 2)/2 = K(d + o − 1)/2 with d = rank X = 2p − 1.
+
+    [e_a; e_b] always has one 1 in each half, so shifting unit j's first-half weights by c and its
+    second-half weights by −c leaves every pre-activation W[a] + W[p+b] unchanged: one more
+    symmetry per unit than the generic count, so each unit adds 3p − 2 directions, not 3p − 1.
+    """
+    return llc_under(2 * p - 1, p, width)
+
+
 def modular_llc_over(p: int) -> float:
     """Thm 4.1 for modular addition (d = 2p, o = p): λ = p²(2p + 1)/2."""
     return llc_over(2 * p, p)
