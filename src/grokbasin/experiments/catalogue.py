@@ -6,7 +6,7 @@ the modules import only ``experiments.experiment`` and ``common``, never the reg
 
 from __future__ import annotations
 
-from grokbasin.experiments import transformer
+from grokbasin.experiments import basin_selection, transformer
 from grokbasin.experiments.experiment import Experiment
 from grokbasin.experiments.paper_a import (
     critical_data_size,
@@ -26,4 +26,5 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     *arrhenius.EXPERIMENTS,
     *scaling.EXPERIMENTS,
     *transformer.EXPERIMENTS,
+    *basin_selection.EXPERIMENTS,
 )
