@@ -71,8 +71,8 @@ LLC_VS_P: dict[str, Grid] = {
         [600, 1000, 1400],
         **_PAPER,
         trim="p: 6 of the paper's 10 values (59, 67, 73, 83 dropped; 53, 61, 71 kept to share "
-        "runs with llc-vs-width); one seed; epochs capped at 10k. Estimated here: training "
-        "Σp²K/(53²·1024) ≈ 37 × 36 s ≈ 22 min, both samplers at one checkpoint ≈ 3 min.",
+        "runs with llc-vs-width); one seed. Training in the authors' step units to their early "
+        "stop (cap 100k steps).",
     ),
 }
 
@@ -87,8 +87,8 @@ LLC_VS_WIDTH: dict[str, Grid] = {
         list(range(200, 1601, 200)),
         [53, 61, 71],
         **_PAPER,
-        trim="one seed; epochs capped at 10k; every K and p of the paper kept. Estimated here: "
-        "≈ 29 × 36 s ≈ 17 min training (K = 600/1000/1400 shared with llc-vs-p), ≈ 3 min sampling.",
+        trim="one seed; every K and p of the paper kept; training in the authors' step units to "
+        "their early stop (cap 100k steps).",
     ),
 }
 
