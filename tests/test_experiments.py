@@ -354,3 +354,12 @@ def test_a_misspelt_grid_key_fails_when_the_grid_is_defined():
         Experiment("x", "d", {"paper": {"seeds": [0], "trimmed": "one seed"}}, None, None)
     with pytest.raises(ConfigError, match="'seed'"):
         Experiment("x", "d", {"small": {"seed": [0]}}, lambda g, c: Output({}), dict)
+
+
+def test_thinned_epochs_keep_the_dense_start_the_grid_and_the_last():
+    from grokbasin.experiments.common import thinned_epochs
+
+    have = list(range(0, 5301, 100))
+    got = thinned_epochs(have, dense_until=1000, every=1000)
+    assert got == [*range(0, 1001, 100), 2000, 3000, 4000, 5000, 5300]
+    assert thinned_epochs([0, 100], 3000, 500) == [0, 100]
