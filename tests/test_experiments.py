@@ -212,6 +212,42 @@ def test_gsm_vs_lr_end_to_end_with_the_real_estimator(tmp_path, monkeypatch):
     assert repr(again.summary[2:]) == repr(agg)  # same numbers (repr: nan == nan)
 
 
+def test_gsm_vs_lr_at_several_weight_decays_with_thinned_llc(tmp_path):
+    """Fig. 11's form: one GSM curve (and fit) per weight decay; the LLC is sampled only at the
+    thinned checkpoints chosen after training (dense start, then every N, and the last)."""
+    base = {
+        "task": {"p": 7, "frac": 0.6},
+        "model": {"width": 8},
+        "train": {**_TINY_TRAIN, "epochs": 20, "checkpoint_every": 5},
+    }
+    grid = gsm.gsm_grid(
+        "gsm-vs-lr",
+        "train.lr",
+        [3e-3, 1e-2],
+        base,
+        [0],
+        {**_TINY_LLC, "checkpoints": "all"},
+        series=("train.weight_decay", [1e-4, 1e-3]),
+        llc_thin={"dense_until": 0, "every": 10},
+    )
+    res = get("gsm-vs-lr").run(Context(tmp_path, "tiny"), grid)
+    assert res.figures["gsm-vs-lr"].read_bytes()[:4] == b"\x89PNG"
+    fits, agg = res.summary[:4], res.summary[4:]
+    assert [(f["series"], f["fit"][:6]) for f in fits][::2] == [(1e-4, "ln gsm"), (1e-3, "ln gsm")]
+    assert [(a["series"], a["value"]) for a in agg] == [
+        (1e-4, 3e-3),
+        (1e-4, 1e-2),
+        (1e-3, 3e-3),
+        (1e-3, 1e-2),
+    ]
+    for c in common.grid_configs(grid, Context(tmp_path)):
+        have = RunDir(tmp_path / c.run_hash()).checkpoint_epochs()
+        sampled = {
+            int(r["epoch"]) for r in read_parquet(RunDir(tmp_path / c.run_hash()).llc).to_pylist()
+        }
+        assert sampled == set(common.thinned_epochs(have, 0, 10)) and sampled < set(have)
+
+
 def test_sgld_sensitivity_cells_one_call_cached(tmp_path, monkeypatch):
     from grokbasin.config import build_config
     from grokbasin.llc import calibrate as cal
