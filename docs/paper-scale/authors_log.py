@@ -57,19 +57,25 @@ SWEEP_SAMPLER = {
 }  # fmt: skip
 
 
+def logged_losses(run: RunDir, cfg: RunConfig, epochs: list[int]) -> dict[str, list[float]]:
+    """Train and validation loss at each checkpoint in the authors' logged convention."""
+    s = make_setup(cfg)
+    out: dict[str, list[float]] = {"train": [], "val": []}
+    with torch.no_grad():
+        for e in epochs:
+            params = run.load_checkpoint(e)
+            for split, idx in (("train", s.task.train_idx), ("val", s.task.val_idx)):
+                pred = s.model.forward(params, s.task.x[idx])
+                out[split].append(float(authors_logged_mse(pred, s.task.y[idx])[0]))
+    return out
+
+
 def ours(run_dir: Path) -> dict[str, np.ndarray]:
     """Our run's steps, accuracies, the authors' logged-loss convention, and the chain-mean λ̂."""
     run = RunDir(run_dir)
     cfg = RunConfig.model_validate(load_yaml(run.config))
     rows = sorted(read_parquet(run.metrics).to_pylist(), key=lambda r: r["epoch"])
-    s = make_setup(cfg)
-    logged = []
-    with torch.no_grad():
-        for r in rows:
-            params = run.load_checkpoint(int(r["epoch"]))
-            idx = s.task.train_idx
-            pred = s.model.forward(params, s.task.x[idx])
-            logged.append(float(authors_logged_mse(pred, s.task.y[idx])[0]))
+    logged = logged_losses(run, cfg, [int(r["epoch"]) for r in rows])["train"]
     want = Want(run.path, LLCConfig(**SWEEP_SAMPLER).sampler_hash(), 26.4)
     lam = by_epoch(llc_rows([want])[0])
     return {

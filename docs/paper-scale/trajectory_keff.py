@@ -85,6 +85,31 @@ def main() -> None:
             f"{k['llc_keff']:.0f} | " + " | ".join(lam)
         )
     print(f"figure: {out}")
+    mirror(run, m, lams)
+
+
+def mirror(run: RunDir, m: list[dict], lams: dict[str, dict[int, list[float]]]) -> None:
+    """§6.3's claim, measured: Pearson r of λ̂ with the validation loss (training convention and
+    the authors' logged convention) and with the validation error; where each curve peaks."""
+    from authors_log import logged_losses
+
+    cfg = build_config(load_yaml(run.config))
+    eps = [int(r["epoch"]) for r in m]
+    val_logged = dict(zip(eps, logged_losses(run, cfg, eps)["val"], strict=True))
+    at = {int(r["epoch"]): r for r in m}
+    peak = max(val_logged, key=val_logged.get)
+    vl_peak = max(at, key=lambda e: at[e]["val_loss"])
+    print(f"val loss peaks at step {vl_peak} (training convention), {peak} (authors' logged)")
+    for label, b in lams.items():
+        e = sorted(b)
+        lam = np.array([np.mean(b[k]) for k in e])
+        cols = {
+            "val loss": [at[k]["val_loss"] for k in e],
+            "val loss (authors' logged)": [val_logged[k] for k in e],
+            "val error": [1 - at[k]["val_acc"] for k in e],
+        }
+        rs = ", ".join(f"r({k}) = {np.corrcoef(lam, v)[0, 1]:.2f}" for k, v in cols.items())
+        print(f"{label}: λ̂ peaks at step {e[int(lam.argmax())]}; {rs}")
 
 
 if __name__ == "__main__":
