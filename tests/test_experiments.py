@@ -399,3 +399,4 @@ def test_thinned_epochs_keep_the_dense_start_the_grid_and_the_last():
     got = thinned_epochs(have, dense_until=1000, every=1000)
     assert got == [*range(0, 1001, 100), 2000, 3000, 4000, 5000, 5300]
     assert thinned_epochs([0, 100], 3000, 500) == [0, 100]
+    assert thinned_epochs([0, 100, 200], 0, 1000, first=1) == [200]

@@ -213,22 +213,22 @@ def solution_metrics(
     return end, ok, grokking_metrics([r for r in rows if r["epoch"] <= end])[0]
 
 
-def thinned_epochs(have: Sequence[int], dense_until: int, every: int) -> list[int]:
-    """Every checkpoint up to ``dense_until``, then every ``every``-th epoch and the last: full
-    resolution where the LLC rises (memorisation), coarser through the slow fall."""
-    have = sorted(have)
+def thinned_epochs(have: Sequence[int], dense_until: int, every: int, first: int = 0) -> list[int]:
+    """Every checkpoint from ``first`` up to ``dense_until``, then every ``every``-th epoch and
+    the last: full resolution where the LLC rises (memorisation), coarser through the slow fall."""
+    have = sorted(e for e in have if e >= first)
     keep = {e for e in have if e <= dense_until or e % every == 0}
     return sorted(keep | set(have[-1:]))
 
 
 def at_thinned(
-    cfgs: Sequence[RunConfig], root: Path, dense_until: int, every: int
+    cfgs: Sequence[RunConfig], root: Path, dense_until: int, every: int, first: int = 0
 ) -> list[RunConfig]:
     """Each trained config with its LLC checkpoints set to :func:`thinned_epochs` of its run."""
     out = []
     for c in cfgs:
         have = [int(r["epoch"]) for r in metrics_rows(c, root)]
-        eps = ",".join(map(str, thinned_epochs(set(have), dense_until, every)))
+        eps = ",".join(map(str, thinned_epochs(set(have), dense_until, every, first)))
         out.append(c.model_copy(update={"llc": c.llc.model_copy(update={"checkpoints": eps})}))
     return out
 
