@@ -298,7 +298,13 @@ def render_figures(
         marks = {"t_mem": marks_all[rep].get("t_mem"), "t_gen": marks_all[rep].get("t_gen")}
         title = _title(cfg, marks_all[rep])
         fig = figs.trajectory_figure(
-            m_in, l_in, _figure_theory(theory), marks, title=title, sampler=sampler
+            m_in,
+            l_in,
+            _figure_theory(theory),
+            marks,
+            title=title,
+            sampler=sampler,
+            x_label=figs.unit_label(cfg.train.unit),
         )
         name = "trajectory.png" if len(replicas) == 1 else f"trajectory_replica{rep}.png"
         path = (run_dir.figures / name).resolve()

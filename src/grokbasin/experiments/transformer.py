@@ -24,7 +24,7 @@ from grokbasin.config import RunConfig
 from grokbasin.experiments import common
 from grokbasin.experiments.experiment import Context, Experiment, Grid, Output
 from grokbasin.experiments.output import ExperimentResult
-from grokbasin.report.figures import sampler_settings, trajectory_figure
+from grokbasin.report.figures import sampler_settings, trajectory_figure, unit_label
 from grokbasin.store.query import Want, llc_arrays, llc_rows, metrics_arrays
 from grokbasin.store.rundir import RunDir, read_parquet
 
@@ -182,6 +182,7 @@ def compute(g: Grid, ctx: Context) -> Output:
         lams[label] = (lam, _sampler_facts(cfgs))
     cfg0, mc = cfgs[0], cfgs[0].model
     facts = {
+        "x_label": unit_label(cfg0.train.unit),
         "metrics": m,
         "llc": lams,
         "marks": {"t_mem": marks["t_mem"], "t_gen": marks["t_gen"]},
@@ -235,7 +236,13 @@ def plot(out: Output) -> dict[str, Any]:
     f = out.facts
     return {
         NAME if i == 0 else f"{NAME}-{label}": trajectory_figure(
-            f["metrics"], lam, [], f["marks"], title=f["title"], sampler=sampler
+            f["metrics"],
+            lam,
+            [],
+            f["marks"],
+            title=f["title"],
+            sampler=sampler,
+            x_label=f.get("x_label", "epoch"),
         )
         for i, (label, (lam, sampler)) in enumerate(f["llc"].items())
     }

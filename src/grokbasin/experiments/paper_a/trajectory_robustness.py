@@ -8,7 +8,7 @@ import numpy as np
 
 from grokbasin.experiments import common
 from grokbasin.experiments.experiment import Context, Experiment, Grid, Output
-from grokbasin.report.figures import PALETTE, new_figure
+from grokbasin.report.figures import PALETTE, new_figure, unit_label
 
 METHOD = (
     "One panel per variant of the base run. Green: LLC mean over seeds at every checkpoint with "
@@ -115,7 +115,7 @@ def compute(grid: Grid, ctx: Context) -> Output:
         "variants": list(grid["variants"]),
         "samplers": labels,
         "val_acc": val_acc,
-        "x_label": "optimiser step" if unit == "step" else "epoch",
+        "x_label": unit_label(unit),
     }
     return Output({"trajectory-robustness": rows}, [], facts)
 
