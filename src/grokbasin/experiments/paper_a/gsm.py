@@ -1,4 +1,5 @@
-"""Fig. 4 ``gsm-vs-lr`` and H.3 ``gsm-vs-weight-decay``: GSM and max LLC vs a hyperparameter."""
+"""Figs. 4, 11, 12 ``gsm-vs-lr`` (GSM and max LLC vs lr, at several weight decays) and, ours,
+``gsm-vs-weight-decay``: GSM and max LLC vs a hyperparameter."""
 
 from __future__ import annotations
 
@@ -249,7 +250,8 @@ def plot(out: Output) -> dict[str, Any]:
 EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
         "gsm-vs-lr",
-        "Fig. 4: GSM vs learning rate (exponential-decay fit) and max LLC vs lr",
+        "Figs. 4, 11, 12: GSM vs learning rate at each weight decay (exponential fits), "
+        "max LLC vs lr",
         GSM_VS_LR,
         compute,
         plot,
@@ -258,7 +260,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     ),
     Experiment(
         "gsm-vs-weight-decay",
-        "H.3: GSM vs weight decay (exponential-decay fit), max LLC",
+        "ours: GSM vs weight decay (exponential fit), max LLC; paper A's H.3 is gsm-vs-lr "
+        "at several weight decays",
         GSM_VS_WD,
         compute,
         plot,
