@@ -69,8 +69,9 @@ GRIDS: dict[str, Grid] = {
         trim="p: 3 of the paper's 6 (79, 101 and 103 dropped; 103 alone would cost as much "
         "as 53 and 67 together: the training set grows as p²); frac: 0.1-0.5 of the paper's "
         "0.1-0.95 (the boundary N/(p ln p) ≈ 2.5-3 sits at frac 0.12-0.21 for these p; larger "
-        "fracs only add certain successes at the highest cost); epochs capped at 10k. "
-        "Estimated here: ≈ 20 min (failing frac-0.1 runs train to the cap).",
+        "fracs only add certain successes at the highest cost); one seed. Training in the "
+        "authors' step units to their early stop or their 100k-step cap, which every run that "
+        "never generalises reaches (~10 min each here).",
     ),
 }
 
