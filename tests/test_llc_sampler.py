@@ -246,3 +246,37 @@ def test_devinterp_baseline_and_wbic() -> None:
     assert not np.allclose(res.first_batch_loss, res.full_init_loss)
     np.testing.assert_allclose(res.wbic, 64 * res.traces.mean(1))
     np.testing.assert_allclose(res.running[:, -1], res.llc)
+
+
+def test_state_ownership_is_explicit() -> None:
+    # A reference kernel leaves the state it was given untouched and returns a new one; an
+    # in-place kernel (the flag says which) returns the same object with the given tensors moved,
+    # so stepping a kept state again would silently continue the chain. snapshot() keeps one.
+    R = 2
+    w = {"a": torch.randn(R, 3), "b": torch.randn(R, 2, 2)}
+    g = {k: torch.randn_like(v) for k, v in w.items()}
+    h = samplers.make_hyper(R, 1e-2, 10.0, 1.0)
+    setup = samplers.Setup({k: v.clone() for k, v in w.items()}, h, rng.key([1, 2]), ("a", "b"))
+    methods = [k for m in samplers.METHODS for k in samplers.SAMPLERS[m]]
+    assert {k.name for k in methods if k.in_place} == {"sgld/fused-cpu", "sgld/fused-torch"}
+    assert (
+        samplers.mala.wrap(sgld.FUSED_TORCH).in_place
+        and not samplers.mala.wrap(sgld.REFERENCE).in_place
+    )
+    for kernel in methods:
+        if not kernel.applies(w, setup):
+            continue
+        state = kernel.init({k: v.clone() for k, v in w.items()}, setup)
+        kept = samplers.snapshot(state)
+        before = {k: v.clone() for k, v in state.params.items()}
+        new, _ = kernel.step(state, g, 0)
+        moved = any(not torch.equal(new.params[k], before[k]) for k in w)
+        assert moved, kernel.name
+        if kernel.in_place:
+            assert new is state and not torch.equal(state.params["a"], before["a"]), kernel.name
+        else:
+            assert new is not state, kernel.name
+            for k in w:
+                assert torch.equal(state.params[k], before[k]), kernel.name
+        for k in w:  # the snapshot is unaffected either way
+            assert torch.equal(kept.params[k], before[k]), kernel.name

@@ -1,11 +1,13 @@
 """SGMCMC samplers as kernels (in the style of BlackJAX and optax) over replica-batched params.
 
 A sampler is ``init(params, setup) -> state`` and ``step(state, grads, t, loss=None) ->
-(state, info)`` (:class:`base.Kernel`). Each sampler module lists its implementations in
-``KERNELS``, fastest first and the general reference last; :func:`select` is the one dispatch
-that picks the first that applies (SGLD's fused CPU kernel, its in-place torch path, or the
-reference). MALA is a wrapper (:func:`mala.wrap`). The chain loop (``llc.chain``) and the
-sharding over CPU threads (``llc.shards``) know nothing about which kernel runs.
+(state, info)`` (:class:`base.Kernel`). Reference kernels return a new state; the fast SGLD
+kernels say ``in_place=True`` and update the state they are given (``snapshot`` keeps a copy).
+Each sampler module lists its implementations in ``KERNELS``, fastest first and the general
+reference last; :func:`select` is the one dispatch that picks the first that applies (SGLD's
+fused CPU kernel, its in-place torch path, or the reference). MALA is a wrapper
+(:func:`mala.wrap`). The chain loop (``llc.chain``) and the sharding over CPU threads
+(``llc.shards``) know nothing about which kernel runs.
 
 Adding a sampler: write ``samplers/<name>.py`` with ``init``, ``step`` and
 ``KERNELS = (Kernel("<name>", init, step),)``, then add one line to ``SAMPLERS`` below.
@@ -25,6 +27,7 @@ from grokbasin.llc.samplers.base import (
     default_nbeta,
     make_hyper,
     noise,
+    snapshot,
 )
 
 SAMPLERS: dict[str, tuple[Kernel, ...]] = {
@@ -73,4 +76,5 @@ __all__ = [
     "make_hyper",
     "noise",
     "select",
+    "snapshot",
 ]

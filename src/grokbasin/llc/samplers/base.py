@@ -128,14 +128,28 @@ class Kernel:
     """One implementation of a sampler: ``init(params, setup) -> state`` takes ownership of
     ``params``; ``step(state, grads, t, loss=None) -> (state, info)`` advances every replica by
     one step with ∇L_B = ``grads`` (minibatch mean, not yet scaled by nβ) and the minibatch loss
-    ``loss`` [R] (used by wrappers such as MALA). Fast kernels update the state's tensors in
-    place and return the same state: treat the state passed in as consumed. ``applies`` says
-    whether this implementation can run the given parameters and setup."""
+    ``loss`` [R] (used by wrappers such as MALA). ``applies`` says whether this implementation
+    can run the given parameters and setup.
+
+    State ownership: with ``in_place=False`` a step returns a new state and leaves the one passed
+    in as it was (the BlackJAX/optax contract). With ``in_place=True`` (the fast SGLD kernels,
+    which allocate nothing per step) ``init`` and ``step`` write into the tensors they were given
+    and ``step`` returns the same object: the state passed in is consumed, so copy it first
+    (:func:`snapshot`) to keep it."""
 
     name: str
     init: Callable[[Params, Setup], Any]
     step: Callable[..., tuple[Any, Info]]
     applies: Callable[[Params, Setup], bool] = _always
+    in_place: bool = False
+
+
+def snapshot(state: State) -> State:
+    """A copy of a state that no later step of any kernel can change (parameters and slots
+    cloned; setup and constants shared, as kernels never write them)."""
+    clone = lambda d: {k: v.clone() for k, v in d.items()}  # noqa: E731
+    grads = None if state.grads is None else clone(state.grads)
+    return State(clone(state.params), state.setup, clone(state.slots), grads, state.consts)
 
 
 def b(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -91,4 +91,4 @@ def wrap(kernel: Kernel) -> Kernel:
         inner, inner_info = kernel.step(state.inner, grads, t, loss=loss)
         return MalaState(inner, s, prev), {**inner_info, **info}
 
-    return Kernel(f"mala({kernel.name})", init, step, kernel.applies)
+    return Kernel(f"mala({kernel.name})", init, step, kernel.applies, kernel.in_place)

@@ -156,9 +156,9 @@ def _compiles(params: Params, setup: Setup) -> bool:
 
 REFERENCE = Kernel("sgld", init, step)
 FUSED_CPU = Kernel(
-    "sgld/fused-cpu", lambda p, s: _fused_init(p, s, True), _fused_cpu_step, _compiles
+    "sgld/fused-cpu", lambda p, s: _fused_init(p, s, True), _fused_cpu_step, _compiles, True
 )
 FUSED_TORCH = Kernel(
-    "sgld/fused-torch", lambda p, s: _fused_init(p, s, False), _fused_torch_step, _plain
+    "sgld/fused-torch", lambda p, s: _fused_init(p, s, False), _fused_torch_step, _plain, True
 )
 KERNELS = (FUSED_CPU, FUSED_TORCH, REFERENCE)  # fastest first; the reference applies always
