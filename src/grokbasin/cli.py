@@ -7,6 +7,7 @@ printed as one line on stderr with exit code 2; nothing is written before valida
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,7 @@ from grokbasin.device import resolve
 from grokbasin.errors import ConfigError, GrokbasinError
 from grokbasin.presets import PRESETS, preset
 from grokbasin.progress import console
+from grokbasin.store.rundir import UNVERIFIED_ENV
 
 app = typer.Typer(
     add_completion=False,
@@ -38,6 +40,21 @@ app = typer.Typer(
     help="Grokking and phase transitions through Singular Learning Theory.",
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global(
+    unverified_ok: Annotated[
+        bool,
+        Opt(
+            "--unverified-ok",
+            help="read run files that carry no checksum as they are (they are refused otherwise)",
+        ),
+    ] = False,
+) -> None:
+    """Options for every command."""
+    if unverified_ok:
+        os.environ[UNVERIFIED_ENV] = "1"
 
 
 def _resolve_config(
@@ -189,11 +206,28 @@ def runs(
     out: OutOpt = Path("runs"),
     sql: Annotated[str | None, Opt(help="SQL over the views runs, metrics, llc")] = None,
     as_json: JSON = False,
+    repair: Annotated[
+        Path | None, Opt("--repair", help="train a damaged or unfinished RUN again")
+    ] = None,
+    remove: Annotated[Path | None, Opt("--remove", help="delete the run directory RUN")] = None,
+    quiet: QUIET = False,
 ) -> None:
-    """List every run under --out, or answer SQL over all results (DuckDB)."""
+    """List every run under --out (with its problems), or answer SQL over all results (DuckDB).
+
+    ``--repair RUN`` trains a damaged or unfinished run again; ``--remove RUN`` deletes it.
+    """
     import warnings
 
-    from grokbasin.store import db
+    from grokbasin.store import binding, db
+    from grokbasin.store.rundir import RunDir
+
+    if repair is not None or remove is not None:
+        if repair is not None:
+            binding.repair(RunDir(repair), not quiet)
+        else:
+            binding.remove(RunDir(remove))  # type: ignore[arg-type]
+        console.print(f"done: {repair or remove}")
+        return
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", db.StoreWarning)

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from grokbasin.analysis.grokking import grokking_metrics
-from grokbasin.config import LLCConfig, RunConfig, build_config, load_yaml, short_hash
+from grokbasin.config import LLCConfig, RunConfig, load_yaml, short_hash
 from grokbasin.device import check_fits, resolve
 from grokbasin.errors import CorruptFileError
 from grokbasin.llc.laplace import laplace_for_checkpoint
@@ -30,7 +30,7 @@ from grokbasin.progress import console
 from grokbasin.report import figures as figs
 from grokbasin.report.html import health_lines, write_run_report
 from grokbasin.report.markdown import write_run_markdown
-from grokbasin.store import query
+from grokbasin.store import binding, query
 from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, recovery_hint
 from grokbasin.theory.closed_form import theory_table
 from grokbasin.theory.numeric import effective_width
@@ -107,6 +107,7 @@ def record_sampler(run_dir: RunDir, llc: LLCConfig) -> None:
     default instead of, say, a preset's. Rewritten before sampling so a killed run resumes with it.
     """
     with run_dir.lock():  # a writer of run files like any other (waits; refuses read-only dirs)
+        binding.stored_config(run_dir)  # never rewrite an edited config as if it were ours
         data = load_yaml(run_dir.config)
         new = llc.model_dump(mode="json")
         if data.get("llc") != new:
@@ -116,7 +117,7 @@ def record_sampler(run_dir: RunDir, llc: LLCConfig) -> None:
 
 def stored_config(run_dir: RunDir) -> RunConfig:
     """The run's config with the sampler settings of its newest LLC estimate (if any)."""
-    cfg = build_config(load_yaml(run_dir.config), {"device": "cpu"})
+    cfg = binding.run_config(run_dir).model_copy(update={"device": "cpu"})
     if run_dir.llc.exists():
         rows = read_parquet(run_dir.llc).select(["sampler_config"]).to_pylist()
         if rows:

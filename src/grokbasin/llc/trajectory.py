@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grokbasin.config import LLCConfig, RunConfig, build_config, load_yaml
+from grokbasin.config import LLCConfig, RunConfig
 from grokbasin.errors import ConfigError, CorruptFileError
 from grokbasin.llc.diagnostics import GROUP_FLAGS
 from grokbasin.llc.estimate import Estimate, estimate_llc
@@ -67,10 +67,10 @@ def select_epochs(run: RunDir, spec: str) -> list[int]:
 
 
 def run_config(run: RunDir) -> RunConfig:
-    """The resolved config of a run directory."""
-    if not run.config.exists():
-        raise CorruptFileError(f"{run.path}: no config.yaml (not a grokbasin run directory)")
-    return build_config(load_yaml(run.config))
+    """The resolved config of a run directory, verified to be the run's (store.binding)."""
+    from grokbasin.store.binding import run_config as verified
+
+    return verified(run)
 
 
 def nbeta_values(llc_cfg: LLCConfig, n: int) -> list[float]:
