@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from grokbasin import interrupt
 from grokbasin.cli_flags import (
     CONFIG,
     DEVICE_FLAG,
@@ -363,7 +364,8 @@ def list_presets() -> None:
 def main() -> None:
     """Console entry point: one clean line for user errors, never a traceback."""
     try:
-        app()  # standalone: typer/click print usage errors themselves and exit 2
+        with interrupt.handling():
+            app()  # standalone: typer/click print usage errors themselves and exit 2
     except GrokbasinError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -380,7 +382,7 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted: re-run the same command to resume where it stopped")
-        sys.exit(130)
+        sys.exit(interrupt.exit_code())
 
 
 if __name__ == "__main__":

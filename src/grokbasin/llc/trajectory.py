@@ -1,6 +1,12 @@
 """LLC trajectories: every selected checkpoint × training replica × chain × nβ of one or more runs
 sampled in ONE batched sampler call, written to RUN_DIR/llc.parquet (SPEC §5, paper Fig. 3).
 
+Very large trajectories are split into consecutive calls of whole checkpoints of at most
+:func:`chunk_replicas` replicas each, every call written as soon as it finishes: Ctrl-C keeps
+the finished ones and a rerun samples only the rest, with the same numbers (every chain's
+streams depend on its run, checkpoint, replica and chain only). Before any work, the largest
+call's memory is estimated and refused when the device cannot hold it.
+
 Rows are keyed by (sampler_hash, epoch); a re-run computes only checkpoints that lack rows for
 its sampler hash and keeps every other row. Loss traces go to
 RUN_DIR/llc_traces/<sampler_hash>.safetensors as ``epoch_<E>`` -> [train replicas, nβ, chains,
@@ -10,6 +16,7 @@ draws] so figures and ArviZ export can reuse them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +26,7 @@ import numpy as np
 import torch
 
 from grokbasin.config import LLCConfig, RunConfig
+from grokbasin.device import check_fits
 from grokbasin.errors import ConfigError, CorruptFileError
 from grokbasin.llc.diagnostics import GROUP_FLAGS
 from grokbasin.llc.estimate import Estimate, estimate_llc
@@ -132,6 +140,46 @@ def estimate_runs(
     return results
 
 
+CHUNK_ENV = "GROKBASIN_LLC_CHUNK"
+
+
+def chunk_replicas(device: str) -> int:
+    """Most replicas per sampler call (env GROKBASIN_LLC_CHUNK; default 256 on a CPU, else 4096):
+    large enough to keep the device busy, small enough that an interrupt loses little."""
+    given = os.environ.get(CHUNK_ENV, "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return 256 if torch.device(device).type == "cpu" else 4096
+
+
+def chunks(sizes: Sequence[int], limit: int) -> list[list[int]]:
+    """Consecutive indices of items with ``sizes`` replicas, at most ``limit`` per chunk (an
+    item larger than ``limit`` is a chunk of its own)."""
+    out: list[list[int]] = []
+    total = limit + 1
+    for i, s in enumerate(sizes):
+        if total + s > limit:
+            out.append([])
+            total = 0
+        out[-1].append(i)
+        total += s
+    return out
+
+
+def check_sampler_fits(
+    replicas: int, params: int, activations: int, device: str, what: str
+) -> None:
+    """Refuse, before any work, a sampler call whose estimated memory exceeds the device's:
+    ~4 copies of the parameters (state, centre, gradient, noise) and the minibatch activations
+    per replica, 4 bytes each."""
+    check_fits(
+        4 * replicas * (4 * params + activations),
+        device,
+        f"{what} ({replicas:,} sampler replicas of {params:,} parameters)",
+        "use fewer chains, nβ values or checkpoints, or a smaller llc.batch_size",
+    )
+
+
 def _sample_batch(
     batch: list[tuple[RunLLC, RunConfig]],
     llc_cfg: LLCConfig,
@@ -139,28 +187,52 @@ def _sample_batch(
     device: str,
     progress: bool,
 ) -> None:
-    """One sampler call over every (run, epoch, training replica) group of compatible runs."""
+    """Every (run, epoch, training replica) group of compatible runs, in chunks of checkpoints."""
+    from grokbasin.train.loop import hidden_size, params_per_replica
+
+    items = [(res, cfg, e) for res, cfg in batch for e in res.computed]
+    cfg0 = batch[0][1]
+    copies = len(nbeta_values(llc_cfg, cfg0.task.n_train)) * llc_cfg.chains
+    sizes = [len(cfg.train.replicas()) * copies for _, cfg, _ in items]
+    parts = chunks(sizes, chunk_replicas(device))
+    b = min(llc_cfg.batch_size, cfg0.task.n_train)
+    check_sampler_fits(
+        max(sum(sizes[i] for i in p) for p in parts),
+        params_per_replica(cfg0),
+        4 * b * hidden_size(cfg0),
+        device,
+        "LLC sampling",
+    )
+    for part in parts:
+        _sample_checkpoints([items[i] for i in part], llc_cfg, shash, device, progress)
+
+
+def _sample_checkpoints(
+    items: list[tuple[RunLLC, RunConfig, int]],
+    llc_cfg: LLCConfig,
+    shash: str,
+    device: str,
+    progress: bool,
+) -> None:
+    """One sampler call over the (run, epoch) checkpoints ``items`` × training replicas; written
+    when it finishes."""
     params, rows, ids, where = [], [], [], []
-    for res, cfg in batch:
+    for res, cfg, e in items:
         train_rows = modular_train_rows(cfg)  # [R_train, n]
         run_id = int(res.run.path.name[:7], 16) if _is_hex(res.run.path.name[:7]) else 0
-        for e in res.computed:
-            ck = res.run.load_checkpoint(e, device)
-            r_train = next(iter(ck.values())).shape[0]
-            if r_train != train_rows.shape[0]:
-                raise CorruptFileError(
-                    f"{res.run.checkpoint(e)}: {r_train} replicas, config says "
-                    f"{train_rows.shape[0]}"
-                )
-            params.append(ck)
-            rows.append(train_rows)
-            ids += [[run_id, e, r] for r in range(r_train)]
-            where += [(res, e, r) for r in range(r_train)]
-    cfg0 = batch[0][1]
-    try:
-        p0 = {k: torch.cat([p[k] for p in params]).to(device) for k in params[0]}
-    except (RuntimeError, KeyError):
-        raise CorruptFileError("checkpoints of these runs do not share parameter shapes") from None
+        ck = res.run.load_checkpoint(e, device)
+        r_train = next(iter(ck.values())).shape[0]
+        if r_train != train_rows.shape[0]:
+            raise CorruptFileError(
+                f"{res.run.checkpoint(e)}: {r_train} replicas, config says {train_rows.shape[0]}"
+            )
+        _check_like(res.run.checkpoint(e), ck, params[0] if params else ck)
+        params.append(ck)
+        rows.append(train_rows)
+        ids += [[run_id, e, r] for r in range(r_train)]
+        where += [(res, e, r) for r in range(r_train)]
+    cfg0 = items[0][1]
+    p0 = {k: torch.cat([p[k] for p in params]).to(device) for k in params[0]}
     G, n = len(ids), rows[0].shape[1]
     nbetas = nbeta_values(llc_cfg, n)
     B, C = len(nbetas), llc_cfg.chains
@@ -171,6 +243,18 @@ def _sample_batch(
     label = f"{G} checkpoints×replicas × {C} chains × {B} nβ"
     est = sample_with_progress(target, llc_cfg, G, nbetas, ids, label, progress)
     _write(est, where, llc_cfg, shash)
+
+
+def _check_like(path: Path, ck: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
+    """Refuse, naming the file, a checkpoint whose parameters differ in name or per-replica shape
+    from the others sampled with it (another architecture)."""
+    shapes = {k: tuple(v.shape[1:]) for k, v in ck.items()}
+    want = {k: tuple(v.shape[1:]) for k, v in ref.items()}
+    if shapes != want:
+        raise CorruptFileError(
+            f"{path}: parameters {shapes} do not match the other checkpoints' {want} (another "
+            "architecture?)"
+        )
 
 
 def sample_with_progress(
