@@ -366,6 +366,10 @@ def main() -> None:
     try:
         with interrupt.handling():
             app()  # standalone: typer/click print usage errors themselves and exit 2
+    except SystemExit:
+        if not interrupt.signalled():  # typer turns KeyboardInterrupt into exit 130 itself
+            raise
+        _interrupted()
     except GrokbasinError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -381,8 +385,12 @@ def main() -> None:
         console.print("[red]error:[/red] out of memory; use a smaller configuration")
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print("interrupted: re-run the same command to resume where it stopped")
-        sys.exit(interrupt.exit_code())
+        _interrupted()
+
+
+def _interrupted() -> None:
+    console.print("interrupted: re-run the same command to resume where it stopped")
+    sys.exit(interrupt.exit_code())
 
 
 if __name__ == "__main__":

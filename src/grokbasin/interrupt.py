@@ -42,6 +42,11 @@ def handling() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def signalled() -> bool:
+    """Whether SIGINT or SIGTERM arrived while :func:`handling` was active."""
+    return bool(_LAST)
+
+
 def exit_code() -> int:
     """The shell's code for the signal that stopped us: 130 for SIGINT, 143 for SIGTERM."""
     return 128 + (_LAST[-1] if _LAST else signal.SIGINT)
