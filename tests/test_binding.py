@@ -7,80 +7,43 @@ from __future__ import annotations
 import shutil
 
 import pyarrow.parquet as pq
-import pytest
 
-from grokbasin.store.rundir import RunDir, read_parquet
-from grokbasin.train.runner import train
+from grokbasin.store.rundir import read_parquet
 
 LLC = ["--chains", "1", "--draws", "4", "--burnin", "2", "--llc-batch-size", "8", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def trained_pair(tmp_path_factory):
-    """Two tiny finished runs (seeds 0 and 1) under one root."""
-    from grokbasin.config import build_config
-
-    tiny = {
-        "task": {"p": 11, "frac": 0.5},
-        "model": {"width": 24},
-        "train": {"epochs": 60, "checkpoint_every": 20, "batch_size": 16, "lr": [3e-3]},
-    }
-    root = tmp_path_factory.mktemp("bound")
-    runs = [
-        train(build_config(tiny, {"train.seeds": [s]}), root, progress=False).run for s in (0, 1)
-    ]
-    return root, runs
-
-
-@pytest.fixture
-def pair(trained_pair, tmp_path):
-    """A fresh copy of the two runs for one test to damage."""
-    root, runs = trained_pair
-    shutil.copytree(root, tmp_path / "runs")
-    return [RunDir(tmp_path / "runs" / r.path.name) for r in runs]
-
-
-def refused(run_cli, args: list[str], cwd, *needles: str) -> str:
-    rc, out, err = run_cli(args, cwd)
-    assert rc == 2, out + err
-    line = err.strip()
-    assert "Traceback" not in err and len(line.splitlines()) == 1, err
-    for n in needles:
-        assert n in line, line
-    return line
-
-
-def test_edited_config_is_refused_by_every_command(pair, run_cli, tmp_path):
+def test_edited_config_is_refused_by_every_command(pair, refused, run_cli, tmp_path):
     run = pair[0]
     run.config.write_text(run.config.read_text().replace("frac: 0.5", "frac: 0.8"))
-    refused(run_cli, ["llc", str(run.path), *LLC], tmp_path, "edited", "undo the edit")
-    refused(run_cli, ["report", str(run.path)], tmp_path, "edited")
+    refused(["llc", str(run.path), *LLC], tmp_path, "edited", "undo the edit")
+    refused(["report", str(run.path)], tmp_path, "edited")
     train_args = ["train", "--p", "11", "--frac", "0.5", "--width", "24", "--epochs", "60"]
     train_args += ["--checkpoint-every", "20", "--batch-size", "16", "--lr", "3e-3"]
-    refused(run_cli, [*train_args, "--out", str(run.path.parent)], tmp_path, "edited")
+    refused([*train_args, "--out", str(run.path.parent)], tmp_path, "edited")
     assert not run.llc.exists()
 
 
-def test_checkpoint_from_another_run_is_refused(pair, run_cli, tmp_path):
+def test_checkpoint_from_another_run_is_refused(pair, refused, run_cli, tmp_path):
     a, b = pair
     shutil.copy(b.checkpoint(40), a.checkpoint(40))  # a valid checksum, the wrong run
-    line = refused(run_cli, ["llc", str(a.path), *LLC], tmp_path, "belongs to run")
+    line = refused(["llc", str(a.path), *LLC], tmp_path, "belongs to run")
     assert b.path.name in line and a.path.name in line
     assert not a.llc.exists()
 
 
-def test_checkpoint_renamed_to_another_epoch_is_refused(pair, run_cli, tmp_path):
+def test_checkpoint_renamed_to_another_epoch_is_refused(pair, refused, run_cli, tmp_path):
     run = pair[0]
     shutil.copy(run.checkpoint(60), run.checkpoint(20))
-    refused(run_cli, ["llc", str(run.path), *LLC], tmp_path, "holds checkpoint 60, not 20")
+    refused(["llc", str(run.path), *LLC], tmp_path, "holds checkpoint 60, not 20")
     assert not run.llc.exists()
 
 
-def test_deleted_checkpoint_is_named_and_the_run_can_be_retrained(pair, run_cli, tmp_path):
+def test_deleted_checkpoint_is_named_and_the_run_can_be_retrained(pair, refused, run_cli, tmp_path):
     run = pair[0]
     before = read_parquet(run.metrics).to_pylist()
     run.checkpoint(20).unlink()
-    refused(run_cli, ["llc", str(run.path), *LLC], tmp_path, "epochs [20]", "--repair")
+    refused(["llc", str(run.path), *LLC], tmp_path, "epochs [20]", "--repair")
     assert not run.is_trained()
     rc, _, err = run_cli(["runs", "--repair", str(run.path)], tmp_path)
     assert rc == 0, err
@@ -88,12 +51,14 @@ def test_deleted_checkpoint_is_named_and_the_run_can_be_retrained(pair, run_cli,
     assert read_parquet(run.metrics).to_pylist() == before
 
 
-def test_parquet_rewritten_without_checksum_needs_the_flag(pair, run_cli, tmp_path, monkeypatch):
+def test_parquet_rewritten_without_checksum_needs_the_flag(
+    pair, refused, run_cli, tmp_path, monkeypatch
+):
     run = pair[0]
     table = pq.read_table(run.metrics)
     meta = {k: v for k, v in table.schema.metadata.items() if b"sha256" not in k}
     pq.write_table(table.replace_schema_metadata(meta), run.metrics)
-    refused(run_cli, ["llc", str(run.path), *LLC], tmp_path, "no checksum", "--unverified-ok")
+    refused(["llc", str(run.path), *LLC], tmp_path, "no checksum", "--unverified-ok")
     monkeypatch.setenv("GROKBASIN_UNVERIFIED_OK", "0")  # restored after the test
     rc, _, err = run_cli(["--unverified-ok", "llc", str(run.path), *LLC], tmp_path)
     assert rc == 0, err

@@ -7,12 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from grokbasin.config import build_config
 from grokbasin.store.rundir import RunDir, read_parquet
@@ -83,40 +81,6 @@ def test_interrupt_stops_sampling_keeps_finished_chunks_and_resume_is_exact(tmp_
     got = sorted(llc_rows(run), key=key)
     want = sorted(llc_rows(ref), key=key)
     assert [(key(r), r["llc"]) for r in got] == [(key(r), r["llc"]) for r in want]
-
-
-MODEL = """
-import torch
-def make():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-"""
-
-
-@pytest.fixture
-def external_inputs(tmp_path) -> list[str]:
-    """A model file, data and four checkpoints for `llc external`."""
-    (tmp_path / "model.py").write_text(textwrap.dedent(MODEL))
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import model  # type: ignore[import-not-found]
-
-        net = model.make()
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("model", None)
-    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
-    torch.save({"X": X, "Y": net(X).detach()}, tmp_path / "data.pt")
-    (tmp_path / "ck").mkdir()
-    for s in (10, 20, 30, 40):
-        torch.save(
-            {k: v + 0.01 * s for k, v in net.state_dict().items()}, tmp_path / f"ck/s_{s}.pt"
-        )
-    return [
-        *("--model", f"{tmp_path / 'model.py'}:make", "--checkpoints", str(tmp_path / "ck")),
-        *("--loss", "mse", "--data", str(tmp_path / "data.pt"), "--out", str(tmp_path / "runs")),
-        *("--chains", "2", "--draws", "300", "--burnin", "10", "--quiet", "--json"),
-    ]
 
 
 def test_two_external_processes_into_one_out_give_the_sequential_result(external_inputs):

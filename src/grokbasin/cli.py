@@ -232,7 +232,7 @@ def runs(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", db.StoreWarning)
-        cols, rows = db.query(out, sql) if sql else db.list_runs(out)
+        cols, rows = db.query(out, sql) if sql is not None else db.list_runs(out)
     for w in caught:
         console.print(f"[yellow]warning:[/yellow] {w.message}")
     if as_json:
@@ -271,15 +271,13 @@ def sweep(
     quiet: QUIET = False,
 ) -> None:
     """Run a sweep; finished runs and estimates are reused, killed ones resume."""
-    from grokbasin.experiments.sweep import expand, group, load_sweep, run_sweep
+    from grokbasin.experiments.sweep import load_sweep, run_sweep
     from grokbasin.store.rundir import check_out_root
-    from grokbasin.train.runner import preflight
 
     _check_backend(backend, workers)
     check_out_root(out)
     sw = load_sweep(file)
-    for cfgs in group(expand(sw)):  # every group's memory, before any group trains
-        preflight(cfgs, out)
+    # every group's memory is checked (run_configs) before any group trains
     res = run_sweep(sw, out, backend, workers, address, progress=not quiet)
     console.print(f"{len(res.runs)} runs: {res.trained} trained, {res.sampled} LLC estimates made")
     for r in res.runs:

@@ -72,10 +72,11 @@ def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> No
     run = RunDir(run_dir)
     if not run.config.exists():
         raise ConfigError(f"RUN_DIR: {run_dir} is not a run directory (no config.yaml)")
-    from grokbasin.llc.trajectory import estimate_run
+    from grokbasin.llc.trajectory import check_llc_fits, estimate_run
     from grokbasin.pipeline import print_summary, record_sampler, report_run, stored_config
 
     cfg = build_config(stored_config(run).model_dump(mode="json"), given)
+    check_llc_fits(cfg, device)  # before the sampler is recorded: nothing written if refused
     record_sampler(run, cfg.llc)
     result = estimate_run(run.path, cfg.llc, device, progress=not quiet)
     console.print(

@@ -32,7 +32,13 @@ from grokbasin.llc.diagnostics import GROUP_FLAGS
 from grokbasin.llc.estimate import Estimate, estimate_llc
 from grokbasin.llc.targets import from_modular, modular_train_rows
 from grokbasin.progress import make_progress
-from grokbasin.store.rundir import RunDir, holds_run_locks, read_parquet, write_parquet
+from grokbasin.store.rundir import (
+    RunDir,
+    holds_run_locks,
+    read_parquet,
+    recovery_hint,
+    write_parquet,
+)
 
 COLUMNS = (
     "epoch",
@@ -180,6 +186,36 @@ def check_sampler_fits(
     )
 
 
+def check_chunks_fit(
+    sizes: Sequence[int], cfg: RunConfig, llc_cfg: LLCConfig, device: str
+) -> list[list[int]]:
+    """The sampler calls (chunks) for checkpoints of ``sizes`` replicas each, refused before any
+    work when the largest would not fit the device."""
+    from grokbasin.train.loop import hidden_size, params_per_replica
+
+    parts = chunks(sizes, chunk_replicas(device))
+    check_sampler_fits(
+        max(sum(sizes[i] for i in p) for p in parts),
+        params_per_replica(cfg),
+        4 * min(llc_cfg.batch_size, cfg.task.n_train) * hidden_size(cfg),
+        device,
+        "LLC sampling",
+    )
+    return parts
+
+
+def check_llc_fits(cfg: RunConfig, device: str, runs: int = 1) -> None:
+    """Refuse, before training or sampling, an LLC trajectory of ``runs`` runs like ``cfg`` at
+    its selected checkpoints (all of them, at most) that the device cannot hold."""
+    t, llc = cfg.train, cfg.llc
+    wanted = llc.epochs_wanted()
+    n_ck = (
+        1 if llc.checkpoints == "last" else len(wanted or []) or 2 + t.epochs // t.checkpoint_every
+    )
+    per = len(t.replicas()) * llc.chains * len(nbeta_values(llc, cfg.task.n_train))
+    check_chunks_fit([per] * (n_ck * runs), cfg, llc, device)
+
+
 def _sample_batch(
     batch: list[tuple[RunLLC, RunConfig]],
     llc_cfg: LLCConfig,
@@ -188,22 +224,10 @@ def _sample_batch(
     progress: bool,
 ) -> None:
     """Every (run, epoch, training replica) group of compatible runs, in chunks of checkpoints."""
-    from grokbasin.train.loop import hidden_size, params_per_replica
-
     items = [(res, cfg, e) for res, cfg in batch for e in res.computed]
-    cfg0 = batch[0][1]
-    copies = len(nbeta_values(llc_cfg, cfg0.task.n_train)) * llc_cfg.chains
+    copies = len(nbeta_values(llc_cfg, batch[0][1].task.n_train)) * llc_cfg.chains
     sizes = [len(cfg.train.replicas()) * copies for _, cfg, _ in items]
-    parts = chunks(sizes, chunk_replicas(device))
-    b = min(llc_cfg.batch_size, cfg0.task.n_train)
-    check_sampler_fits(
-        max(sum(sizes[i] for i in p) for p in parts),
-        params_per_replica(cfg0),
-        4 * b * hidden_size(cfg0),
-        device,
-        "LLC sampling",
-    )
-    for part in parts:
+    for part in check_chunks_fit(sizes, batch[0][1], llc_cfg, device):
         _sample_checkpoints([items[i] for i in part], llc_cfg, shash, device, progress)
 
 
@@ -226,7 +250,7 @@ def _sample_checkpoints(
             raise CorruptFileError(
                 f"{res.run.checkpoint(e)}: {r_train} replicas, config says {train_rows.shape[0]}"
             )
-        _check_like(res.run.checkpoint(e), ck, params[0] if params else ck)
+        _check_architecture(res.run.checkpoint(e), ck, cfg)
         params.append(ck)
         rows.append(train_rows)
         ids += [[run_id, e, r] for r in range(r_train)]
@@ -245,15 +269,15 @@ def _sample_checkpoints(
     _write(est, where, llc_cfg, shash)
 
 
-def _check_like(path: Path, ck: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
-    """Refuse, naming the file, a checkpoint whose parameters differ in name or per-replica shape
-    from the others sampled with it (another architecture)."""
-    shapes = {k: tuple(v.shape[1:]) for k, v in ck.items()}
-    want = {k: tuple(v.shape[1:]) for k, v in ref.items()}
-    if shapes != want:
+def _check_architecture(path: Path, ck: dict[str, torch.Tensor], cfg: RunConfig) -> None:
+    """Refuse, naming the file, a checkpoint whose size is not the config's model."""
+    from grokbasin.train.loop import params_per_replica
+
+    have, want = sum(v[0].numel() for v in ck.values()), params_per_replica(cfg)
+    if have != want:
         raise CorruptFileError(
-            f"{path}: parameters {shapes} do not match the other checkpoints' {want} (another "
-            "architecture?)"
+            f"{path}: {have:,} parameters per replica, but the run's {cfg.model.name} model has "
+            f"{want:,} (a checkpoint of another architecture); {recovery_hint(path)}"
         )
 
 

@@ -30,7 +30,7 @@ import pyarrow as pa
 import yaml
 from pydantic import ValidationError
 
-from grokbasin.config import RunConfig, format_validation_error
+from grokbasin.config import RunConfig, format_validation_error, safe_load
 from grokbasin.errors import GrokbasinError
 from grokbasin.store.rundir import RunDir, read_parquet
 
@@ -73,7 +73,7 @@ def _load_table(path: Path) -> pa.Table | str:
 def _run_row(run: RunDir) -> dict[str, Any]:
     """The ``runs`` row for one directory; raises GrokbasinError/ValueError when unreadable."""
     try:
-        cfg = yaml.safe_load(run.config.read_text())
+        cfg = safe_load(run.config.read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f"unreadable config ({e.__class__.__name__})") from None
     if not isinstance(cfg, dict):
@@ -226,9 +226,14 @@ def llc_connection(files: list[Path]) -> duckdb.DuckDBPyConnection:
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Refuse, in one line, any statement that is not a query (COPY, ATTACH, SET, CREATE...)."""
     try:
-        statements = con.extract_statements(sql)
+        statements = con.extract_statements(sql) if sql.strip() else []
     except duckdb.Error as e:
         raise GrokbasinError(f"SQL error: {str(e).splitlines()[0]}") from None
+    if not statements:
+        raise GrokbasinError(
+            "--sql: no statement given; write a query over the views runs, metrics and llc, "
+            "e.g. SELECT * FROM runs"
+        )
     for st in statements:
         kind = st.type.name
         if kind not in _QUERY_STATEMENTS:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from grokbasin.config import LLCConfig
+from grokbasin.config import LLCConfig, safe_load
 from grokbasin.report import figures as figs
 from grokbasin.report.html import Image, Section, Table, config_tables, flatten, health_lines
 from grokbasin.report.html import write_report as write_html
@@ -76,9 +76,7 @@ def write_report(run: RunDir, llc_cfg: LLCConfig, n: int) -> Path:
     rows = [r for r in read_parquet(run.llc).to_pylist() if r["sampler_hash"] == shash]
     main = [r for r in rows if abs(r["nbeta"] - nbeta) <= 1e-9 * nbeta]
     metrics = read_parquet(run.metrics).to_pylist() if run.metrics.exists() else []
-    import yaml
-
-    config = yaml.safe_load(run.config.read_text())
+    config = safe_load(run.config.read_text())
     spec = json.loads((run.path / SPEC_FILE).read_text())
     sampler = figs.sampler_settings(llc_cfg, n)
     model = config.get("model", {})

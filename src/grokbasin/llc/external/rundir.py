@@ -32,6 +32,7 @@ from grokbasin.llc.external.core import (
     SPEC_FILE,
     TrajectoryResult,
     _group_id,
+    check_fits_external,
     estimate_into,
     module_target,
     prepare,
@@ -129,6 +130,7 @@ def calibrate_inputs(
     nb_list = list(dict.fromkeys(nb_list))
     cells = grid_layout(eps_list, gam_list)
     G, B, C = len(cells), len(nb_list), llc_cfg.chains
+    check_fits_external(x, llc_cfg, G * B * C, str(x.X.device))
     dev = x.X.device
     p = {k: v[None].to(dev).repeat_interleave(G * B * C, 0) for k, v in x.params[i].items()}
     target = module_target(x.model, x.loss_fn, x.X, x.Y, min(llc_cfg.batch_size, x.n), p)
@@ -187,12 +189,11 @@ def calibrate(
 
 def report_run(run_dir: str | Path) -> Path:
     """Re-render figures/trajectory.png and report.html from the stored files (no sampling)."""
-    import yaml
-
+    from grokbasin.config import safe_load
     from grokbasin.llc.external.report import write_report
 
     run = RunDir(run_dir)
     if not run.llc.exists():
         raise ConfigError(f"RUN_DIR: {run.path} has no LLC estimates yet")
-    n = int(yaml.safe_load(run.config.read_text())["task"]["n"])
+    n = int(safe_load(run.config.read_text())["task"]["n"])
     return write_report(run, stored_sampler(run_dir, {}), n)
