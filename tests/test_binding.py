@@ -63,3 +63,46 @@ def test_parquet_rewritten_without_checksum_needs_the_flag(
     rc, _, err = run_cli(["--unverified-ok", "llc", str(run.path), *LLC], tmp_path)
     assert rc == 0, err
     assert read_parquet(run.llc).num_rows == 4
+
+
+TRAIN = [
+    *("train", "--p", "11", "--frac", "0.5", "--width", "24", "--epochs", "60"),
+    *("--checkpoint-every", "20", "--batch-size", "16", "--lr", "3e-3", "--quiet"),
+]
+
+
+def listed(run_cli, root, cwd) -> dict[str, dict]:
+    import json
+
+    rc, out, err = run_cli(["runs", "--out", str(root), "--json"], cwd)
+    assert rc == 0, err
+    return {r["run"]: r for r in json.loads(out)}
+
+
+def test_a_folder_recreated_without_its_config_is_listed_and_retrained(pair, run_cli, tmp_path):
+    """Deleted mid-train and recreated: `runs` lists it with its problem, `train` retrains it."""
+    run = pair[0]
+    metrics = read_parquet(run.metrics).to_pylist()
+    run.config.unlink()
+    run.checkpoint(0).unlink()
+    row = listed(run_cli, run.path.parent, tmp_path)[run.path.name]
+    assert row["status"] == "damaged" and "config.yaml" in row["problem"]
+    rc, _, err = run_cli([*TRAIN, "--out", str(run.path.parent)], tmp_path)
+    assert rc == 0 and "training it again" in err, err
+    assert run.is_trained() and read_parquet(run.metrics).to_pylist() == metrics
+    assert listed(run_cli, run.path.parent, tmp_path)[run.path.name]["problem"] is None
+
+
+def test_an_unfinished_run_is_listed_and_removed_with_one_command(pair, run_cli, tmp_path):
+    import json
+
+    run = pair[0]
+    prov = json.loads(run.provenance.read_text())
+    run.provenance.write_text(json.dumps({**prov, "finished": False}))
+    row = listed(run_cli, run.path.parent, tmp_path)[run.path.name]
+    assert row["status"] == "partial" and "--repair" in row["problem"]
+    rc, _, err = run_cli(["runs", "--remove", str(run.path)], tmp_path)
+    assert rc == 0, err
+    assert not run.path.exists() and run.path.name not in listed(run_cli, run.path.parent, tmp_path)
+    rc, _, err = run_cli(["runs", "--remove", str(tmp_path)], tmp_path)  # not a run: untouched
+    assert rc == 2 and tmp_path.exists()

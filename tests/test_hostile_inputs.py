@@ -98,3 +98,26 @@ def test_a_failed_ray_start_is_one_line(monkeypatch):
     with pytest.raises(GrokbasinError, match=r"could not start Ray at 10\.0\.0\.1.*connect") as e:
         run_ray(abs, [1], address="10.0.0.1:6379")
     assert "\n" not in str(e.value)
+
+
+def test_sql_output_is_capped_and_streams_to_a_file(run_cli, tmp_path):
+    import json
+
+    big = "SELECT range AS x FROM range(250000)"
+    rc, out, err = run_cli(["runs", "--out", str(tmp_path), "--sql", big, "--limit", "5"], tmp_path)
+    assert rc == 0 and "249,995 more rows not shown" in err, err
+    assert "│ 4 " in out and "│ 5 " not in out
+    rc, out, _ = run_cli(["runs", "--out", str(tmp_path), "--sql", big, "--csv"], tmp_path)
+    lines = out.splitlines()
+    assert rc == 0 and lines[0] == "x" and len(lines) == 250001 and lines[-1] == "249999"
+    for name in ("all.json", "all.csv", "all.parquet"):
+        path = tmp_path / name
+        rc, _, err = run_cli(
+            ["runs", "--out", str(tmp_path), "--sql", big, "--output", str(path)], tmp_path
+        )
+        assert rc == 0, err
+    assert len(json.loads((tmp_path / "all.json").read_text())) == 250000
+    assert len((tmp_path / "all.csv").read_text().splitlines()) == 250001
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "all.parquet").num_rows == 250000

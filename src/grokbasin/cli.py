@@ -211,15 +211,25 @@ def runs(
         Path | None, Opt("--repair", help="train a damaged or unfinished RUN again")
     ] = None,
     remove: Annotated[Path | None, Opt("--remove", help="delete the run directory RUN")] = None,
+    limit: Annotated[int, Opt(help="rows shown in the table (0: all)")] = 100,
+    as_csv: Annotated[bool, Opt("--csv", help="stream every row as CSV")] = False,
+    output: Annotated[
+        Path | None, Opt("--output", help="write every row to FILE (.csv, .json or .parquet)")
+    ] = None,
     quiet: QUIET = False,
 ) -> None:
     """List every run under --out (with its problems), or answer SQL over all results (DuckDB).
 
-    ``--repair RUN`` trains a damaged or unfinished run again; ``--remove RUN`` deletes it.
+    The table shows --limit rows and says how many it left out; --json and --csv stream every
+    row, and --output FILE writes them to a file. ``--repair RUN`` trains a damaged or
+    unfinished run again; ``--remove RUN`` deletes it.
     """
     import warnings
 
     from grokbasin.store import binding, db
+    from grokbasin.store.output import format_for as output_format
+    from grokbasin.store.output import head
+    from grokbasin.store.output import write as write_rows
     from grokbasin.store.rundir import RunDir
 
     if repair is not None or remove is not None:
@@ -230,14 +240,41 @@ def runs(
         console.print(f"done: {repair or remove}")
         return
 
+    if limit < 0:
+        raise ConfigError(f"--limit: must be >= 0, got {limit}")
+    fmt = output_format(output, as_json, as_csv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", db.StoreWarning)
-        cols, rows = db.query(out, sql) if sql is not None else db.list_runs(out)
+        if sql is None and (fmt == "table" or not db.scan(out).runs):
+            cols, rows = db.list_runs(out)
+            _warn(caught)
+            if fmt != "table":  # no runs: nothing to stream
+                print("[]" if fmt == "json" else ",".join(cols))
+                return
+            rows, left = (rows[:limit], max(0, len(rows) - limit)) if limit else (rows, 0)
+        else:
+            with db.stream(out, sql if sql is not None else db.LIST_SQL) as (cols, reader):
+                _warn(caught)
+                if fmt != "table":
+                    write_rows(fmt, cols, reader, output)
+                    return
+                rows, left = head(reader, limit)
+    _print_table(cols, rows)
+    if left:
+        console.print(
+            f"… {left:,} more rows not shown (--limit {limit}); use --limit 0, --csv, --json "
+            "or --output FILE for all of them"
+        )
+
+
+def _warn(caught: list) -> None:
+    """Print the store's warnings once (the list is emptied)."""
     for w in caught:
         console.print(f"[yellow]warning:[/yellow] {w.message}")
-    if as_json:
-        print(json.dumps([dict(zip(cols, r, strict=True)) for r in rows], default=str))
-        return
+    caught.clear()
+
+
+def _print_table(cols: list[str], rows: list[tuple]) -> None:
     from rich.table import Table
 
     t = Table()

@@ -18,6 +18,11 @@ from grokbasin.store.rundir import LOCK_NAME, RunDir
 
 def remedy(run: RunDir) -> str:
     """The two one-command ways out for a damaged run."""
+    if not run.config.exists():
+        return (
+            "re-run the command that trained it (it trains the run again) or delete it with "
+            f"`grokbasin runs --remove {run.path}`"
+        )
     return (
         f"retrain it with `grokbasin runs --repair {run.path}` or delete it with "
         f"`grokbasin runs --remove {run.path}`"

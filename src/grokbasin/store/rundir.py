@@ -495,6 +495,20 @@ class RunDir:
     def write_provenance(self, data: dict[str, Any]) -> None:
         atomic_write(self.provenance, json.dumps(data, indent=2, default=str).encode())
 
+    def in_use(self) -> bool:
+        """Whether another process holds this run directory's lock (e.g. is training it)."""
+        lock = _lock_for(self.path.resolve())
+        if lock.is_locked:
+            return False  # held by this process
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        except OSError:
+            return False
+        lock.release()
+        return False
+
     def is_trained(self) -> bool:
         """Finished, with every file its training wrote still there."""
         return bool(self.read_provenance().get("finished")) and not self.missing_files()
