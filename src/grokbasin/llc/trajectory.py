@@ -241,6 +241,7 @@ def _sample_checkpoints(
     """One sampler call over the (run, epoch) checkpoints ``items`` × training replicas; written
     when it finishes."""
     params, rows, ids, where = [], [], [], []
+    shapes = model_shapes(items[0][1])
     for res, cfg, e in items:
         train_rows = modular_train_rows(cfg)  # [R_train, n]
         run_id = int(res.run.path.name[:7], 16) if _is_hex(res.run.path.name[:7]) else 0
@@ -250,7 +251,7 @@ def _sample_checkpoints(
             raise CorruptFileError(
                 f"{res.run.checkpoint(e)}: {r_train} replicas, config says {train_rows.shape[0]}"
             )
-        _check_architecture(res.run.checkpoint(e), ck, cfg)
+        _check_architecture(res.run.checkpoint(e), ck, shapes)
         params.append(ck)
         rows.append(train_rows)
         ids += [[run_id, e, r] for r in range(r_train)]
@@ -269,15 +270,26 @@ def _sample_checkpoints(
     _write(est, where, llc_cfg, shash)
 
 
-def _check_architecture(path: Path, ck: dict[str, torch.Tensor], cfg: RunConfig) -> None:
-    """Refuse, naming the file, a checkpoint whose size is not the config's model."""
-    from grokbasin.train.loop import params_per_replica
+def model_shapes(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> per-replica shape of the config's model (one replica initialised)."""
+    from grokbasin import rng
+    from grokbasin.models import build_model
 
-    have, want = sum(v[0].numel() for v in ck.values()), params_per_replica(cfg)
+    params = build_model(cfg.model, cfg.task.p, cfg.task.p).init(rng.key([0]))
+    return {k: tuple(v.shape[1:]) for k, v in params.items()}
+
+
+def _check_architecture(
+    path: Path, ck: dict[str, torch.Tensor], want: dict[str, tuple[int, ...]]
+) -> None:
+    """Refuse, naming the file, a checkpoint whose parameters are not the config's model's."""
+    have = {k: tuple(v.shape[1:]) for k, v in ck.items()}
     if have != want:
+        bad = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
         raise CorruptFileError(
-            f"{path}: {have:,} parameters per replica, but the run's {cfg.model.name} model has "
-            f"{want:,} (a checkpoint of another architecture); {recovery_hint(path)}"
+            f"{path}: parameters {bad[:4]} do not have the shapes of the run's "
+            "model (a checkpoint of another architecture); "
+            f"{recovery_hint(path)}"
         )
 
 

@@ -431,7 +431,7 @@ class RunDir:
     ) -> None:
         """Write checkpoint ``epoch`` bound to this run (its hash and number in the metadata)."""
         bound = {**meta, "run": self.identity(), "checkpoint": epoch}
-        save_tensors(self.checkpoint(epoch), tensors, bound)
+        self.save_tensors(self.checkpoint(epoch), tensors, bound)
 
     def check_bound(self, path: Path, meta: dict[str, Any], number: int | None = None) -> None:
         """Refuse a file whose metadata names another run, or another number than its name."""

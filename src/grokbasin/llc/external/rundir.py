@@ -160,10 +160,10 @@ def calibrate_run(
     nbs = sorted({r["nbeta"] for r in cal.rows})
     tag = short_hash([llc_cfg.sampler_hash(), list(step_sizes), list(gammas), nbs], 8)
     base = RunDir(run_dir).path / "calibration" / f"calibration_e{step}_r0_{tag}"
-    cal.table = base.with_suffix(".parquet")
-    write_parquet(cal.table, [{**r, "flags": ",".join(r["flags"])} for r in cal.rows])
-    cal.figure = base.with_suffix(".png")
-    heatmap(cal, cal.figure)
+    cal.table, cal.figure = base.with_suffix(".parquet"), base.with_suffix(".png")
+    with RunDir(run_dir).lock():  # a writer of run files like any other
+        write_parquet(cal.table, [{**r, "flags": ",".join(r["flags"])} for r in cal.rows])
+        heatmap(cal, cal.figure)
     return cal
 
 
