@@ -71,7 +71,10 @@ def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> No
         return
     run = RunDir(run_dir)
     if not run.config.exists():
-        raise ConfigError(f"RUN_DIR: {run_dir} is not a run directory (no config.yaml)")
+        from grokbasin.store.binding import remedy
+
+        what = "a damaged run" if run.read_provenance() else "not a run directory"
+        raise ConfigError(f"RUN_DIR: {run_dir} is {what} (no config.yaml); {remedy(run)}")
     from grokbasin.llc.trajectory import check_llc_fits, estimate_run
     from grokbasin.pipeline import print_summary, record_sampler, report_run, stored_config
 
