@@ -212,6 +212,42 @@ def test_gsm_vs_lr_end_to_end_with_the_real_estimator(tmp_path, monkeypatch):
     assert repr(again.summary[2:]) == repr(agg)  # same numbers (repr: nan == nan)
 
 
+def test_gsm_vs_lr_at_several_weight_decays_with_thinned_llc(tmp_path):
+    """Fig. 11's form: one GSM curve (and fit) per weight decay; the LLC is sampled only at the
+    thinned checkpoints chosen after training (dense start, then every N, and the last)."""
+    base = {
+        "task": {"p": 7, "frac": 0.6},
+        "model": {"width": 8},
+        "train": {**_TINY_TRAIN, "epochs": 20, "checkpoint_every": 5},
+    }
+    grid = gsm.gsm_grid(
+        "gsm-vs-lr",
+        "train.lr",
+        [3e-3, 1e-2],
+        base,
+        [0],
+        {**_TINY_LLC, "checkpoints": "all"},
+        series=("train.weight_decay", [1e-4, 1e-3]),
+        llc_thin={"dense_until": 0, "every": 10},
+    )
+    res = get("gsm-vs-lr").run(Context(tmp_path, "tiny"), grid)
+    assert res.figures["gsm-vs-lr"].read_bytes()[:4] == b"\x89PNG"
+    fits, agg = res.summary[:4], res.summary[4:]
+    assert [(f["series"], f["fit"][:6]) for f in fits][::2] == [(1e-4, "ln gsm"), (1e-3, "ln gsm")]
+    assert [(a["series"], a["value"]) for a in agg] == [
+        (1e-4, 3e-3),
+        (1e-4, 1e-2),
+        (1e-3, 3e-3),
+        (1e-3, 1e-2),
+    ]
+    for c in common.grid_configs(grid, Context(tmp_path)):
+        have = RunDir(tmp_path / c.run_hash()).checkpoint_epochs()
+        sampled = {
+            int(r["epoch"]) for r in read_parquet(RunDir(tmp_path / c.run_hash()).llc).to_pylist()
+        }
+        assert sampled == set(common.thinned_epochs(have, 0, 10)) and sampled < set(have)
+
+
 def test_sgld_sensitivity_cells_one_call_cached(tmp_path, monkeypatch):
     from grokbasin.config import build_config
     from grokbasin.llc import calibrate as cal
@@ -269,7 +305,7 @@ def test_paper_grids_keep_the_papers_settings_and_record_what_was_trimmed():
     paper_ps = {53, 59, 61, 67, 71, 73, 79, 83, 89, 97}
     for exp in (get(n) for n in sorted(NAMES)):
         grid = exp.grids["paper"]
-        assert grid["device"] == "auto" and isinstance(grid["trimmed"], str) and grid["trimmed"]
+        assert grid["device"] == "auto" and isinstance(grid["trim"], str) and grid["trim"]
         ctx = Context(Path("unused"), "paper", device="cpu")
         for label, llc in common.samplers(grid).items() or {"none": None}.items():
             for c in common.grid_configs(grid, ctx, llc):
@@ -323,3 +359,44 @@ def test_plot_takes_plain_rows_and_boundary_known_answer():
     (fig,) = critical_data_size.plot(out).values()
     assert "boundary ≈ 2.75" in fig.axes[0].get_legend_handles_labels()[1]
     assert math.isnan(critical_data_size.boundary(rows[:2]))  # no success: no boundary
+
+
+def test_every_paper_trim_reaches_the_report(tmp_path):
+    # paper A wrote "trimmed" while the report read "trim": every stated deviation was lost
+    import html
+    from dataclasses import replace
+
+    from grokbasin.experiments.experiment import Output
+
+    paper_a = {"critical-data-size", "gsm-vs-lr", "gsm-vs-weight-decay", "llc-vs-p"}
+    paper_a |= {"llc-vs-width", "sgld-sensitivity", "trajectory-robustness", "transformer"}
+    for exp in list_experiments():
+        if exp.name in paper_a:
+            assert exp.grids["paper"]["trim"], exp.name
+        for scale, grid in exp.grids.items():
+            if not grid.get("trim"):
+                continue
+            quiet = replace(exp, compute=lambda g, ctx: Output({}), plot=lambda out: {})
+            res = quiet.run(Context(tmp_path, scale), grid)
+            assert f"Deviation from the paper's grid: {grid['trim']}." in res.notes
+            assert html.escape(grid["trim"]) in res.report.read_text(), exp.name
+
+
+def test_a_misspelt_grid_key_fails_when_the_grid_is_defined():
+    from grokbasin.errors import ConfigError
+    from grokbasin.experiments.experiment import Experiment, Output
+
+    with pytest.raises(ConfigError, match="unknown key.*'trimmed'.*allowed:.*trim"):
+        Experiment("x", "d", {"paper": {"seeds": [0], "trimmed": "one seed"}}, None, None)
+    with pytest.raises(ConfigError, match="'seed'"):
+        Experiment("x", "d", {"small": {"seed": [0]}}, lambda g, c: Output({}), dict)
+
+
+def test_thinned_epochs_keep_the_dense_start_the_grid_and_the_last():
+    from grokbasin.experiments.common import thinned_epochs
+
+    have = list(range(0, 5301, 100))
+    got = thinned_epochs(have, dense_until=1000, every=1000)
+    assert got == [*range(0, 1001, 100), 2000, 3000, 4000, 5000, 5300]
+    assert thinned_epochs([0, 100], 3000, 500) == [0, 100]
+    assert thinned_epochs([0, 100, 200], 0, 1000, first=1) == [200]

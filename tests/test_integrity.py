@@ -4,6 +4,7 @@ file is one line naming it and the remedy, and killed writes leave no temporarie
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import torch
 from grokbasin.errors import CorruptFileError
 from grokbasin.store.db import StoreWarning, list_runs
 from grokbasin.store.rundir import (
+    RunDir,
     atomic_write,
     load_tensors,
     read_parquet,
@@ -167,3 +169,86 @@ def test_opening_a_run_removes_dead_writers_temporaries(trained):
     with trained.lock():
         pass
     assert not stale.exists() and live.exists()
+
+
+# ---- llc.parquet: one schema for every kind of run; a damaged file stops every writer, no row lost
+
+SMALL_LLC = {"chains": 2, "draws": 5, "burnin": 0, "batch_size": 16}
+
+
+def _estimate_paper_a(root: Path, tiny_cfg, step_size: float) -> RunDir:
+    from grokbasin.config import LLCConfig
+    from grokbasin.llc.trajectory import estimate_run
+
+    run = train(tiny_cfg(), root, progress=False).run
+    estimate_run(run.path, LLCConfig(**SMALL_LLC, step_size=step_size), progress=False)
+    return run
+
+
+def _estimate_paper_b(root: Path, step_size: float) -> RunDir:
+    from grokbasin.experiments.paper_b.engine import run_all
+    from grokbasin.experiments.paper_b.spec import expand_grid
+
+    llc = {"step_size": step_size, "gamma": 1.0, "nbeta": 50.0, "burnin": 0, "draws": 5}
+    grid = {
+        "base": {"task": {"name": "low_rank", "n": 50, "d": 3}, "model": {"name": "low_rank"}},
+        "points": [{"model.size": 1}],
+        "seeds": [0],
+    }
+    grid["base"]["llc"] = llc | {"chains": 2}
+    (cfg,) = expand_grid(grid)
+    run_all([cfg], root)
+    return RunDir(root / cfg.run_hash())
+
+
+def _estimate_external(root: Path, step_size: float) -> RunDir:
+    from grokbasin.llc.external import trajectory
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    X = torch.randn(32, 3)
+    sds = [{k: v + 0.01 * i for k, v in net.state_dict().items()} for i in range(2)]
+    res = trajectory(
+        net, sds, torch.nn.functional.mse_loss, (X, X.sum(1, keepdim=True)), out=root,
+        **SMALL_LLC, step_size=step_size,
+    )  # fmt: skip
+    return RunDir(res.run_dir)
+
+
+@pytest.mark.parametrize("kind", ["paper_a", "paper_b", "external"])
+def test_corrupt_llc_results_stop_every_writer_and_lose_no_rows(tmp_path, tiny_cfg, kind):
+    from grokbasin.store.llc_results import SCHEMA
+
+    def estimate(step_size: float) -> RunDir:
+        if kind == "paper_a":
+            return _estimate_paper_a(tmp_path, tiny_cfg, step_size)
+        if kind == "paper_b":
+            return _estimate_paper_b(tmp_path, step_size)
+        return _estimate_external(tmp_path, step_size)
+
+    run = estimate(1e-4)
+    assert read_parquet(run.llc).schema.remove_metadata() == SCHEMA  # one schema, every kind
+    flip64(run.llc)
+    damaged = run.llc.read_bytes()
+    with pytest.raises(CorruptFileError) as err:
+        estimate(2e-4)  # another sampler: before, paper B dropped the first sampler's rows
+    line = str(err.value)
+    assert "\n" not in line and str(run.llc) in line and "delete" in line
+    assert run.llc.read_bytes() == damaged  # nothing rewritten: every stored row is still there
+
+
+def test_llc_summary_is_one_rule():
+    from grokbasin.store.llc_results import llc_summary
+
+    rows = [
+        {"epoch": 5, "replica": 0, "chain": c, "nbeta": nb, "llc": v, "flags": f}
+        for c, (nb, v, f) in enumerate(
+            [(10.0, 1.0, ""), (10.0, 3.0, "low_ess"), (10.0 * (1 + 1e-7), 5.0, ""), (2.0, 99.0, "")]
+        )
+    ]
+    (s,) = llc_summary(rows)  # modal nβ; 1e-7 relative off still matches (query.NBETA_RTOL)
+    assert s["chains"] == 3 and s["llc_mean"] == pytest.approx(3.0)
+    assert s["llc_std"] == pytest.approx(2.0)  # sample std (ddof 1) of 1, 3, 5
+    assert s["flags"] == "low_ess" and "checkpoint" not in s
+    (one,) = llc_summary(rows, 2.0)
+    assert one["llc_mean"] == 99.0 and math.isnan(one["llc_std"])  # one chain: no spread

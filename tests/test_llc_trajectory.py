@@ -79,3 +79,23 @@ def test_diverging_sampler_flags_instead_of_crashing(run: RunDir) -> None:
     rows = [r for r in read_parquet(run.llc).to_pylist() if r["sampler_hash"] == bad.sampler_hash()]
     assert len(rows) == 4
     assert all("nonfinite" in r["flags"] for r in rows)
+
+
+def test_a_copied_or_renamed_run_re_estimates_to_identical_numbers(run: RunDir, tmp_path) -> None:
+    # the chain streams come from the resolved config's hash, not the folder name: a copy named
+    # "myrun" (not hex: before, every such folder shared run id 0) gives the very same λ̂
+    import shutil
+
+    cfg = _cfg(seed=7, checkpoints="20,60")
+    copy = RunDir(tmp_path / "myrun")
+    shutil.copytree(run.path, copy.path, ignore=shutil.ignore_patterns("llc*", ".lock"))
+    estimate_runs([run.path], cfg, progress=False)
+    estimate_runs([copy.path], cfg, progress=False)
+
+    def llc(r: RunDir) -> list[tuple]:
+        rows = [
+            x for x in read_parquet(r.llc).to_pylist() if x["sampler_hash"] == cfg.sampler_hash()
+        ]
+        return sorted((x["epoch"], x["replica"], x["chain"], x["llc"]) for x in rows)
+
+    assert llc(copy) == llc(run) and len(llc(run)) == 2 * 2 * 2

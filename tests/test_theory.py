@@ -196,3 +196,19 @@ def test_run_numeric_stacks_checkpoints(tmp_path):
     one = nm.run_numeric(run, 20, full=False)
     assert [r["train_rank"] for r in one] == [r["train_rank"] for r in rows[2:]]  # integer equality
     assert all(r["train_rank"] <= 5 * (cfg.task.n_train - 1) for r in rows)
+
+
+def test_theory_table_applies_the_data_cap():
+    # p = 53, K = 1024: K(3p−1)/2 = 80,896 > o·p²/2 = 53·2809/2 = 74,438.5 (exact arithmetic)
+    by = {r["name"]: r for r in cf.theory_table(53, 1024)}
+    assert by["data-aware cap"]["value"] == 74438.5
+    for name in ("unified (v3)", "under-parametrised", "effective width (K_eff = K)"):
+        assert by[name]["value"] == 80896.0
+        assert by[name]["applies"] is False and "data cap" in by[name]["why"]
+    # p = 23, K = 128: 128·68/2 = 4352 ≤ 23·529/2 = 6083.5 on all pairs, so the rows apply ...
+    ok = {r["name"]: r for r in cf.theory_table(23, 128)}
+    assert ok["under-parametrised"]["applies"] and ok["effective width (K_eff = K)"]["applies"]
+    # ... but not on the training split (N = 211): the centred cap 23·210/2 = 2415 < 4352
+    tr = {r["name"]: r for r in cf.theory_table(23, 128, n_train=211)}
+    assert tr["data-aware cap"]["value"] == 2415.0 and not tr["under-parametrised"]["applies"]
+    assert cf.modular_data_cap(53, 53, 1123) == 29733.0  # 53·1122/2

@@ -234,7 +234,9 @@ def runs(
 
     if repair is not None or remove is not None:
         if repair is not None:
-            binding.repair(RunDir(repair), not quiet)
+            from grokbasin.train.runner import repair as retrain
+
+            retrain(RunDir(repair), not quiet)
         else:
             binding.remove(RunDir(remove))  # type: ignore[arg-type]
         console.print(f"done: {repair or remove}")

@@ -36,8 +36,9 @@ TRAIN_FLAGS: dict[str, tuple[str, Any]] = {
     "lr": ("train.lr", opt(str, "learning rate(s), comma-separated: one replica each")),
     "weight_decay": ("train.weight_decay", opt(str, "weight decay(s), comma-separated")),
     "batch_size": ("train.batch_size", opt(int, "minibatch size (0 = full batch)")),
-    "epochs": ("train.epochs", opt(int, "training epochs")),
-    "checkpoint_every": ("train.checkpoint_every", opt(int, "epochs between checkpoints")),
+    "unit": ("train.unit", opt(str, "what --epochs counts: pass (full pass) | step (one batch)")),
+    "epochs": ("train.epochs", opt(int, "training length in units (--unit)")),
+    "checkpoint_every": ("train.checkpoint_every", opt(int, "units between checkpoints")),
     "seeds": ("train.seeds", opt(str, "seeds, comma-separated: one replica each")),
 }
 LLC_FLAGS: dict[str, tuple[str, Any]] = {

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -32,7 +31,7 @@ from grokbasin.progress import console
 class _LLCGroup(TyperGroup):
     """`grokbasin llc RUN_DIR ...` is shorthand for `grokbasin llc estimate RUN_DIR ...`."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["estimate", *args]
         return super().parse_args(ctx, args)
@@ -46,7 +45,8 @@ llc_app = typer.Typer(
     "`llc external` for your own model and checkpoints.",
 )
 RUN_DIR_ARG = Annotated[Path, typer.Argument(help="run directory (built-in or external)")]
-EXTERNAL_SPEC = "external.json"  # grokbasin.llc.external.core.SPEC_FILE, checked without the import
+# grokbasin.llc.external.inputs.SPEC_FILE, checked without importing torch-heavy modules
+EXTERNAL_SPEC = "external.json"
 
 
 def is_external(path: Path) -> bool:

@@ -134,8 +134,13 @@ class TrainConfig(_Strict):
     betas: tuple[Float, Float] = (0.9, 0.999)
     eps: Float = Field(1e-8, gt=0, description="Adam epsilon")
     batch_size: Int = Field(128, ge=0, description="minibatch size; 0 means full batch")
-    epochs: Int = Field(2500, ge=1, description="training epochs")
-    checkpoint_every: Int = Field(100, ge=1, description="epochs between checkpoints")
+    unit: Literal["pass", "step"] = Field(
+        "pass",
+        description="what `epochs` counts: a full pass over the shuffled training set, or one "
+        "optimiser step on a fresh random batch (paper A's authors' 'epoch')",
+    )
+    epochs: Int = Field(2500, ge=1, description="training length, in units")
+    checkpoint_every: Int = Field(100, ge=1, description="units between checkpoints")
     seeds: list[Int] = Field(default_factory=lambda: [0])
     early_stop: bool = False
     early_stop_patience: Int = Field(10, ge=1)
@@ -355,8 +360,15 @@ class RunConfig(_Strict):
         return self
 
     def run_hash(self) -> str:
-        """Identity of the trained run: everything that changes training, nothing else."""
-        return short_hash(self.model_dump(include={"task", "model", "train"}))
+        """Identity of the trained run: everything that changes training, nothing else.
+
+        ``train.unit`` enters only when it is not the default, so runs made before the field
+        existed keep their hash (and their directory).
+        """
+        data = self.model_dump(include={"task", "model", "train"})
+        if data["train"]["unit"] == "pass":
+            del data["train"]["unit"]
+        return short_hash(data)
 
 
 def short_hash(obj: Any, n: int = 10) -> str:

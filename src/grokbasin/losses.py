@@ -15,6 +15,19 @@ def centred_mse(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return resid.square().sum(dim=(1, 2)) / (2 * pred.shape[1])
 
 
+def authors_logged_mse(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The train/val loss paper A's authors *log*: their evaluation feeds one sample at a time to
+    the same centred loss, so the centring runs over the p outputs and the division is by p.
+
+    Per replica: mean over samples of ‖(y − ŷ) − mean_k(y − ŷ)‖² / (2p). Only for reading their
+    logs side by side (≈ 0.5(1 − 1/p)/p at initialisation, 0.0093 at p = 53); training and the
+    LLC use :func:`centred_mse`, as their code does.
+    """
+    resid = F.one_hot(labels, pred.shape[-1]).to(pred.dtype) - pred
+    resid = resid - resid.mean(dim=2, keepdim=True)
+    return resid.square().sum(dim=2).mean(dim=1) / (2 * pred.shape[-1])
+
+
 def cross_entropy(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy per replica."""
     R, n, c = pred.shape

@@ -31,6 +31,7 @@ from grokbasin.report import figures as figs
 from grokbasin.report.html import health_lines, write_run_report
 from grokbasin.report.markdown import write_run_markdown
 from grokbasin.store import binding, query
+from grokbasin.store.llc_results import llc_summary
 from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, recovery_hint
 from grokbasin.theory.closed_form import theory_table
 from grokbasin.theory.numeric import effective_width
@@ -263,32 +264,6 @@ def _rank_note(num: dict[str, Any]) -> str:
     )
 
 
-def llc_summary(rows: list[dict[str, Any]], nbeta: float) -> list[dict[str, Any]]:
-    """Mean and std of λ̂ across chains per (epoch, replica) at the main nβ."""
-    groups: dict[tuple[int, int], list[dict]] = {}
-    for r in rows:
-        if query.nbeta_matches(r["nbeta"], nbeta):
-            groups.setdefault((r["epoch"], r["replica"]), []).append(r)
-    out = []
-    for (epoch, rep), rs in sorted(groups.items()):
-        vals = np.array([r["llc"] for r in rs], float)
-        ok = vals[~np.isnan(vals)]  # a diverged checkpoint has none: NaN, without numpy warnings
-        flags = sorted({f for r in rs for f in (r["flags"] or "").split(",") if f})
-        out.append(
-            {
-                "epoch": epoch,
-                "replica": rep,
-                "llc_mean": float(ok.mean()) if ok.size else float("nan"),
-                "llc_std": float(ok.std()) if ok.size else float("nan"),
-                "chains": len(rs),
-                "llc_regressed": rs[0].get("llc_regressed"),
-                "rhat": rs[0].get("rhat"),
-                "flags": ",".join(flags),
-            }
-        )
-    return out
-
-
 def render_figures(
     run_dir: RunDir, cfg: RunConfig, metrics_rows, metrics, theory, shash: str
 ) -> dict[str, Path]:
@@ -303,7 +278,13 @@ def render_figures(
         marks = {"t_mem": marks_all[rep].get("t_mem"), "t_gen": marks_all[rep].get("t_gen")}
         title = _title(cfg, marks_all[rep])
         fig = figs.trajectory_figure(
-            m_in, l_in, _figure_theory(theory), marks, title=title, sampler=sampler
+            m_in,
+            l_in,
+            _figure_theory(theory),
+            marks,
+            title=title,
+            sampler=sampler,
+            x_label=figs.unit_label(cfg.train.unit),
         )
         name = "trajectory.png" if len(replicas) == 1 else f"trajectory_replica{rep}.png"
         path = (run_dir.figures / name).resolve()

@@ -32,30 +32,10 @@ from grokbasin.llc.diagnostics import GROUP_FLAGS
 from grokbasin.llc.estimate import Estimate, estimate_llc
 from grokbasin.llc.targets import from_modular, modular_train_rows
 from grokbasin.progress import make_progress
-from grokbasin.store.rundir import (
-    RunDir,
-    holds_run_locks,
-    read_parquet,
-    recovery_hint,
-    write_parquet,
-)
+from grokbasin.store import llc_results
+from grokbasin.store.rundir import RunDir, holds_run_locks, recovery_hint
 
-COLUMNS = (
-    "epoch",
-    "replica",
-    "chain",
-    "nbeta",
-    "llc",
-    "llc_regressed",
-    "init_loss",
-    "mean_loss",
-    "rhat",
-    "ess",
-    "trend",
-    "flags",
-    "sampler_hash",
-    "sampler_config",
-)
+COLUMNS = llc_results.COLUMNS  # llc.parquet's columns, owned by store.llc_results
 
 
 @dataclass
@@ -91,13 +71,6 @@ def nbeta_values(llc_cfg: LLCConfig, n: int) -> list[float]:
     """The main nβ followed by the extra temperature-sweep values (duplicates dropped)."""
     vals = [llc_cfg.resolve_nbeta(n)] + [float(v) for v in llc_cfg.nbetas]
     return list(dict.fromkeys(vals))
-
-
-def _done_epochs(run: RunDir, shash: str) -> set[int]:
-    """Epochs this sampler already estimated (at any nβ), by the one LLC-row query rule."""
-    from grokbasin.store.query import Want, llc_rows
-
-    return {int(r["epoch"]) for r in llc_rows([Want(run.path, shash, "any")])[0]}
 
 
 def _compat_key(cfg: RunConfig) -> str:
@@ -136,7 +109,7 @@ def estimate_runs(
         run = RunDir(rd)
         cfg = run_config(run)
         epochs = select_epochs(run, llc_cfg.checkpoints)
-        done = _done_epochs(run, shash)
+        done = llc_results.done_epochs(run, shash)
         res = RunLLC(run, [e for e in epochs if e not in done], [e for e in epochs if e in done])
         results.append(res)
         if res.computed:
@@ -244,7 +217,7 @@ def _sample_checkpoints(
     shapes = model_shapes(items[0][1])
     for res, cfg, e in items:
         train_rows = modular_train_rows(cfg)  # [R_train, n]
-        run_id = int(res.run.path.name[:7], 16) if _is_hex(res.run.path.name[:7]) else 0
+        run_id = run_identity(cfg.run_hash())
         ck = res.run.load_checkpoint(e, device)
         r_train = next(iter(ck.values())).shape[0]
         if r_train != train_rows.shape[0]:
@@ -331,8 +304,11 @@ def sample_with_progress(
         )
 
 
-def _is_hex(s: str) -> bool:
-    return bool(s) and all(ch in "0123456789abcdef" for ch in s)
+def run_identity(content_hash: str) -> int:
+    """The chain streams' run id: the first 7 hex digits of the run's content hash (for a
+    built-in run, the resolved config's ``run_hash``), never its folder name, so a copied or
+    renamed run re-estimates to the same numbers."""
+    return int(content_hash[:7], 16)
 
 
 def sampler_json(llc_cfg: LLCConfig) -> str:
@@ -391,10 +367,7 @@ def _write(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str) -> None:
     traces = est._gbc(est.result.traces)  # [G, B, C, D]
     for path, rows in new.items():
         run = RunDir(path)
-        fresh = {(r["sampler_hash"], r["epoch"]) for r in rows}
-        old = read_parquet(run.llc).to_pylist() if run.llc.exists() else []
-        keep = [r for r in old if (r["sampler_hash"], int(r["epoch"])) not in fresh]
-        write_parquet(run.llc, keep + rows)
+        llc_results.merge_write(run, rows)
         tpath = run.path / "llc_traces" / f"{shash}.safetensors"
         tensors = run.load_tensors(tpath)[0] if tpath.exists() else {}
         for e in sorted({r["epoch"] for r in rows}):

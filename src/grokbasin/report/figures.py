@@ -330,6 +330,11 @@ def describe_sampler(settings: Mapping[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+def unit_label(unit: str) -> str:
+    """The x-axis name of a training unit (``train.unit``)."""
+    return "optimiser step" if unit == "step" else "epoch"
+
+
 def trajectory_figure(
     metrics: Mapping[str, Sequence[float]],
     llc: Mapping[str, Any] | None = None,
@@ -340,6 +345,7 @@ def trajectory_figure(
     band: BandKind = "minmax",
     sampler: Mapping[str, Any] | None = None,
     theory_factor: float = 3.0,
+    x_label: str = "epoch",
 ) -> Figure:
     """Loss, accuracy and LLC against epoch with t_mem/t_gen marked (paper A Fig. 3 style).
 
@@ -350,7 +356,7 @@ def trajectory_figure(
     """
     with style():
         return _trajectory_figure(
-            metrics, llc, theory or [], marks, title, band, sampler, theory_factor
+            metrics, llc, theory or [], marks, title, band, sampler, theory_factor, x_label
         )
 
 
@@ -363,6 +369,7 @@ def _trajectory_figure(
     band: BandKind,
     sampler: Mapping[str, Any] | None,
     factor: float,
+    x_label: str,
 ) -> Figure:
     """Body of :func:`trajectory_figure`, run inside the house style."""
     epoch = np.asarray(metrics["epoch"], dtype=float)
@@ -401,7 +408,7 @@ def _trajectory_figure(
                 + "; ".join(f"{t['name']} = {fmt_num(float(t['value']))}" for t in theory)
                 + "."
             )
-    axes[-1, 0].set_xlabel("epoch")
+    axes[-1, 0].set_xlabel(x_label)
     if title:
         fig.suptitle(title, fontsize=11)
     add_caption(fig, "\n".join(captions))

@@ -99,10 +99,9 @@ def remove(run: RunDir) -> None:
     run.path.rmdir()
 
 
-def repair(run: RunDir, progress: bool = True) -> None:
-    """Train a damaged or unfinished run again from its own config.yaml (resumes if intact)."""
-    from grokbasin.train.runner import train
-
+def repair_config(run: RunDir) -> RunConfig:
+    """The config a damaged or unfinished run is trained again from (``train.runner.repair``):
+    its own config.yaml, refused for external, config-less and renamed runs."""
     if (run.path / "external.json").exists():
         raise GrokbasinError(
             f"{run.path}: an external run is repaired by running `grokbasin llc external` again"
@@ -118,4 +117,4 @@ def repair(run: RunDir, progress: bool = True) -> None:
             f"{run.path}: a renamed run cannot be retrained in place; train its config.yaml "
             "with `grokbasin train --config` (it goes under its hash)"
         )
-    train(cfg, run.path.parent, progress)
+    return cfg

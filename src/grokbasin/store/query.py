@@ -127,18 +127,24 @@ def _select(rows: list[dict], w: Want, epochs: set[int] | None) -> list[dict]:
         return []
     h = w.sampler_hash if w.sampler_hash is not None else rows[-1].get("sampler_hash")
     rows = [r for r in rows if r.get("sampler_hash") == h]
-    nb = w.nbeta
-    if nb == "modal" and rows:
-        counts: dict[float, int] = {}
-        for r in rows:
-            if r.get("nbeta") is not None:
-                counts[r["nbeta"]] = counts.get(r["nbeta"], 0) + 1
-        nb = max(counts, key=lambda k: counts[k]) if counts else "any"
+    nb = select_nbeta(rows, w.nbeta)
     if nb != "any":
         rows = [r for r in rows if nbeta_matches(r.get("nbeta"), float(nb))]
     if epochs is not None:
         rows = [r for r in rows if int(r["epoch"]) in epochs]
     return rows
+
+
+def select_nbeta(rows: Sequence[dict], nbeta: NBeta) -> float | Literal["any"]:
+    """The nβ that ``nbeta`` names among ``rows``: "modal" is the one with the most rows (the
+    main estimate; "any" when no row has an nβ); a number or "any" is returned as it is."""
+    if nbeta != "modal":
+        return nbeta
+    counts: dict[float, int] = {}
+    for r in rows:
+        if r.get("nbeta") is not None:
+            counts[r["nbeta"]] = counts.get(r["nbeta"], 0) + 1
+    return max(counts, key=lambda k: counts[k]) if counts else "any"
 
 
 def by_epoch(rows: Sequence[dict]) -> dict[int, list[float]]:
@@ -217,4 +223,5 @@ __all__ = [
     "llc_rows",
     "metrics_arrays",
     "nbeta_matches",
+    "select_nbeta",
 ]

@@ -61,6 +61,16 @@ def modular_llc_under(p: int, width: int) -> float:
     return llc_under(2 * p, p, width)
 
 
+def onehot_llc_under(p: int, width: int) -> float:
+    """Thm 4.2 on one-hot pairs (ours): λ = K(3p − 2)/2 = K(d + o − 1)/2 with d = rank X = 2p − 1.
+
+    [e_a; e_b] always has one 1 in each half, so shifting unit j's first-half weights by c and its
+    second-half weights by −c leaves every pre-activation W[a] + W[p+b] unchanged: one more
+    symmetry per unit than the generic count, so each unit adds 3p − 2 directions, not 3p − 1.
+    """
+    return llc_under(2 * p - 1, p, width)
+
+
 def modular_llc_over(p: int) -> float:
     """Thm 4.1 for modular addition (d = 2p, o = p): λ = p²(2p + 1)/2."""
     return llc_over(2 * p, p)
@@ -156,13 +166,33 @@ def _row(
     }
 
 
+def modular_data_cap(p: int, outputs: int, n_train: int | None = None) -> float:
+    """Data-aware ceiling on λ for one-hot pairs: rank J ≤ o·p² on all p² pairs, so λ ≤ o·p²/2.
+
+    With ``n_train`` it is the training split's centred ceiling o·(N − 1)/2 when that is lower:
+    the network is seen only through its outputs on the data (SPEC §3.4, data-aware caveat).
+    """
+    _check_pos(p=p, outputs=outputs)
+    cap = outputs * p * p
+    if n_train is not None:
+        cap = min(cap, outputs * max(n_train - 1, 0))
+    return 0.5 * cap
+
+
 def theory_table(
-    p: int, width: int, d: int | None = None, outputs: int | None = None
+    p: int,
+    width: int,
+    d: int | None = None,
+    outputs: int | None = None,
+    n_train: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every closed form of SPEC §3.4 for one configuration, as JSON-ready rows.
 
     Rows: name, value, formula, applies (bool), why (when/why it applies), source (theorem).
-    ``d`` defaults to 2p and ``outputs`` to p (modular addition with one-hot inputs).
+    ``d`` defaults to 2p and ``outputs`` to p (modular addition with one-hot inputs). On modular
+    data the unified, under-parametrised and effective-width rows apply only below the data cap
+    o·p²/2 (o·(N−1)/2 with ``n_train``): a count above what the data can resolve cannot be the
+    LLC of the model on that data.
     """
     d = 2 * p if d is None else d
     o = p if outputs is None else outputs
@@ -177,22 +207,27 @@ def theory_table(
     ntk_cap = min(int(2 * lam), o * p * p) if modular else int(2 * lam)
     ntk_formula = "min(2λ_v3, o·p²)/2" if modular else "λ_v3"
     tag = " (modular: d = 2p, o = p)" if modular else ""
+    cap = modular_data_cap(p, o, n_train) if modular else float("inf")
+    cap_text = "o·(N−1)/2" if n_train is not None and 2 * cap < o * p * p else "o·p²/2"
+    capped = f"; exceeds the data cap {cap_text} = {cap:,.0f}"
     rows = [
         _row(
             "unified (v3)",
             lam,
             "½·min(K(d+o−1), o·d(d+1)/2)",
-            o >= 2,
+            o >= 2 and lam <= cap,
             f"{regime}: generic (non-defective) points"
-            + ("" if o >= 2 else "; o = 1: use the single-output rows"),
+            + ("" if o >= 2 else "; o = 1: use the single-output rows")
+            + (capped if lam > cap else ""),
             "Thm 4.1/4.2 (v3)",
         ),
         _row(
             "under-parametrised",
             llc_under(d, o, K),
             "K(d+o−1)/2" + (" = K(3p−1)/2" if modular else ""),
-            regime == UNDER,
-            f"binds when K(d+o−1) ≤ o·d(d+1)/2 (K ≤ {k_under:.1f}){tag}",
+            regime == UNDER and llc_under(d, o, K) <= cap,
+            f"binds when K(d+o−1) ≤ o·d(d+1)/2 (K ≤ {k_under:.1f}){tag}"
+            + (capped if llc_under(d, o, K) > cap else ""),
             "Thm 4.2 / G.6",
         ),
         _row(
@@ -207,8 +242,9 @@ def theory_table(
             "effective width (K_eff = K)",
             effective_width_llc(K, d, o),
             "K_eff(d+o−1)/2" + (" = K_eff(3p−1)/2" if modular else ""),
-            regime == UNDER,
-            "upper end: K_eff ≤ K active units; measure K_eff on a checkpoint",
+            regime == UNDER and effective_width_llc(K, d, o) <= cap,
+            "upper end: K_eff ≤ K active units; measure K_eff on a checkpoint"
+            + (capped if effective_width_llc(K, d, o) > cap else ""),
             "Thm 5.5",
         ),
         _row(
@@ -244,6 +280,18 @@ def theory_table(
             "Cor 5.3",
         ),
     ]
+    if modular:
+        rows.append(
+            _row(
+                "data-aware cap",
+                cap,
+                cap_text + " (rank of the output Jacobian on the data)",
+                True,
+                "ceiling on every count above on one-hot data; the numeric rank(J_c)/2 of a "
+                "checkpoint is the honest value",
+                "SPEC §3.4 data-aware caveat",
+            )
+        )
     so, so_regime = single_output_llc(d, K)
     rows.append(
         _row(

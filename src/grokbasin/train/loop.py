@@ -110,18 +110,28 @@ def evaluate(s: Setup, params: Params, max_elems: int = 1 << 26) -> dict[str, to
 
 
 def epoch_batches(s: Setup, epoch: int) -> Iterator[torch.Tensor]:
-    """Dataset rows [R, B] of each minibatch of ``epoch`` (last one may be short)."""
+    """Dataset rows [R, B] of each minibatch of training unit ``epoch``.
+
+    A pass yields every shuffled batch (the last may be short). A step yields one batch of B rows
+    drawn without replacement, fresh each step, as paper A's authors' ``next(iter(loader))`` does.
+    """
     n, b = s.task.n_train, s.batch_size
     perm = rng.permutation(rng.fold_in(rng.fold_in(s.keys, _SHUFFLE_TAG), epoch), n)
     rows = s.task.train_idx.gather(1, perm)
-    for lo in range(0, n, b):
+    stop = b if s.cfg.train.unit == "step" else n
+    for lo in range(0, stop, b):
         yield rows[:, lo : lo + b]
+
+
+def steps_per_unit(s: Setup) -> int:
+    """Optimiser steps in one training unit."""
+    return 1 if s.cfg.train.unit == "step" else -(-s.task.n_train // s.batch_size)
 
 
 def train_epoch(
     s: Setup, params: Params, state: optim.State, epoch: int
 ) -> tuple[Params, optim.State]:
-    """One pass over every replica's training set."""
+    """One training unit (a pass or a step) for every replica."""
     name = s.cfg.train.optimizer
     for idx in epoch_batches(s, epoch):
         leaf = {k: v.detach().requires_grad_(True) for k, v in params.items()}

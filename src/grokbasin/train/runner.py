@@ -47,6 +47,7 @@ from grokbasin.train.loop import (
     evaluate,
     init_params,
     make_setup,
+    steps_per_unit,
     train_epoch,
 )
 
@@ -146,6 +147,11 @@ def preflight(cfgs: list[RunConfig], root: str | Path) -> None:
     )
 
 
+def repair(run: RunDir, progress: bool = True) -> None:
+    """Train a damaged or unfinished run again from its own config.yaml (resumes if intact)."""
+    train(binding.repair_config(run), run.path.parent, progress)
+
+
 def _trained(run: RunDir) -> bool:
     """Finished and intact; a config.yaml edited since is refused (binding.stored_config)."""
     if run.config.exists():
@@ -212,7 +218,7 @@ def _train_batch(members: list[_Member], progress: bool) -> None:
             _load_member_state(m, params, state, lo, hi, s)
         else:
             _create(m, s, params, state, lo, hi)
-    steps_per_epoch = -(-s.task.n_train // s.batch_size)
+    steps_per_epoch = steps_per_unit(s)
     total = max(m.cfg.train.epochs for m in members)
     with make_progress(progress) as bar:
         task = bar.add_task(_acc_text(members), total=total, completed=epoch, stage="train")

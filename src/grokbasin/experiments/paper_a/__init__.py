@@ -7,7 +7,7 @@ The pattern every experiment module follows (paper B's experiments should too):
    ``samplers`` ({label: LLC settings}, main one first; a second, calibrated sampler at paper
    scale is computed side by side) and the experiment's own keys. A paper grid keeps the paper's
    p, K, frac, optimiser, lr, wd, batch and sampler, uses ``device: "auto"``, and states in
-   ``trimmed`` what was cut (seeds or grid points, never model size or sampler) to fit ~45 min on
+   ``trim`` what was cut (seeds or grid points, never model size or sampler) to fit ~45 min on
    a 2-core CPU, so docs can print it.
 2. **compute(grid, ctx) -> Output.** Expands the grid (``common.grid_configs``), runs it through
    the sweep engine (``common.run``: resumable, deduplicated by config hash, ``ctx.backend`` /
@@ -15,19 +15,12 @@ The pattern every experiment module follows (paper B's experiments should too):
    ``common.llc_by_epochs``) and returns plotted rows, summary rows and neutral facts. No
    matplotlib, no English about the results.
 3. **plot(Output) -> {key: Figure}.** Plain numbers in, figures out; no file or database access.
-4. ``registry.add(Experiment(name, description, GRIDS, compute, plot, METHOD))``, where METHOD is
-   fixed text about the method. Prose that depends on results lives in ``docs/``.
+4. ``EXPERIMENTS = (Experiment(name, description, GRIDS, compute, plot, METHOD),)``, where METHOD
+   is fixed text about the method, listed in ``experiments.catalogue`` (one line). Prose that
+   depends on results lives in ``docs/``.
 
 Shared arguments (root, scale, backend, workers, device, progress) travel in one
-``registry.Context``. Small grids finish in minutes on a 2-core CPU. LLCs are SGLD estimates at
+``experiment.Context``. Small grids finish in minutes on a 2-core CPU. LLCs are SGLD estimates at
 the stated sampler settings (absolute values depend on them, App. B.2); theory columns are the
 closed forms of SPEC §3.4.
 """
-
-from grokbasin.experiments.paper_a import (  # noqa: F401  (each registers on import)
-    critical_data_size,
-    gsm,
-    llc_scaling,
-    sgld_sensitivity,
-    trajectory_robustness,
-)

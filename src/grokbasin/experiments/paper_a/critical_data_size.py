@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from grokbasin.experiments import common
-from grokbasin.experiments.registry import Context, Experiment, Grid, Output, add
+from grokbasin.experiments.experiment import Context, Experiment, Grid, Output
 from grokbasin.report.figures import PALETTE, new_figure
 
 METHOD = (
@@ -47,7 +47,7 @@ def data_grid(
         "points": points,
         "seeds": [0],
         "device": "cpu",
-        "trimmed": "",
+        "trim": "",
         **kw,
     }
 
@@ -66,7 +66,7 @@ GRIDS: dict[str, Grid] = {
         1024,
         common.TRAIN_PAPER,
         device="auto",
-        trimmed="p: 3 of the paper's 6 (79, 101 and 103 dropped; 103 alone would cost as much "
+        trim="p: 3 of the paper's 6 (79, 101 and 103 dropped; 103 alone would cost as much "
         "as 53 and 67 together: the training set grows as p²); frac: 0.1-0.5 of the paper's "
         "0.1-0.95 (the boundary N/(p ln p) ≈ 2.5-3 sits at frac 0.12-0.21 for these p; larger "
         "fracs only add certain successes at the highest cost); epochs capped at 10k. "
@@ -139,7 +139,7 @@ def plot(out: Output) -> dict[str, Any]:
     return {"critical-data-size": fig}
 
 
-add(
+EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
         "critical-data-size",
         "Fig. 14: val accuracy vs N/(p ln p), regimes and boundary",
@@ -147,5 +147,6 @@ add(
         compute,
         plot,
         METHOD,
-    )
+        keys=frozenset({"ps", "fracs"}),
+    ),
 )

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from grokbasin.experiments import common
-from grokbasin.experiments.registry import Context, Experiment, Grid, Output, add, out_dir
+from grokbasin.experiments.experiment import Context, Experiment, Grid, Output
+from grokbasin.experiments.output import out_dir
 from grokbasin.report.figures import PALETTE, new_figure
 
 METHOD = (
@@ -31,7 +32,7 @@ GRIDS: dict[str, Grid] = {
         "gammas": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
         "steps": [3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
         "device": "cpu",
-        "trimmed": "",
+        "trim": "",
     },
     "paper": {
         "base": {
@@ -44,7 +45,7 @@ GRIDS: dict[str, Grid] = {
         "gammas": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
         "steps": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
         "device": "auto",
-        "trimmed": "nothing (one run, 30 cells × 3 chains × 600 steps ≈ 1 min of sampling here)",
+        "trim": "nothing (one run, 30 cells × 3 chains × 600 steps ≈ 1 min of sampling here)",
     },
 }
 
@@ -213,7 +214,7 @@ def plot(out: Output) -> dict[str, Any]:
     return {"sgld-sensitivity": fig}
 
 
-add(
+EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
         "sgld-sensitivity",
         "App. B.2: LLC vs γ and ε at a fixed checkpoint, log-linear fit",
@@ -221,5 +222,6 @@ add(
         compute,
         plot,
         METHOD,
-    )
+        keys=frozenset({"sampler", "gammas", "steps"}),
+    ),
 )

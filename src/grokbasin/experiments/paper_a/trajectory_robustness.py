@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from grokbasin.experiments import common
-from grokbasin.experiments.registry import Context, Experiment, Grid, Output, add
-from grokbasin.report.figures import PALETTE, new_figure
+from grokbasin.experiments.experiment import Context, Experiment, Grid, Output
+from grokbasin.report.figures import PALETTE, new_figure, unit_label
 
 METHOD = (
     "One panel per variant of the base run. Green: LLC mean over seeds at every checkpoint with "
@@ -42,7 +42,7 @@ GRIDS: dict[str, Grid] = {
         "seeds": [0, 1],
         "samplers": {"small": common.sampler_small(checkpoints="all", chains=2)},
         "device": "cpu",
-        "trimmed": "",
+        "trim": "",
     },
     "paper": {
         "base": {
@@ -63,10 +63,11 @@ GRIDS: dict[str, Grid] = {
             "paper": {**common.SAMPLER_PAPER, "checkpoints": "all"},
             "calibrated": {**common.SAMPLER_PAPER_CALIBRATED, "checkpoints": "all"},
         },
+        "llc_thin": {"dense_until": 3000, "every": 500},
         "device": "auto",
-        "trimmed": "seeds 1 of 3 (the six variants carry the robustness claim); epochs "
-        "capped at 10k. Estimated here: 6 variants × (36 s training + 20 checkpoints × (1.8 s "
-        "paper + 3 s calibrated sampler)) ≈ 13 min on an idle 2-core CPU.",
+        "trim": "seeds 1 of 3 (the six variants carry the robustness claim); LLC at every "
+        "100-step checkpoint up to step 3000 (memorisation and the rise), then every 500 steps "
+        "and the last (the paper: every 100). Training in the authors' step units.",
     },
 }
 
@@ -81,6 +82,13 @@ def compute(grid: Grid, ctx: Context) -> Output:
             name: common.grid_configs(grid, ctx, llc, points=[pt])
             for name, pt in grid["variants"].items()
         }
+        every = grid.get("llc_thin")
+        if every:  # train first: the thinned checkpoint list depends on where each run stopped
+            common.run(ctx, [c for cs in by_variant.values() for c in cs], False)
+            by_variant = {
+                n: common.at_thinned(cs, ctx.root, every["dense_until"], every["every"])
+                for n, cs in by_variant.items()
+            }
         common.run(ctx, [c for cs in by_variant.values() for c in cs], True)
         for name, cs in by_variant.items():
             per = common.llc_by_epochs(cs, ctx.root)
@@ -102,7 +110,13 @@ def compute(grid: Grid, ctx: Context) -> Output:
                 for c in cs:
                     a = sorted(common.metrics_rows(c, ctx.root), key=lambda r: r["epoch"])
                     val_acc[name].append(([r["epoch"] for r in a], [r["val_acc"] for r in a]))
-    facts = {"variants": list(grid["variants"]), "samplers": labels, "val_acc": val_acc}
+    unit = common.grid_configs(grid, ctx)[0].train.unit
+    facts = {
+        "variants": list(grid["variants"]),
+        "samplers": labels,
+        "val_acc": val_acc,
+        "x_label": unit_label(unit),
+    }
     return Output({"trajectory-robustness": rows}, [], facts)
 
 
@@ -135,14 +149,14 @@ def plot(out: Output) -> dict[str, Any]:
             ax2.set_ylim(0, 1.05)
             ax2.set_ylabel("val acc", color=PALETTE[1], fontsize=8)
             ax.set_title(name)
-            ax.set_xlabel("epoch")
+            ax.set_xlabel(out.facts.get("x_label", "epoch"))
         for a in axes[:, 0]:
             a.set_ylabel(f"LLC (SGLD, {label})")
         figs["trajectory-robustness" if i == 0 else f"trajectory-robustness-{label}"] = fig
     return figs
 
 
-add(
+EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
         "trajectory-robustness",
         "Fig. 3/H.2: LLC trajectories across p, K, lr, batch, weight decay, seeds (mean ± band)",
@@ -150,5 +164,6 @@ add(
         compute,
         plot,
         METHOD,
-    )
+        keys=frozenset({"variants", "llc_thin"}),
+    ),
 )

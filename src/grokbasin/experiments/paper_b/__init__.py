@@ -1,4 +1,5 @@
-"""Paper B (arXiv 2512.00686, SPEC §3.8) on the run engine: importing registers its experiments.
+"""Paper B (arXiv 2512.00686, SPEC §3.8) on the run engine: its experiments, listed in
+``experiments.catalogue``.
 
 - ``spec``: the paper-B run kind (config, hash); ``grids``: every experiment's grid as data;
 - ``families``: data, parameters, forward and loss per model family;
@@ -6,5 +7,3 @@
 - ``scaling``: llc-polynomial, llc-low-rank, llc-autoencoder;
 - ``arrhenius``: arrhenius-grokking, arrhenius-tms.
 """
-
-from grokbasin.experiments.paper_b import arrhenius, scaling  # noqa: F401  (registers)

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from grokbasin.analysis import free_energy as FE
+from grokbasin.experiments.experiment import Context, Experiment, Grid, Output
 from grokbasin.experiments.paper_b.common import Rows, compute, facts
 from grokbasin.experiments.paper_b.grids import GRIDS
-from grokbasin.experiments.registry import Context, Experiment, Grid, Output, add
 from grokbasin.report.figures import PALETTE, new_figure, plot_linear_fit
 from grokbasin.theory import paper_b as TH
 
@@ -207,7 +207,7 @@ def plot_tms(out: Output) -> dict[str, Any]:
     return {TMS: fig, "tms_curves": fig2}
 
 
-add(
+EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
         "arrhenius-grokking",
         "Paper B: ΔF vs log time-to-grok over many seeds of the MLP",
@@ -217,9 +217,7 @@ add(
         "i = first checkpoint with train acc 1, j = first with val acc ≥ 0.95, r = j − i (steps);"
         " ΔF = (λ̂_j − λ̂_i)·log N + N·(L_j − L_i). Paper B: 168 of 500 runs grokked (33.6%); "
         "slope negative with low R².",
-    )
-)
-add(
+    ),
     Experiment(
         "arrhenius-tms",
         "Paper B: ΔF vs log time between loss-curve transitions in TMS runs",
@@ -229,5 +227,5 @@ add(
         "Transitions: fast drops of the smoothed loss (at checkpoints) ≥ 10% of its total "
         "decrease; r = steps between consecutive transitions, ΔF between the checkpoints after"
         " them. Paper B: TMS inconclusive (slightly positive slope).",
-    )
+    ),
 )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from grokbasin.experiments.experiment import Context, Grid
 from grokbasin.experiments.paper_b.engine import BRunResult, collect, run_all
 from grokbasin.experiments.paper_b.spec import BRun, expand_grid
-from grokbasin.experiments.registry import Context, Grid
 
 Rows = list[dict[str, Any]]
 

@@ -34,6 +34,7 @@ from grokbasin.experiments.paper_b.families import (
     unpad,
 )
 from grokbasin.experiments.paper_b.spec import BRun, dump_yaml
+from grokbasin.store import llc_results, query
 from grokbasin.store.rundir import RunDir, atomic_write, locked, read_parquet, write_parquet
 
 _METRICS = pa.schema(
@@ -84,17 +85,9 @@ def wanted_epochs(cfg: BRun, run: RunDir) -> list[int]:
     return [] if t is None or t[1] <= t[0] else [t[0], t[1]]
 
 
-def llc_rows(run: RunDir) -> list[dict[str, Any]]:
-    if not run.llc.exists():
-        return []
-    try:
-        return read_parquet(run.llc).to_pylist()
-    except CorruptFileError:
-        return []
-
-
 def sampled_epochs(run: RunDir, sampler_hash: str) -> set[int]:
-    return {int(r["epoch"]) for r in llc_rows(run) if r["sampler_hash"] == sampler_hash}
+    """Epochs this sampler estimated; a damaged llc.parquet stops the caller (CorruptFileError)."""
+    return llc_results.done_epochs(run, sampler_hash) if run.path.exists() else set()
 
 
 def needs_sampling(cfg: BRun, run: RunDir) -> bool:
@@ -303,7 +296,10 @@ def _train_batch(cfgs: list[BRun], root: str | Path) -> None:
 
 
 def _gid(cfg: BRun) -> int:
-    return int(cfg.run_hash()[:7], 16)
+    """The chain streams' run id, from the run's config hash (as built-in runs)."""
+    from grokbasin.llc.trajectory import run_identity
+
+    return run_identity(cfg.run_hash())
 
 
 def sample_batch(cfgs: list[BRun], root: str | Path) -> int:
@@ -358,6 +354,7 @@ def sample_batch(cfgs: list[BRun], root: str | Path) -> int:
     lam = est.llc[:, 0, :]
     init = est.result.init_loss.reshape(len(centres), C)
     mean = est.result.mean_loss.reshape(len(centres), C)
+    scfg = json.dumps(s.model_dump(mode="json", exclude={"checkpoints"}), sort_keys=True)
     new: dict[int, list[dict[str, Any]]] = {}
     for g, (k, e) in enumerate(centres):
         new.setdefault(k, []).extend(
@@ -369,18 +366,14 @@ def sample_batch(cfgs: list[BRun], root: str | Path) -> int:
                 "llc": float(lam[g, c]),
                 "init_loss": float(init[g, c]),
                 "mean_loss": float(mean[g, c]),
+                "flags": "",
                 "sampler_hash": h,
+                "sampler_config": scfg,
             }
             for c in range(C)
         )
     for k, rows in new.items():
-        run = RunDir(Path(root) / cfgs[k].run_hash())
-        keep = [
-            r
-            for r in llc_rows(run)
-            if not (r["sampler_hash"] == h and r["epoch"] in {q["epoch"] for q in rows})
-        ]
-        write_parquet(run.llc, keep + rows)
+        llc_results.merge_write(RunDir(Path(root) / cfgs[k].run_hash()), rows)
     return len(new)
 
 
@@ -436,13 +429,10 @@ def run_all(
 def collect(cfgs: list[BRun], root: str | Path) -> list[dict[str, Any]]:
     """One row per (run, sampled checkpoint): config fields, λ̂ mean/std over chains, losses."""
     out = []
-    for c in cfgs:
+    wants = [query.Want(Path(root) / c.run_hash(), c.llc.sampler_hash(), c.llc.nbeta) for c in cfgs]
+    for c, rows in zip(cfgs, query.llc_rows(wants), strict=True):  # one query for every run
         run = RunDir(Path(root) / c.run_hash())
-        h = c.llc.sampler_hash()
-        by: dict[int, list[float]] = {}
-        for r in llc_rows(run):
-            if r["sampler_hash"] == h:
-                by.setdefault(int(r["epoch"]), []).append(float(r["llc"]))
+        by = {r["epoch"]: r for r in llc_results.llc_summary(rows, c.llc.nbeta)}
         m = {int(r["epoch"]): r for r in metrics_rows(run)}
         base = {
             "run": c.run_hash(),
@@ -451,14 +441,14 @@ def collect(cfgs: list[BRun], root: str | Path) -> list[dict[str, Any]]:
             "size": c.model.size,
             **{k: v for k, v in c.task.model_dump().items() if v is not None and k != "name"},
         }
+        nan = float("nan")
         for e in wanted_epochs(c, run):
-            v = np.array(by.get(e, [np.nan]))
             out.append(
                 base
                 | {
                     "epoch": e,
-                    "llc": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
-                    "llc_std": float(np.nanstd(v)) if np.isfinite(v).any() else float("nan"),
+                    "llc": by.get(e, {}).get("llc_mean", nan),
+                    "llc_std": by.get(e, {}).get("llc_std", nan),
                     "train_loss": m.get(e, {}).get("train_loss"),
                 }
             )

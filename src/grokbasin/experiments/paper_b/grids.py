@@ -156,7 +156,15 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "arrhenius-tms": {
         "small": _tms(16, 4500, 100) | {"trim": "small: 16 models"},
-        "paper": _tms(60, 4500, 100) | {"trim": None},
+        "paper": _tms(60, 4500, 100)
+        | {
+            "trim": "60 of the authors' 500 models; 4500 SGD steps (their code: 4500 epochs of "
+            "10 batches = 45,000 steps); LLC at 100 linear checkpoints (theirs add up to 100 "
+            "log-spaced ones); sampler nβ 21.7 (B/ln B for the SGLD batch of 100), 2 chains, "
+            "100 + 300 steps, batch 100, where their code (stan/tms.py) uses nβ = 1000/ln 1000 "
+            "= 144.8 on nn.MSELoss (mean over the 8 features; 18.1 on our summed loss), 10 "
+            "chains, 0 + 500 steps, batch 512; ε 5e-4 and γ 1 as theirs"
+        },
     },
     "arrhenius-grokking": {
         # measured here: at p = 53, frac 0.4 (paper) 0 of 32 models grokked within 5000 steps

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from grokbasin.experiments.experiment import Context, Experiment, Grid, Output
 from grokbasin.experiments.paper_b.common import Rows, compute, facts
 from grokbasin.experiments.paper_b.grids import GRIDS
-from grokbasin.experiments.registry import Context, Experiment, Grid, Output, add
 from grokbasin.report.figures import (
     PALETTE,
     THEORY_COLORS,
@@ -187,7 +187,7 @@ def plot_autoencoder(out: Output) -> dict[str, Any]:
     return {AUTOENCODER: fig}
 
 
-add(
+EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
         "llc-polynomial",
         "Paper B: LLC of polynomial regressors vs degree for c = 1, .75, .5",
@@ -196,9 +196,7 @@ add(
         plot_polynomial,
         "λ̂ at the exact least-squares fit (float64) vs degree. Paper B: estimates fall below "
         "(d+1)/2 and drop for narrower domains.",
-    )
-)
-add(
+    ),
     Experiment(
         "llc-low-rank",
         "Paper B: LLC of low-rank linear networks W2W1 vs rank, with theory",
@@ -207,9 +205,7 @@ add(
         plot_low_rank,
         "λ̂ at an exact minimum (balanced SVD factors of the OLS fit). Paper B at d = 100: "
         "−0.429 r² + 87.342 r (~13% below theory in the linear term).",
-    )
-)
-add(
+    ),
     Experiment(
         "llc-autoencoder",
         "Paper B: LLC of low-rank ReLU autoencoders vs bottleneck width",
@@ -218,5 +214,5 @@ add(
         plot_autoencoder,
         "λ̂ of trained ReLU autoencoders d → 128 → r → 128 → d on x = Az. Paper B: R² 0.998 for "
         "λ̂ linear in r.",
-    )
+    ),
 )

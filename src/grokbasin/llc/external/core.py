@@ -32,6 +32,8 @@ from grokbasin.config import LLCConfig
 from grokbasin.errors import ConfigError
 from grokbasin.llc.estimate import Estimate
 from grokbasin.llc.external import inputs as inp
+from grokbasin.llc.external.inputs import SPEC_FILE
+from grokbasin.llc.external.report import write_report
 from grokbasin.llc.targets import Target, from_module
 from grokbasin.llc.trajectory import (
     check_sampler_fits,
@@ -39,8 +41,12 @@ from grokbasin.llc.trajectory import (
     chunks,
     group_rows,
     nbeta_values,
+    run_identity,
     sample_with_progress,
 )
+from grokbasin.store import llc_results
+from grokbasin.store.llc_results import llc_summary
+from grokbasin.store.query import Want, llc_rows
 from grokbasin.store.rundir import (
     LOCK_NAME,
     RunDir,
@@ -50,7 +56,6 @@ from grokbasin.store.rundir import (
     write_parquet,
 )
 
-SPEC_FILE = "external.json"
 _KEY_VERSION = "grokbasin-external-v1"
 
 
@@ -68,8 +73,10 @@ class TrajectoryResult:
         return self.table.to_pylist()
 
     def summary(self, nbeta: float | None = None) -> list[dict[str, Any]]:
-        """Mean and std of λ̂ over chains per step, at ``nbeta`` (default: the main nβ)."""
-        return llc_summary(self.table.to_pylist(), nbeta or self.nbeta)
+        """Mean and std of λ̂ over chains per step, at ``nbeta`` (default: the main nβ): the one
+        ``llc_summary`` of every run, keyed by step (the checkpoint file's number)."""
+        rows = llc_summary(self.table.to_pylist(), nbeta or self.nbeta)
+        return [{"step": r["epoch"], **{k: v for k, v in r.items() if k != "epoch"}} for r in rows]
 
 
 def sampler_config(llc: LLCConfig | dict | None, batch_hint: int | None, **kw: Any) -> LLCConfig:
@@ -190,7 +197,8 @@ def module_target(
 
 
 def _group_id(key: str) -> int:
-    return int(key[:7], 16)
+    """The chain streams' run id: from the input hash (content), as built-in runs' config hash."""
+    return run_identity(key)
 
 
 def sample_steps(
@@ -296,7 +304,7 @@ def trajectory(
     if out is None:
         idx = select_steps(x.steps, llc_cfg.checkpoints)
         est, _ = sample_steps(x, llc_cfg, idx, progress)
-        table = pa.Table.from_pylist(estimate_rows(est, x, idx, llc_cfg))
+        table = llc_results.to_table(estimate_rows(est, x, idx, llc_cfg))
         nb = llc_cfg.resolve_nbeta(x.n)
         return TrajectoryResult(table, None, [x.steps[i] for i in idx], [], nb)
     return estimate_into(RunDir(Path(out) / x.key), x, llc_cfg, device, progress)
@@ -333,12 +341,9 @@ def _estimate_locked(
     run: RunDir, x: inp.Inputs, llc_cfg: LLCConfig, device: str, progress: bool
 ) -> TrajectoryResult:
     """:func:`estimate_into` with the run's lock held: finished chunks are written at once."""
-    from grokbasin.llc.external.report import write_report
-
     shash = llc_cfg.sampler_hash()
     idx = select_steps(x.steps, llc_cfg.checkpoints)
-    old = read_parquet(run.llc).to_pylist() if run.llc.exists() else []
-    done = {int(r["epoch"]) for r in old if r["sampler_hash"] == shash}
+    done = llc_results.done_epochs(run, shash) if run.path.exists() else set()
     todo = [i for i in idx if x.steps[i] not in done]
     result = TrajectoryResult(
         pa.table({}),
@@ -355,15 +360,15 @@ def _estimate_locked(
         est, nbetas = sample_steps(x, llc_cfg, [todo[i] for i in part], progress)
         if k == 0:  # only now: a failed first call leaves no half-made run folder
             _write_inputs(run, x, llc_cfg, device)
-        old = _write_chunk(run, x, llc_cfg, [todo[i] for i in part], old, est, nbetas)
+        _write_chunk(run, x, llc_cfg, [todo[i] for i in part], est, nbetas)
     if todo:
         write_report(run, llc_cfg, x.n)
         _finish(run, x, device)
     elif not run.report.exists():
         write_report(run, llc_cfg, x.n)
-    mine = [r for r in old if r["sampler_hash"] == shash and int(r["epoch"]) in wanted]
+    mine = [r for r in llc_rows([Want(run.path, shash, "any")])[0] if int(r["epoch"]) in wanted]
     mine.sort(key=lambda r: (r["epoch"], r["nbeta"], r["chain"]))
-    result.table = pa.Table.from_pylist(mine)
+    result.table = llc_results.to_table(mine)
     return result
 
 
@@ -378,19 +383,14 @@ def _write_chunk(
     x: inp.Inputs,
     llc_cfg: LLCConfig,
     idx: list[int],
-    old: list[dict[str, Any]],
     est: Estimate,
     nbetas: list[float],
-) -> list[dict[str, Any]]:
-    """Merge the rows, traces and losses of checkpoints ``idx`` into the run's files; returns
-    every llc row now stored."""
-    rows = estimate_rows(est, x, idx, llc_cfg)
-    fresh = {(r["sampler_hash"], r["epoch"]) for r in rows}
-    old = [r for r in old if (r["sampler_hash"], int(r["epoch"])) not in fresh] + rows
-    write_parquet(run.llc, old)
+) -> None:
+    """Merge the rows (through the one writer, ``llc_results.merge_write``), traces and losses
+    of checkpoints ``idx`` into the run's files."""
+    llc_results.merge_write(run, estimate_rows(est, x, idx, llc_cfg))
     _write_traces(run, est, [x.steps[i] for i in idx], nbetas, llc_cfg.sampler_hash())
     _merge_metrics(run, checkpoint_losses(x, idx, est))
-    return old
 
 
 def _write_inputs(run: RunDir, x: inp.Inputs, llc_cfg: LLCConfig, device: str) -> None:
@@ -452,36 +452,3 @@ def _merge_metrics(run: RunDir, rows: list[dict[str, Any]]) -> None:
     old = read_parquet(run.metrics).to_pylist() if run.metrics.exists() else []
     merged = [r for r in old if r["epoch"] not in new] + rows
     write_parquet(run.metrics, sorted(merged, key=lambda r: r["epoch"]))
-
-
-def llc_summary(rows: list[dict[str, Any]], nbeta: float | None = None) -> list[dict[str, Any]]:
-    """Per step at one nβ (default: the most frequent): λ̂ mean, std over chains, flags."""
-    if not rows:
-        return []
-    if nbeta is None:
-        counts: dict[float, int] = {}
-        for r in rows:
-            counts[r["nbeta"]] = counts.get(r["nbeta"], 0) + 1
-        nbeta = max(counts, key=lambda k: counts[k])
-    by: dict[int, list[dict]] = {}
-    for r in rows:
-        if abs(r["nbeta"] - nbeta) <= 1e-9 * abs(nbeta):
-            by.setdefault(int(r["epoch"]), []).append(r)
-    out = []
-    for step, rs in sorted(by.items()):
-        vals = np.array([r["llc"] for r in rs], float)
-        finite = vals[np.isfinite(vals)]
-        flags = sorted({f for r in rs for f in (r["flags"] or "").split(",") if f})
-        out.append(
-            {
-                "step": step,
-                "checkpoint": rs[0].get("checkpoint"),
-                "nbeta": float(nbeta),
-                "llc_mean": float(finite.mean()) if finite.size else float("nan"),
-                "llc_std": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
-                "chains": len(rs),
-                "rhat": rs[0].get("rhat"),
-                "flags": ",".join(flags),
-            }
-        )
-    return out

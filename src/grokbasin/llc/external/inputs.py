@@ -27,6 +27,9 @@ import torch.nn.functional as F
 
 from grokbasin.errors import ConfigError
 
+SPEC_FILE = "external.json"
+"""The run directory's record of how to rebuild its inputs (model, loss, data, checkpoints)."""
+
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mse": F.mse_loss,
     "cross_entropy": F.cross_entropy,

@@ -9,9 +9,13 @@ from typing import Any
 import numpy as np
 
 from grokbasin.config import LLCConfig, safe_load
+from grokbasin.llc.external.inputs import SPEC_FILE
 from grokbasin.report import figures as figs
 from grokbasin.report.html import Image, Section, Table, config_tables, flatten, health_lines
 from grokbasin.report.html import write_report as write_html
+from grokbasin.store import query
+from grokbasin.store.llc_results import llc_summary
+from grokbasin.store.query import Want
 from grokbasin.store.rundir import RunDir, read_parquet
 
 
@@ -69,12 +73,9 @@ def trajectory_figure(
 
 def write_report(run: RunDir, llc_cfg: LLCConfig, n: int) -> Path:
     """figures/trajectory.png and report.html for the sampler settings ``llc_cfg``."""
-    from grokbasin.llc.external.core import SPEC_FILE, llc_summary
-
     shash = llc_cfg.sampler_hash()
     nbeta = llc_cfg.resolve_nbeta(n)
-    rows = [r for r in read_parquet(run.llc).to_pylist() if r["sampler_hash"] == shash]
-    main = [r for r in rows if abs(r["nbeta"] - nbeta) <= 1e-9 * nbeta]
+    rows, main = query.llc_rows([Want(run.path, shash, "any"), Want(run.path, shash, nbeta)])
     metrics = read_parquet(run.metrics).to_pylist() if run.metrics.exists() else []
     config = safe_load(run.config.read_text())
     spec = json.loads((run.path / SPEC_FILE).read_text())

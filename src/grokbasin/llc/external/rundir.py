@@ -29,7 +29,6 @@ from grokbasin.llc.calibrate import (
 )
 from grokbasin.llc.external import inputs as inp
 from grokbasin.llc.external.core import (
-    SPEC_FILE,
     TrajectoryResult,
     _group_id,
     check_fits_external,
@@ -38,6 +37,7 @@ from grokbasin.llc.external.core import (
     prepare,
     sampler_config,
 )
+from grokbasin.llc.external.inputs import SPEC_FILE
 from grokbasin.llc.trajectory import sample_with_progress
 from grokbasin.store.rundir import RunDir, read_parquet, write_parquet
 
@@ -71,10 +71,10 @@ def load_inputs(run_dir: str | Path, device: str = "cpu") -> inp.Inputs:
         spec["model"], spec["checkpoints"], spec["loss"], spec["data"], steps=spec["steps"],
         device=device,
     )  # fmt: skip
-    if x.key != spec.get("key") or x.key != run.path.name:
+    if x.key != spec.get("key"):  # the content, not the folder name: a copy or rename is fine
         raise ConfigError(
             f"RUN_DIR: the inputs of {run.path} changed since it was made (input hash "
-            f"{x.key}, directory {run.path.name}); run grokbasin llc external again"
+            f"{x.key}, recorded {spec.get('key')}); run grokbasin llc external again"
         )
     return x
 
