@@ -19,6 +19,7 @@ from grokbasin.errors import ConfigError
 from grokbasin.llc import trajectory
 from grokbasin.llc.external import calibrate, is_external
 from grokbasin.store import db
+from grokbasin.store.rundir import read_parquet, write_parquet
 
 SAMPLER = {"chains": 2, "draws": 20, "burnin": 10, "step_size": 1e-3, "batch_size": 16}
 FLAGS = ["--chains", "2", "--draws", "20", "--burnin", "10", "--step-size", "1e-3"]
@@ -113,8 +114,8 @@ def test_run_dir_resume_rerun_and_database(saved):
         np.testing.assert_array_equal(_llc(again.table), _llc(full.table))
         # a run killed after two checkpoints' rows: the rerun samples only the missing ones, and
         # they equal the uninterrupted run's (each chain's stream depends on its step only)
-        keep = [r for r in pq.read_table(run / "llc.parquet").to_pylist() if r["epoch"] <= 20]
-        pq.write_table(pq.read_table(run / "llc.parquet").from_pylist(keep), run / "llc.parquet")
+        keep = [r for r in read_parquet(run / "llc.parquet").to_pylist() if r["epoch"] <= 20]
+        write_parquet(run / "llc.parquet", keep)
         resumed = trajectory(*args, out=tmp / "runs", **SAMPLER)
         assert resumed.computed == [30, 40] and resumed.cached == [10, 20]
         np.testing.assert_allclose(_llc(resumed.table), _llc(full.table), rtol=1e-6)

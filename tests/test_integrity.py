@@ -78,12 +78,21 @@ def test_altered_metadata_is_detected(tmp_path):
         load_tensors(p)
 
 
-def test_file_without_checksum_still_reads(tmp_path):
-    """Files written before checksums existed load as they are."""
+def test_file_without_checksum_is_refused_unless_asked(tmp_path, monkeypatch):
+    """A file without a checksum is unverified: refused, or read as it is on explicit request."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from safetensors.torch import save_file
 
     save_file({"W": torch.ones(2)}, tmp_path / "old.safetensors", metadata={"epoch": "3"})
+    pq.write_table(pa.table({"epoch": [1]}), tmp_path / "old.parquet")
+    monkeypatch.delenv("GROKBASIN_UNVERIFIED_OK", raising=False)
+    for f in ("old.safetensors", "old.parquet"):
+        with pytest.raises(CorruptFileError, match="no checksum.*--unverified-ok"):
+            (load_tensors if f.endswith("tensors") else read_parquet)(tmp_path / f)
+    monkeypatch.setenv("GROKBASIN_UNVERIFIED_OK", "1")
     assert load_tensors(tmp_path / "old.safetensors")[1] == {"epoch": 3}
+    assert read_parquet(tmp_path / "old.parquet").to_pylist() == [{"epoch": 1}]
 
 
 def test_resume_from_corrupt_state_is_one_line(trained, tiny_cfg, run_cli):

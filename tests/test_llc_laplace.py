@@ -128,11 +128,14 @@ def test_laplace_for_checkpoint_exact_and_slq_agree(tmp_path: Path) -> None:
 
 
 def test_laplace_for_checkpoint_rejects_cross_entropy_and_bad_replica(tmp_path: Path) -> None:
+    def run_dir(cfg) -> Path:  # a config.yaml in the folder of its run hash
+        (tmp_path / cfg.run_hash()).mkdir()
+        (tmp_path / cfg.run_hash() / "config.yaml").write_text(dump_yaml(cfg))
+        return tmp_path / cfg.run_hash()
+
     cfg = build_config({}, {"task.p": 7, "train.batch_size": 0, "train.loss": "cross_entropy"})
-    (tmp_path / "config.yaml").write_text(dump_yaml(cfg))
     with pytest.raises(GrokbasinError, match="centred_mse"):
-        L.laplace_for_checkpoint(tmp_path, 0, 0, [1.0], [1.0])
+        L.laplace_for_checkpoint(run_dir(cfg), 0, 0, [1.0], [1.0])
     cfg = build_config({}, {"task.p": 7, "train.batch_size": 0})
-    (tmp_path / "config.yaml").write_text(dump_yaml(cfg))
     with pytest.raises(GrokbasinError, match="replica 3 out of range"):
-        L.laplace_for_checkpoint(tmp_path, 0, 3, [1.0], [1.0])
+        L.laplace_for_checkpoint(run_dir(cfg), 0, 3, [1.0], [1.0])

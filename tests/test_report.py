@@ -7,8 +7,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from grokbasin.errors import ConfigError
@@ -33,6 +31,7 @@ from grokbasin.report.html import (
 from grokbasin.report.markdown import build_run_markdown, write_markdown
 from grokbasin.store.query import Want, checkpoint_epochs, llc_arrays, metrics_arrays
 from grokbasin.store.query import llc_rows as llc_rows_of
+from grokbasin.store.rundir import write_parquet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 T_MEM, T_GEN = 300.0, 1500.0
@@ -226,7 +225,7 @@ def test_query_selects_replica_sampler_nbeta_into_arrays(tmp_path: Path):
     (run / "checkpoints").mkdir(parents=True)
     for e in (0, 100):  # checkpoint names are what 'llc.checkpoints' is parsed against
         (run / "checkpoints" / f"epoch_{e}.safetensors").touch()
-    pq.write_table(pa.Table.from_pylist(llc_rows), run / "llc.parquet")
+    write_parquet(run / "llc.parquet", llc_rows)
 
     def select(replica=None, **kw):
         (rows,) = llc_rows_of([Want(run, replica=None if replica == "all" else replica, **kw)])

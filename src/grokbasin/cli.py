@@ -7,12 +7,14 @@ printed as one line on stderr with exit code 2; nothing is written before valida
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from grokbasin import interrupt
 from grokbasin.cli_flags import (
     CONFIG,
     DEVICE_FLAG,
@@ -31,6 +33,7 @@ from grokbasin.device import resolve
 from grokbasin.errors import ConfigError, GrokbasinError
 from grokbasin.presets import PRESETS, preset
 from grokbasin.progress import console
+from grokbasin.store.rundir import UNVERIFIED_ENV
 
 app = typer.Typer(
     add_completion=False,
@@ -38,6 +41,21 @@ app = typer.Typer(
     help="Grokking and phase transitions through Singular Learning Theory.",
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global(
+    unverified_ok: Annotated[
+        bool,
+        Opt(
+            "--unverified-ok",
+            help="read run files that carry no checksum as they are (they are refused otherwise)",
+        ),
+    ] = False,
+) -> None:
+    """Options for every command."""
+    if unverified_ok:
+        os.environ[UNVERIFIED_ENV] = "1"
 
 
 def _resolve_config(
@@ -189,20 +207,76 @@ def runs(
     out: OutOpt = Path("runs"),
     sql: Annotated[str | None, Opt(help="SQL over the views runs, metrics, llc")] = None,
     as_json: JSON = False,
+    repair: Annotated[
+        Path | None, Opt("--repair", help="train a damaged or unfinished RUN again")
+    ] = None,
+    remove: Annotated[Path | None, Opt("--remove", help="delete the run directory RUN")] = None,
+    limit: Annotated[int, Opt(help="rows shown in the table (0: all)")] = 100,
+    as_csv: Annotated[bool, Opt("--csv", help="stream every row as CSV")] = False,
+    output: Annotated[
+        Path | None, Opt("--output", help="write every row to FILE (.csv, .json or .parquet)")
+    ] = None,
+    quiet: QUIET = False,
 ) -> None:
-    """List every run under --out, or answer SQL over all results (DuckDB)."""
+    """List every run under --out (with its problems), or answer SQL over all results (DuckDB).
+
+    The table shows --limit rows and says how many it left out; --json and --csv stream every
+    row, and --output FILE writes them to a file. ``--repair RUN`` trains a damaged or
+    unfinished run again; ``--remove RUN`` deletes it.
+    """
     import warnings
 
-    from grokbasin.store import db
+    from grokbasin.store import binding, db
+    from grokbasin.store.output import format_for as output_format
+    from grokbasin.store.output import head
+    from grokbasin.store.output import write as write_rows
+    from grokbasin.store.rundir import RunDir
 
+    if repair is not None or remove is not None:
+        if repair is not None:
+            from grokbasin.train.runner import repair as retrain
+
+            retrain(RunDir(repair), not quiet)
+        else:
+            binding.remove(RunDir(remove))  # type: ignore[arg-type]
+        console.print(f"done: {repair or remove}")
+        return
+
+    if limit < 0:
+        raise ConfigError(f"--limit: must be >= 0, got {limit}")
+    fmt = output_format(output, as_json, as_csv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", db.StoreWarning)
-        cols, rows = db.query(out, sql) if sql else db.list_runs(out)
+        if sql is None and (fmt == "table" or not db.scan(out).runs):
+            cols, rows = db.list_runs(out)
+            _warn(caught)
+            if fmt != "table":  # no runs: nothing to stream
+                print("[]" if fmt == "json" else ",".join(cols))
+                return
+            rows, left = (rows[:limit], max(0, len(rows) - limit)) if limit else (rows, 0)
+        else:
+            with db.stream(out, sql if sql is not None else db.LIST_SQL) as (cols, reader):
+                _warn(caught)
+                if fmt != "table":
+                    write_rows(fmt, cols, reader, output)
+                    return
+                rows, left = head(reader, limit)
+    _print_table(cols, rows)
+    if left:
+        console.print(
+            f"… {left:,} more rows not shown (--limit {limit}); use --limit 0, --csv, --json "
+            "or --output FILE for all of them"
+        )
+
+
+def _warn(caught: list) -> None:
+    """Print the store's warnings once (the list is emptied)."""
     for w in caught:
         console.print(f"[yellow]warning:[/yellow] {w.message}")
-    if as_json:
-        print(json.dumps([dict(zip(cols, r, strict=True)) for r in rows], default=str))
-        return
+    caught.clear()
+
+
+def _print_table(cols: list[str], rows: list[tuple]) -> None:
     from rich.table import Table
 
     t = Table()
@@ -236,15 +310,13 @@ def sweep(
     quiet: QUIET = False,
 ) -> None:
     """Run a sweep; finished runs and estimates are reused, killed ones resume."""
-    from grokbasin.experiments.sweep import expand, group, load_sweep, run_sweep
+    from grokbasin.experiments.sweep import load_sweep, run_sweep
     from grokbasin.store.rundir import check_out_root
-    from grokbasin.train.runner import preflight
 
     _check_backend(backend, workers)
     check_out_root(out)
     sw = load_sweep(file)
-    for cfgs in group(expand(sw)):  # every group's memory, before any group trains
-        preflight(cfgs, out)
+    # every group's memory is checked (run_configs) before any group trains
     res = run_sweep(sw, out, backend, workers, address, progress=not quiet)
     console.print(f"{len(res.runs)} runs: {res.trained} trained, {res.sampled} LLC estimates made")
     for r in res.runs:
@@ -329,7 +401,12 @@ def list_presets() -> None:
 def main() -> None:
     """Console entry point: one clean line for user errors, never a traceback."""
     try:
-        app()  # standalone: typer/click print usage errors themselves and exit 2
+        with interrupt.handling():
+            app()  # standalone: typer/click print usage errors themselves and exit 2
+    except SystemExit:
+        if not interrupt.signalled():  # typer turns KeyboardInterrupt into exit 130 itself
+            raise
+        _interrupted()
     except GrokbasinError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -345,8 +422,12 @@ def main() -> None:
         console.print("[red]error:[/red] out of memory; use a smaller configuration")
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print("interrupted: re-run the same command to resume where it stopped")
-        sys.exit(130)
+        _interrupted()
+
+
+def _interrupted() -> None:
+    console.print("interrupted: re-run the same command to resume where it stopped")
+    sys.exit(interrupt.exit_code())
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ llc_app = typer.Typer(
     "`llc external` for your own model and checkpoints.",
 )
 RUN_DIR_ARG = Annotated[Path, typer.Argument(help="run directory (built-in or external)")]
-EXTERNAL_SPEC = "external.json"  # grokbasin.llc.external.core.SPEC_FILE, checked without the import
+# grokbasin.llc.external.inputs.SPEC_FILE, checked without importing torch-heavy modules
+EXTERNAL_SPEC = "external.json"
 
 
 def is_external(path: Path) -> bool:
@@ -70,11 +71,15 @@ def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> No
         return
     run = RunDir(run_dir)
     if not run.config.exists():
-        raise ConfigError(f"RUN_DIR: {run_dir} is not a run directory (no config.yaml)")
-    from grokbasin.llc.trajectory import estimate_run
+        from grokbasin.store.binding import remedy
+
+        what = "a damaged run" if run.read_provenance() else "not a run directory"
+        raise ConfigError(f"RUN_DIR: {run_dir} is {what} (no config.yaml); {remedy(run)}")
+    from grokbasin.llc.trajectory import check_llc_fits, estimate_run
     from grokbasin.pipeline import print_summary, record_sampler, report_run, stored_config
 
     cfg = build_config(stored_config(run).model_dump(mode="json"), given)
+    check_llc_fits(cfg, device)  # before the sampler is recorded: nothing written if refused
     record_sampler(run, cfg.llc)
     result = estimate_run(run.path, cfg.llc, device, progress=not quiet)
     console.print(

@@ -426,11 +426,39 @@ def build_config(
         raise ConfigError(format_validation_error(err)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (not last-one-wins)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            dup = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: SafeLoader reports it
+            continue
+        if dup:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config file; any problem becomes a one-line ConfigError."""
+    """Read a config file; any problem (duplicate keys, an empty file) is a one-line ConfigError."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = safe_load(p.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {p}: not found") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -438,9 +466,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {p}: invalid YAML{where}") from None
+        what = f" ({e.problem})" if getattr(e, "problem", None) else ""
+        raise ConfigError(f"config file {p}: invalid YAML{where}{what}") from None
     if data is None:
-        return {}
+        raise ConfigError(
+            f"config file {p}: empty; write the settings into it, or leave out the file to use "
+            "the defaults"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p}: top level must be a mapping of sections")
     return data

@@ -21,21 +21,20 @@ import torch
 import yaml
 
 from grokbasin.analysis.grokking import grokking_metrics
-from grokbasin.config import LLCConfig, RunConfig, build_config, load_yaml, short_hash
-from grokbasin.device import check_fits, resolve
+from grokbasin.config import LLCConfig, RunConfig, load_yaml, short_hash
+from grokbasin.device import resolve
 from grokbasin.errors import CorruptFileError
 from grokbasin.llc.laplace import laplace_for_checkpoint
-from grokbasin.llc.trajectory import estimate_run
+from grokbasin.llc.trajectory import check_llc_fits, estimate_run
 from grokbasin.progress import console
 from grokbasin.report import figures as figs
 from grokbasin.report.html import health_lines, write_run_report
 from grokbasin.report.markdown import write_run_markdown
-from grokbasin.store import query
+from grokbasin.store import binding, query
 from grokbasin.store.llc_results import llc_summary
 from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, recovery_hint
 from grokbasin.theory.closed_form import theory_table
 from grokbasin.theory.numeric import effective_width
-from grokbasin.train.loop import hidden_size, params_per_replica
 from grokbasin.train.runner import diverged_replicas, preflight, train
 
 
@@ -58,12 +57,7 @@ def run(cfg: RunConfig, root: str | Path = "runs", progress: bool = True) -> Run
     run_dir = RunDir(Path(root) / cfg.run_hash())
     if not run_dir.is_trained():
         preflight([cfg], root)
-    check_fits(
-        estimate_llc_bytes(cfg),
-        device,
-        f"LLC sampling ({cfg.llc.chains} chains at every selected checkpoint)",
-        "use fewer llc.chains, a smaller llc.batch_size or fewer llc.checkpoints",
-    )
+    check_llc_fits(cfg, device)
     with run_dir.lock(create=True):
         trained = train(cfg, root, progress)
         record_sampler(trained.run, cfg.llc)
@@ -85,21 +79,6 @@ def _llc_after(trained, llc: LLCConfig) -> LLCConfig:
     return llc.model_copy(update={"checkpoints": ",".join(map(str, have)) if have else "last"})
 
 
-def estimate_llc_bytes(cfg: RunConfig) -> int:
-    """Rough peak memory of one batched LLC call over the run's selected checkpoints."""
-    t, llc = cfg.train, cfg.llc
-    wanted = llc.epochs_wanted()
-    if llc.checkpoints == "last":
-        n_ck = 1
-    elif wanted is not None:
-        n_ck = len(wanted)
-    else:
-        n_ck = 2 + t.epochs // t.checkpoint_every
-    copies = n_ck * len(t.replicas()) * llc.chains * (1 + len(llc.nbetas))
-    b = min(llc.batch_size, cfg.task.n_train)
-    return 4 * copies * (4 * params_per_replica(cfg) + 4 * b * hidden_size(cfg))
-
-
 def record_sampler(run_dir: RunDir, llc: LLCConfig) -> None:
     """Write ``llc`` into the run's config.yaml: the sampler its estimates are made with.
 
@@ -108,6 +87,7 @@ def record_sampler(run_dir: RunDir, llc: LLCConfig) -> None:
     default instead of, say, a preset's. Rewritten before sampling so a killed run resumes with it.
     """
     with run_dir.lock():  # a writer of run files like any other (waits; refuses read-only dirs)
+        binding.stored_config(run_dir)  # never rewrite an edited config as if it were ours
         data = load_yaml(run_dir.config)
         new = llc.model_dump(mode="json")
         if data.get("llc") != new:
@@ -117,7 +97,7 @@ def record_sampler(run_dir: RunDir, llc: LLCConfig) -> None:
 
 def stored_config(run_dir: RunDir) -> RunConfig:
     """The run's config with the sampler settings of its newest LLC estimate (if any)."""
-    cfg = build_config(load_yaml(run_dir.config), {"device": "cpu"})
+    cfg = binding.run_config(run_dir).model_copy(update={"device": "cpu"})
     if run_dir.llc.exists():
         rows = read_parquet(run_dir.llc).select(["sampler_config"]).to_pylist()
         if rows:

@@ -26,11 +26,36 @@ def _threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def _init_worker(threads: int) -> None:
-    """Give each process its share of the cores, so workers do not oversubscribe the CPU."""
+def _init_worker(threads: int, parent: int) -> None:
+    """Give each process its share of the cores, so workers do not oversubscribe the CPU, and
+    make it die with the parent: a killed sweep leaves no orphaned workers."""
     import torch
 
+    die_with_parent(parent)
     torch.set_num_threads(threads)
+
+
+def die_with_parent(parent: int) -> None:
+    """Exit when process ``parent`` does: the kernel's parent-death signal on Linux, else a
+    watchdog thread polling the parent id (also covers a parent that died before the call)."""
+    import ctypes
+    import signal
+    import threading
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="grokbasin-parent-watch", daemon=True).start()
 
 
 def run_local(
@@ -49,7 +74,7 @@ def run_local(
         n,
         mp_context=get_context("spawn"),
         initializer=_init_worker,
-        initargs=(_threads_per_worker(n),),
+        initargs=(_threads_per_worker(n), os.getpid()),
     ) as pool:
         futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
         pending = set(futures)
@@ -73,6 +98,17 @@ def _import_ray() -> Any:
     return ray
 
 
+def _start_ray(ray: Any, kw: dict[str, Any]) -> None:
+    """ray.init, a failure of which (no cluster at --address, no room for its processes) is one
+    line; a local instance's processes share the driver's fate (Ray's own default)."""
+    try:
+        ray.init(**kw)
+    except Exception as e:  # Ray raises many types (ConnectionError, RuntimeError, ValueError)
+        where = kw.get("address") or "a local instance"
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise GrokbasinError(f"--backend ray: could not start Ray at {where} ({first})") from None
+
+
 def run_ray(
     fn: Callable[[J], R],
     jobs: Sequence[J],
@@ -93,7 +129,7 @@ def run_ray(
         }
         if address is None:
             kw["num_cpus"] = workers or os.cpu_count() or 1
-        ray.init(**kw)
+        _start_ray(ray, kw)
         started = True
     try:
         remote = ray.remote(num_cpus=1)(fn)

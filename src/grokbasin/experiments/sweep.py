@@ -263,6 +263,18 @@ def jobs_for(cfgs: list[RunConfig], root: str | Path, estimate: bool) -> list[Gr
     return jobs
 
 
+def preflight_groups(cfgs: list[RunConfig], root: str | Path, estimate: bool) -> None:
+    """Refuse, before any group trains, a group whose training or sampling would not fit."""
+    from grokbasin.device import resolve
+    from grokbasin.llc.trajectory import check_llc_fits
+    from grokbasin.train.runner import preflight
+
+    for g in group(cfgs):
+        preflight(g, root)
+        if estimate:
+            check_llc_fits(g[0], resolve(g[0].device), runs=len(g))
+
+
 def run_configs(
     cfgs: list[RunConfig],
     root: str | Path = "runs",
@@ -275,6 +287,7 @@ def run_configs(
     """Train (and sample) every config, reusing what exists; one progress display throughout."""
     from grokbasin.experiments.backends import run_jobs_with_progress
 
+    preflight_groups(cfgs, root, estimate)
     before = plan(root, cfgs, estimate)
     jobs = jobs_for(cfgs, root, estimate)
     results = run_jobs_with_progress(

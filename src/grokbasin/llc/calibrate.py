@@ -128,7 +128,13 @@ def calibrate(
     weight decay, noise level, seed and baseline come from ``llc_cfg``.
     """
     from grokbasin.llc.targets import from_modular, modular_train_rows
-    from grokbasin.llc.trajectory import nbeta_values, run_config, sample_with_progress
+    from grokbasin.llc.trajectory import (
+        check_sampler_fits,
+        nbeta_values,
+        run_config,
+        sample_with_progress,
+    )
+    from grokbasin.train.loop import hidden_size, params_per_replica
 
     eps_list, gam_list = [float(e) for e in step_sizes], [float(g) for g in gammas]
     if not eps_list or any(not e > 0 for e in eps_list):
@@ -145,6 +151,15 @@ def calibrate(
     if not have:
         raise GrokbasinError(f"{run.path}: no checkpoints found")
     epoch = have[-1] if epoch is None else int(epoch)
+    nb_want = len(nbetas) if nbetas else len(nbeta_values(llc_cfg, cfg.task.n_train))
+    replicas = len(eps_list) * len(gam_list) * nb_want * llc_cfg.chains
+    check_sampler_fits(
+        replicas,
+        params_per_replica(cfg),
+        4 * min(llc_cfg.batch_size, cfg.task.n_train) * hidden_size(cfg),
+        device,
+        "calibration",
+    )
     ck = run.load_checkpoint(epoch, device)
     rows_all = modular_train_rows(cfg)
     if not 0 <= replica < rows_all.shape[0]:

@@ -15,13 +15,14 @@ regression far less noisy, and no replica's trace depends on what else was batch
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
-from grokbasin import rng
+from grokbasin import interrupt, rng
 from grokbasin.llc import chain, samplers, shards
 from grokbasin.llc.samplers import SamplerHyper
 from grokbasin.llc.targets import Target
@@ -103,6 +104,7 @@ def sample(
     On a CPU the replicas are split into ``cpu_workers`` contiguous shards (default: torch's
     thread count; ``llc.shards``). Results do not depend on the sharding: each replica has its
     own streams. ``on_step`` receives the fraction of all replica-steps done since its last call.
+    Ctrl-C stops every shard within one step (``grokbasin.interrupt``).
     """
     if baseline not in ("full", "devinterp"):
         raise ValueError(f"baseline must be 'full' or 'devinterp', got {baseline!r}")
@@ -110,12 +112,18 @@ def sample(
     check_shapes(target, keys)
     args = (burnin, draws, thin, method, baseline, record_norms, mala, fused)
 
+    cancel = threading.Event()
+
     def run(part: tuple, share: float) -> SampleResult:
-        tick = on_step if share == 1.0 or on_step is None else (lambda k: on_step(k * share))
+        def tick(k: float) -> None:
+            interrupt.checker(cancel)
+            if on_step is not None:
+                on_step(k * share)
+
         return _sample(*part, *args, tick)
 
     dev = next(iter(target.params0.values())).device
-    parts = shards.map_ranges(run, (target, hyper, keys), target.replicas, dev, cpu_workers)
+    parts = shards.map_ranges(run, (target, hyper, keys), target.replicas, dev, cpu_workers, cancel)
     return parts[0] if len(parts) == 1 else SampleResult.concat(parts)
 
 

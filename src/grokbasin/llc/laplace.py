@@ -391,12 +391,12 @@ def laplace_for_checkpoint(
     p = 53, K = 1024 the paper sampler's λ_Lap has a probe standard error ~0.4% and no change
     from 20 to 40 steps); other models: torch.func products, 32 probes × 80 steps.
     """
-    from grokbasin.config import build_config, load_yaml
+    from grokbasin.store.binding import run_config
     from grokbasin.store.rundir import RunDir
     from grokbasin.train.loop import make_setup
 
     run = RunDir(run_dir)
-    cfg = build_config(load_yaml(run.config), {"device": device})
+    cfg = run_config(run).model_copy(update={"device": device})
     if cfg.train.loss != "centred_mse":
         raise GrokbasinError(
             "the Laplace prediction needs train.loss=centred_mse (Gauss-Newton of centred MSE), "

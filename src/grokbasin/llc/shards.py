@@ -12,6 +12,7 @@ so a busy core slows one shard instead of stalling every op at an OpenMP barrier
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -58,9 +59,13 @@ def map_ranges(
     replicas: int,
     device: torch.device,
     workers: int | None = None,
+    cancel: threading.Event | None = None,
 ) -> list[T]:
     """[fn(take(tree, lo, hi), share) for each range], ranges in parallel threads; ``share`` is
-    the range's fraction of all replicas. One range runs in the calling thread on ``tree``."""
+    the range's fraction of all replicas. One range runs in the calling thread on ``tree``.
+
+    If the calling thread is interrupted (Ctrl-C), ``cancel`` is set before the threads are
+    joined, so an ``fn`` that polls it stops at once instead of running to the end."""
     ranges = bounds(replicas, device, workers)
     with intra_op_threads(device, 1):
         if len(ranges) == 1:
@@ -71,4 +76,9 @@ def map_ranges(
             return fn(take(tree, *r), (r[1] - r[0]) / replicas)
 
         with ThreadPoolExecutor(len(ranges), thread_name_prefix="grokbasin-shard") as pool:
-            return list(pool.map(run, ranges))
+            try:
+                return list(pool.map(run, ranges))
+            except BaseException:
+                if cancel is not None:
+                    cancel.set()
+                raise

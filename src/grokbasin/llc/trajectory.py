@@ -1,6 +1,12 @@
 """LLC trajectories: every selected checkpoint × training replica × chain × nβ of one or more runs
 sampled in ONE batched sampler call, written to RUN_DIR/llc.parquet (SPEC §5, paper Fig. 3).
 
+Very large trajectories are split into consecutive calls of whole checkpoints of at most
+:func:`chunk_replicas` replicas each, every call written as soon as it finishes: Ctrl-C keeps
+the finished ones and a rerun samples only the rest, with the same numbers (every chain's
+streams depend on its run, checkpoint, replica and chain only). Before any work, the largest
+call's memory is estimated and refused when the device cannot hold it.
+
 Rows are keyed by (sampler_hash, epoch); a re-run computes only checkpoints that lack rows for
 its sampler hash and keeps every other row. Loss traces go to
 RUN_DIR/llc_traces/<sampler_hash>.safetensors as ``epoch_<E>`` -> [train replicas, nβ, chains,
@@ -10,6 +16,7 @@ draws] so figures and ArviZ export can reuse them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from grokbasin.config import LLCConfig, RunConfig, build_config, load_yaml
+from grokbasin.config import LLCConfig, RunConfig
+from grokbasin.device import check_fits
 from grokbasin.errors import ConfigError, CorruptFileError
 from grokbasin.llc.diagnostics import GROUP_FLAGS
 from grokbasin.llc.estimate import Estimate, estimate_llc
 from grokbasin.llc.targets import from_modular, modular_train_rows
 from grokbasin.progress import make_progress
 from grokbasin.store import llc_results
-from grokbasin.store.rundir import RunDir, holds_run_locks
+from grokbasin.store.rundir import RunDir, holds_run_locks, recovery_hint
 
 COLUMNS = llc_results.COLUMNS  # llc.parquet's columns, owned by store.llc_results
 
@@ -53,10 +61,10 @@ def select_epochs(run: RunDir, spec: str) -> list[int]:
 
 
 def run_config(run: RunDir) -> RunConfig:
-    """The resolved config of a run directory."""
-    if not run.config.exists():
-        raise CorruptFileError(f"{run.path}: no config.yaml (not a grokbasin run directory)")
-    return build_config(load_yaml(run.config))
+    """The resolved config of a run directory, verified to be the run's (store.binding)."""
+    from grokbasin.store.binding import run_config as verified
+
+    return verified(run)
 
 
 def nbeta_values(llc_cfg: LLCConfig, n: int) -> list[float]:
@@ -111,6 +119,76 @@ def estimate_runs(
     return results
 
 
+CHUNK_ENV = "GROKBASIN_LLC_CHUNK"
+
+
+def chunk_replicas(device: str) -> int:
+    """Most replicas per sampler call (env GROKBASIN_LLC_CHUNK; default 256 on a CPU, else 4096):
+    large enough to keep the device busy, small enough that an interrupt loses little."""
+    given = os.environ.get(CHUNK_ENV, "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return 256 if torch.device(device).type == "cpu" else 4096
+
+
+def chunks(sizes: Sequence[int], limit: int) -> list[list[int]]:
+    """Consecutive indices of items with ``sizes`` replicas, at most ``limit`` per chunk (an
+    item larger than ``limit`` is a chunk of its own)."""
+    out: list[list[int]] = []
+    total = limit + 1
+    for i, s in enumerate(sizes):
+        if total + s > limit:
+            out.append([])
+            total = 0
+        out[-1].append(i)
+        total += s
+    return out
+
+
+def check_sampler_fits(
+    replicas: int, params: int, activations: int, device: str, what: str
+) -> None:
+    """Refuse, before any work, a sampler call whose estimated memory exceeds the device's:
+    ~4 copies of the parameters (state, centre, gradient, noise) and the minibatch activations
+    per replica, 4 bytes each."""
+    check_fits(
+        4 * replicas * (4 * params + activations),
+        device,
+        f"{what} ({replicas:,} sampler replicas of {params:,} parameters)",
+        "use fewer chains, nβ values or checkpoints, or a smaller llc.batch_size",
+    )
+
+
+def check_chunks_fit(
+    sizes: Sequence[int], cfg: RunConfig, llc_cfg: LLCConfig, device: str
+) -> list[list[int]]:
+    """The sampler calls (chunks) for checkpoints of ``sizes`` replicas each, refused before any
+    work when the largest would not fit the device."""
+    from grokbasin.train.loop import hidden_size, params_per_replica
+
+    parts = chunks(sizes, chunk_replicas(device))
+    check_sampler_fits(
+        max(sum(sizes[i] for i in p) for p in parts),
+        params_per_replica(cfg),
+        4 * min(llc_cfg.batch_size, cfg.task.n_train) * hidden_size(cfg),
+        device,
+        "LLC sampling",
+    )
+    return parts
+
+
+def check_llc_fits(cfg: RunConfig, device: str, runs: int = 1) -> None:
+    """Refuse, before training or sampling, an LLC trajectory of ``runs`` runs like ``cfg`` at
+    its selected checkpoints (all of them, at most) that the device cannot hold."""
+    t, llc = cfg.train, cfg.llc
+    wanted = llc.epochs_wanted()
+    n_ck = (
+        1 if llc.checkpoints == "last" else len(wanted or []) or 2 + t.epochs // t.checkpoint_every
+    )
+    per = len(t.replicas()) * llc.chains * len(nbeta_values(llc, cfg.task.n_train))
+    check_chunks_fit([per] * (n_ck * runs), cfg, llc, device)
+
+
 def _sample_batch(
     batch: list[tuple[RunLLC, RunConfig]],
     llc_cfg: LLCConfig,
@@ -118,28 +196,41 @@ def _sample_batch(
     device: str,
     progress: bool,
 ) -> None:
-    """One sampler call over every (run, epoch, training replica) group of compatible runs."""
+    """Every (run, epoch, training replica) group of compatible runs, in chunks of checkpoints."""
+    items = [(res, cfg, e) for res, cfg in batch for e in res.computed]
+    copies = len(nbeta_values(llc_cfg, batch[0][1].task.n_train)) * llc_cfg.chains
+    sizes = [len(cfg.train.replicas()) * copies for _, cfg, _ in items]
+    for part in check_chunks_fit(sizes, batch[0][1], llc_cfg, device):
+        _sample_checkpoints([items[i] for i in part], llc_cfg, shash, device, progress)
+
+
+def _sample_checkpoints(
+    items: list[tuple[RunLLC, RunConfig, int]],
+    llc_cfg: LLCConfig,
+    shash: str,
+    device: str,
+    progress: bool,
+) -> None:
+    """One sampler call over the (run, epoch) checkpoints ``items`` × training replicas; written
+    when it finishes."""
     params, rows, ids, where = [], [], [], []
-    for res, cfg in batch:
+    shapes = model_shapes(items[0][1])
+    for res, cfg, e in items:
         train_rows = modular_train_rows(cfg)  # [R_train, n]
         run_id = run_identity(cfg.run_hash())
-        for e in res.computed:
-            ck = res.run.load_checkpoint(e, device)
-            r_train = next(iter(ck.values())).shape[0]
-            if r_train != train_rows.shape[0]:
-                raise CorruptFileError(
-                    f"{res.run.checkpoint(e)}: {r_train} replicas, config says "
-                    f"{train_rows.shape[0]}"
-                )
-            params.append(ck)
-            rows.append(train_rows)
-            ids += [[run_id, e, r] for r in range(r_train)]
-            where += [(res, e, r) for r in range(r_train)]
-    cfg0 = batch[0][1]
-    try:
-        p0 = {k: torch.cat([p[k] for p in params]).to(device) for k in params[0]}
-    except (RuntimeError, KeyError):
-        raise CorruptFileError("checkpoints of these runs do not share parameter shapes") from None
+        ck = res.run.load_checkpoint(e, device)
+        r_train = next(iter(ck.values())).shape[0]
+        if r_train != train_rows.shape[0]:
+            raise CorruptFileError(
+                f"{res.run.checkpoint(e)}: {r_train} replicas, config says {train_rows.shape[0]}"
+            )
+        _check_architecture(res.run.checkpoint(e), ck, shapes)
+        params.append(ck)
+        rows.append(train_rows)
+        ids += [[run_id, e, r] for r in range(r_train)]
+        where += [(res, e, r) for r in range(r_train)]
+    cfg0 = items[0][1]
+    p0 = {k: torch.cat([p[k] for p in params]).to(device) for k in params[0]}
     G, n = len(ids), rows[0].shape[1]
     nbetas = nbeta_values(llc_cfg, n)
     B, C = len(nbetas), llc_cfg.chains
@@ -150,6 +241,29 @@ def _sample_batch(
     label = f"{G} checkpoints×replicas × {C} chains × {B} nβ"
     est = sample_with_progress(target, llc_cfg, G, nbetas, ids, label, progress)
     _write(est, where, llc_cfg, shash)
+
+
+def model_shapes(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> per-replica shape of the config's model (one replica initialised)."""
+    from grokbasin import rng
+    from grokbasin.models import build_model
+
+    params = build_model(cfg.model, cfg.task.p, cfg.task.p).init(rng.key([0]))
+    return {k: tuple(v.shape[1:]) for k, v in params.items()}
+
+
+def _check_architecture(
+    path: Path, ck: dict[str, torch.Tensor], want: dict[str, tuple[int, ...]]
+) -> None:
+    """Refuse, naming the file, a checkpoint whose parameters are not the config's model's."""
+    have = {k: tuple(v.shape[1:]) for k, v in ck.items()}
+    if have != want:
+        bad = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+        raise CorruptFileError(
+            f"{path}: parameters {bad[:4]} do not have the shapes of the run's "
+            "model (a checkpoint of another architecture); "
+            f"{recovery_hint(path)}"
+        )
 
 
 def sample_with_progress(

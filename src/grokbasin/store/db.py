@@ -21,6 +21,8 @@ ATTACH, read_text, INSTALL are refused), and only query statements are accepted.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ import pyarrow as pa
 import yaml
 from pydantic import ValidationError
 
-from grokbasin.config import RunConfig, format_validation_error
+from grokbasin.config import RunConfig, format_validation_error, safe_load
 from grokbasin.errors import GrokbasinError
 from grokbasin.store.rundir import RunDir, read_parquet
 
@@ -70,10 +72,51 @@ def _load_table(path: Path) -> pa.Table | str:
     return t
 
 
+def _looks_like_run(d: Path) -> bool:
+    """A folder holding any of a run's own files (a damaged run lacks some of them)."""
+    marks = ("config.yaml", "provenance.json", "metrics.parquet", "checkpoints")
+    return d.is_dir() and any((d / m).exists() for m in marks)
+
+
+def _problem(run: RunDir, status: str) -> str | None:
+    """What is wrong with the run and the command that fixes it (None: nothing)."""
+    from grokbasin.store.binding import problems, remedy
+
+    found = problems(run)
+    if found:
+        return f"{'; '.join(found)}; {remedy(run)}"
+    if status in ("partial", "empty") and run.read_provenance() and not run.in_use():
+        return (
+            "training stopped before it finished (no process is training it); "
+            f"`grokbasin runs --repair {run.path}` resumes it"
+        )
+    return None
+
+
+def _bare_row(run: RunDir) -> dict[str, Any]:
+    """The ``runs`` row of a folder without a readable config.yaml."""
+    prov = run.read_provenance()
+    return {
+        "run": run.path.name,
+        "kind": prov.get("kind", "modular"),
+        "path": str(run.path),
+        "status": "damaged",
+        "started": prov.get("started"),
+        "ended": prov.get("ended"),
+        "final_epoch": prov.get("final_epoch"),
+        "n_checkpoints": len(run.checkpoint_epochs()),
+        "has_llc": run.llc.exists(),
+        "device": prov.get("device"),
+        "task": None,
+        "model": None,
+        "train": None,
+    }
+
+
 def _run_row(run: RunDir) -> dict[str, Any]:
     """The ``runs`` row for one directory; raises GrokbasinError/ValueError when unreadable."""
     try:
-        cfg = yaml.safe_load(run.config.read_text())
+        cfg = safe_load(run.config.read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f"unreadable config ({e.__class__.__name__})") from None
     if not isinstance(cfg, dict):
@@ -111,13 +154,17 @@ def scan(root: str | Path = "runs") -> Inventory:
     base = Path(root)
     if not base.is_dir():
         return inv
-    for d in sorted(p for p in base.iterdir() if (p / "config.yaml").is_file()):
+    for d in sorted(p for p in base.iterdir() if _looks_like_run(p)):
         run = RunDir(d)
         try:
-            inv.runs.append(_run_row(run))
+            row = _run_row(run) if run.config.is_file() else _bare_row(run)
+            row["problem"] = _problem(run, row["status"])
         except (GrokbasinError, ValueError) as e:
             inv.problems.append(f"{run.config}: skipped run ({e})")
             continue
+        if row["problem"] and row["status"] not in ("partial", "empty"):
+            row["status"] = "damaged"
+        inv.runs.append(row)
         for path, bucket in ((run.metrics, inv.metrics), (run.llc, inv.llc)):
             if not path.exists():
                 continue
@@ -195,7 +242,7 @@ def connect(root: str | Path = "runs") -> duckdb.DuckDBPyConnection:
         con.execute(
             "CREATE TEMP TABLE runs (run VARCHAR, kind VARCHAR, path VARCHAR, status VARCHAR, "
             "started VARCHAR, ended VARCHAR, final_epoch BIGINT, n_checkpoints BIGINT, "
-            "has_llc BOOLEAN, device VARCHAR, task JSON, model JSON, train JSON)"
+            "has_llc BOOLEAN, device VARCHAR, task JSON, model JSON, train JSON, problem VARCHAR)"
         )
     _files_view(con, "metrics", metrics, _METRICS_EMPTY)
     _files_view(con, "llc", llc, _LLC_EMPTY)
@@ -226,9 +273,14 @@ def llc_connection(files: list[Path]) -> duckdb.DuckDBPyConnection:
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Refuse, in one line, any statement that is not a query (COPY, ATTACH, SET, CREATE...)."""
     try:
-        statements = con.extract_statements(sql)
+        statements = con.extract_statements(sql) if sql.strip() else []
     except duckdb.Error as e:
         raise GrokbasinError(f"SQL error: {str(e).splitlines()[0]}") from None
+    if not statements:
+        raise GrokbasinError(
+            "--sql: no statement given; write a query over the views runs, metrics and llc, "
+            "e.g. SELECT * FROM runs"
+        )
     for st in statements:
         kind = st.type.name
         if kind not in _QUERY_STATEMENTS:
@@ -252,10 +304,30 @@ def query(root: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
         con.close()
 
 
+@contextmanager
+def stream(
+    root: str | Path, sql: str, batch_rows: int = 10_000
+) -> Iterator[tuple[list[str], pa.RecordBatchReader]]:
+    """Column names and a streaming reader of ``sql``'s result (never all rows in memory)."""
+    con = connect(root)
+    try:
+        check_read_only(con, sql)
+        rel = con.sql(sql)
+        if rel is None:  # a statement without a result
+            raise GrokbasinError("--sql: the statement returns no rows to show")
+        read = getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader  # duckdb 2 | 1
+        reader = read(batch_rows)
+        yield list(reader.schema.names), reader
+    except duckdb.Error as e:
+        raise GrokbasinError(f"SQL error: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
 LIST_SQL = """
 SELECT r.run, r.status, r.task.p AS p, r.model.name AS model, r.model.width AS width,
        r.train.seeds AS seeds, r.train.lr AS lr, r.train.weight_decay AS wd,
-       r.final_epoch AS epoch, m.train_acc, m.val_acc, r.has_llc
+       r.final_epoch AS epoch, m.train_acc, m.val_acc, r.has_llc, r.problem
 FROM runs r LEFT JOIN (
     SELECT run, avg(train_acc) AS train_acc, avg(val_acc) AS val_acc FROM metrics
     WHERE (run, epoch) IN (SELECT (run, max(epoch)) FROM metrics GROUP BY run) GROUP BY run

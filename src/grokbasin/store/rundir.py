@@ -13,7 +13,16 @@ Every file is written to a temporary name in the same folder and renamed into pl
 process leaves either the old file or the new one, never half of one; temporaries a killed
 process left behind are deleted by the next writer. Safetensors and Parquet files carry a sha256
 of their contents (in their own metadata, so file and checksum are renamed into place together),
-verified on every read: a flipped byte is a CorruptFileError naming the file and the remedy.
+verified on every read: a flipped byte is a CorruptFileError naming the file and the remedy. A
+file without a checksum is unverified and refused unless GROKBASIN_UNVERIFIED_OK=1 (the CLI's
+``--unverified-ok``) asks to read it as it is.
+
+Every checkpoint is bound to its run: its metadata holds the run hash (``run``) and the number in
+its file name (``checkpoint``), both checked on load, so a file copied in from another run or
+renamed to another epoch is refused. The run's hash is the one recorded in provenance.json
+(``run_hash``); runs made before it was recorded fall back to their folder name, and their
+checkpoints (which lack ``run``) are accepted only there. Every checkpoint ``metrics.parquet``
+records must exist (:meth:`RunDir.missing_files`).
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ from grokbasin.errors import CorruptFileError, GrokbasinError
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.safetensors$")
 _TMP_FILE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .<name>.<pid>.<random>.tmp
 _SUM_KEY = "grokbasin.sha256"
+UNVERIFIED_ENV = "GROKBASIN_UNVERIFIED_OK"
+EXTERNAL_SPEC = "external.json"  # an external run (llc external): no checkpoint files of its own
 LOCK_NAME = ".lock"
 F = TypeVar("F", bound=Callable[..., Any])
 _UMASK = os.umask(0o022)
@@ -113,7 +124,7 @@ def recovery_hint(path: Path) -> str:
     if name == "state.safetensors":
         return "delete it and re-run the same command to train the run again from epoch 0"
     if _EPOCH_FILE.match(name) or name == "metrics.parquet":
-        return f"delete the run directory {run} and train it again"
+        return f"train the run again with `grokbasin runs --repair {run}` (or delete it)"
     if name == "llc.parquet" or path.parent.name == "llc_traces":
         return f"delete {run / 'llc.parquet'} and {run / 'llc_traces'}, then re-run grokbasin llc"
     return "delete it and re-run the command that wrote it"
@@ -121,6 +132,25 @@ def recovery_hint(path: Path) -> str:
 
 def _corrupt(path: Path, why: str) -> CorruptFileError:
     return CorruptFileError(f"{path}: {why}; {recovery_hint(path)}")
+
+
+def unverified_ok() -> bool:
+    """Whether the user asked to read files that carry no checksum as they are."""
+    return os.environ.get(UNVERIFIED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _check_sum(path: Path, want: Any, got: Callable[[], str]) -> None:
+    """Refuse a checksum mismatch, and a missing checksum unless :func:`unverified_ok`."""
+    if want is None:
+        if not unverified_ok():
+            raise CorruptFileError(
+                f"{path}: has no checksum, so it cannot be verified (rewritten outside "
+                f"grokbasin?); restore it, or pass --unverified-ok (or set {UNVERIFIED_ENV}=1) "
+                "to read it as it is"
+            )
+        return
+    if got() != (want.decode() if isinstance(want, bytes) else want):
+        raise _corrupt(path, "checksum mismatch, the file is corrupt")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -169,14 +199,13 @@ def write_parquet(path: Path, rows: list[dict[str, Any]] | pa.Table) -> None:
 
 
 def read_parquet(path: Path) -> pa.Table:
-    """A Parquet file whose recorded checksum matches (files without one are read as they are)."""
+    """A Parquet file whose recorded checksum matches (one without: see :func:`unverified_ok`)."""
     data = _read_bytes(path)
     try:
         body = _parquet_body(data)
         schema = pq.read_schema(pa.BufferReader(data))
         want = (schema.metadata or {}).get(_SUM_KEY.encode())
-        if want is not None and hashlib.sha256(body).hexdigest().encode() != want:
-            raise _corrupt(path, "checksum mismatch, the file is corrupt")
+        _check_sum(path, want, lambda: hashlib.sha256(body).hexdigest())
         table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
     except (OSError, pa.ArrowException, ValueError) as e:
         raise _corrupt(path, f"unreadable Parquet file ({str(e).splitlines()[0][:120]})") from None
@@ -233,8 +262,7 @@ def load_tensors(
         header, body = _st_parts(data)
         raw = dict(header.get("__metadata__") or {})
         want = raw.pop(_SUM_KEY, None)
-        if want is not None and _st_digest(header, body) != want:
-            raise _corrupt(path, "checksum mismatch, the file is corrupt")
+        _check_sum(path, want, lambda: _st_digest(header, body))
         tensors = load_bytes(data)
         meta = {k: json.loads(v) for k, v in raw.items()}
     except (SafetensorError, ValueError, TypeError, AttributeError) as e:
@@ -394,13 +422,64 @@ class RunDir:
         """Tensors and metadata; a truncated, altered or foreign file raises CorruptFileError."""
         return load_tensors(path, device)
 
+    def identity(self) -> str:
+        """The run hash this directory's files are bound to (recorded, else the folder name)."""
+        return str(self.read_provenance().get("run_hash") or self.path.name)
+
+    def save_checkpoint(
+        self, epoch: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+    ) -> None:
+        """Write checkpoint ``epoch`` bound to this run (its hash and number in the metadata)."""
+        bound = {**meta, "run": self.identity(), "checkpoint": epoch}
+        self.save_tensors(self.checkpoint(epoch), tensors, bound)
+
+    def check_bound(self, path: Path, meta: dict[str, Any], number: int | None = None) -> None:
+        """Refuse a file whose metadata names another run, or another number than its name."""
+        owner = meta.get("run")
+        legacy = owner is None and "run_hash" not in self.read_provenance()
+        if owner != self.identity() and not legacy:
+            whose = f"run {owner}" if owner else "no run (written before files were bound)"
+            raise CorruptFileError(
+                f"{path}: belongs to {whose}, not to run {self.identity()}; it was copied in "
+                f"from elsewhere: {recovery_hint(path)}"
+            )
+        says = meta.get("checkpoint", meta.get("epoch", meta.get("step")))
+        if number is not None and says is not None and int(says) != number:
+            raise CorruptFileError(
+                f"{path}: holds checkpoint {says}, not {number} as its name says (renamed or "
+                f"copied over?); {recovery_hint(path)}"
+            )
+
     def load_checkpoint(
         self, epoch: int, device: str | torch.device = "cpu"
     ) -> dict[str, torch.Tensor]:
+        """Checkpoint ``epoch``, after checking its checksum and that it belongs here."""
         path = self.checkpoint(epoch)
         if not path.exists():
             raise CorruptFileError(f"{path}: no checkpoint for epoch {epoch}")
-        return self.load_tensors(path, device)[0]
+        tensors, meta = self.load_tensors(path, device)
+        self.check_bound(path, meta, epoch)
+        return tensors
+
+    def recorded_epochs(self) -> list[int]:
+        """Checkpoint epochs that metrics.parquet says were saved."""
+        if not self.metrics.exists():
+            return []
+        return sorted({int(e) for e in read_parquet(self.metrics).column("epoch").to_pylist()})
+
+    def missing_files(self) -> list[str]:
+        """What a trained or training run lacks: config, metrics, recorded checkpoints."""
+        out = [] if self.config.exists() else ["config.yaml"]
+        prov = self.read_provenance()
+        if (prov.get("finished") or self.state.exists()) and not self.metrics.exists():
+            out.append("metrics.parquet")
+        if (self.path / EXTERNAL_SPEC).exists():
+            return out
+        have = set(self.checkpoint_epochs())
+        gone = [e for e in self.recorded_epochs() if e not in have]
+        if gone:
+            out.append(f"checkpoints of epochs {_short_list(gone)} (listed in metrics.parquet)")
+        return out
 
     def read_provenance(self) -> dict[str, Any]:
         if not self.provenance.exists():
@@ -416,5 +495,26 @@ class RunDir:
     def write_provenance(self, data: dict[str, Any]) -> None:
         atomic_write(self.provenance, json.dumps(data, indent=2, default=str).encode())
 
+    def in_use(self) -> bool:
+        """Whether another process holds this run directory's lock (e.g. is training it)."""
+        lock = _lock_for(self.path.resolve())
+        if lock.is_locked:
+            return False  # held by this process
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        except OSError:
+            return False
+        lock.release()
+        return False
+
     def is_trained(self) -> bool:
-        return bool(self.read_provenance().get("finished"))
+        """Finished, with every file its training wrote still there."""
+        return bool(self.read_provenance().get("finished")) and not self.missing_files()
+
+
+def _short_list(xs: list[int], n: int = 8) -> str:
+    """``[1, 2, 3]``, or the first ``n`` and how many more."""
+    head = ", ".join(map(str, xs[:n]))
+    return f"[{head}{f', … {len(xs) - n} more' if len(xs) > n else ''}]"

@@ -105,13 +105,13 @@ def run_effective_width(
     ``epochs``: 'all', 'last' or a list. The checkpoints' V of one training replica are stacked and
     counted together; rows carry the data cap o(N−1)/2 of the run's training split.
     """
-    from grokbasin.config import build_config, load_yaml
+    from grokbasin.store.binding import run_config
     from grokbasin.store.rundir import RunDir
 
     run = run_path if isinstance(run_path, RunDir) else RunDir(run_path)
     have = run.checkpoint_epochs()
     eps = have if epochs == "all" else have[-1:] if epochs == "last" else list(epochs)
-    cfg = build_config(load_yaml(run.config))
+    cfg = run_config(run)  # verified to be the run's (store.binding), as every reader's
     V = torch.stack([run.load_checkpoint(e)["V"][replica] for e in eps])
     d = 2 * cfg.task.p
     return effective_width_rows(V, d, eps, n_train=cfg.task.n_train, **kw)

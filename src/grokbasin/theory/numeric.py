@@ -333,13 +333,13 @@ def run_numeric(run_path: Any, epochs: int | Sequence[int], **kw: Any) -> list[d
     they go through one batched computation, chunked only to bound memory. Rows carry epoch,
     replica, seed, lr and weight_decay. ``kw`` goes to :func:`modular_numeric`.
     """
-    from grokbasin.config import build_config, load_yaml
+    from grokbasin.store.binding import run_config
     from grokbasin.store.rundir import RunDir
     from grokbasin.train.loop import make_setup
 
     run = run_path if isinstance(run_path, RunDir) else RunDir(run_path)
     eps = [epochs] if isinstance(epochs, int) else list(epochs)
-    cfg = build_config(load_yaml(run.config)).model_copy(update={"device": "cpu"})
+    cfg = run_config(run).model_copy(update={"device": "cpu"})
     setup = make_setup(cfg)
     ckpts = [run.load_checkpoint(e) for e in eps]
     params = {k: torch.cat([c[k] for c in ckpts]) for k in ckpts[0]}

@@ -9,6 +9,10 @@ Order of writes at each checkpoint: epoch file, metrics, then the resume state. 
 commit point: on restart, anything recorded after the state's epoch is discarded and replayed,
 which gives identical results because all randomness is keyed by (seed, epoch).
 
+Every file is bound to its run (``store.binding``): a run whose config.yaml was edited is
+refused, and one whose files were deleted (a folder recreated mid-train, a lost checkpoint) is
+trained again from scratch, with a warning, instead of being taken as finished.
+
 Every run directory is locked (``<run>/.lock``) while it is trained: a second process on the
 same run waits, then finds it finished. A replica whose loss stops being finite is recorded as
 diverged (metrics column ``diverged``, provenance ``diverged``); a run whose replicas have all
@@ -26,7 +30,8 @@ from grokbasin import provenance
 from grokbasin.config import RunConfig, dump_yaml
 from grokbasin.device import check_fits, intra_op_threads, resolve
 from grokbasin.errors import ConfigError, CorruptFileError
-from grokbasin.progress import make_progress
+from grokbasin.progress import console, make_progress
+from grokbasin.store import binding
 from grokbasin.store.rundir import (
     RunDir,
     atomic_write,
@@ -106,11 +111,11 @@ def train_group(
         )
     runs = [RunDir(Path(root) / c.run_hash()) for c in cfgs]
     pending: dict[str, _Member] = {}
-    if not all(run.is_trained() for run in runs):  # a finished run is final: no lock needed
+    if not all(_trained(run) for run in runs):  # a finished run is final: no lock needed
         preflight(cfgs, root)
         with locked([r.path for r in runs], create=True):
             for cfg, run in zip(cfgs, runs, strict=True):
-                if not run.is_trained() and run.path.name not in pending:
+                if not _trained(run) and run.path.name not in pending:
                     pending[run.path.name] = _open_member(cfg, run)
             by_epoch: dict[int, list[_Member]] = defaultdict(list)
             for m in pending.values():
@@ -142,6 +147,31 @@ def preflight(cfgs: list[RunConfig], root: str | Path) -> None:
     )
 
 
+def repair(run: RunDir, progress: bool = True) -> None:
+    """Train a damaged or unfinished run again from its own config.yaml (resumes if intact)."""
+    train(binding.repair_config(run), run.path.parent, progress)
+
+
+def _trained(run: RunDir) -> bool:
+    """Finished and intact; a config.yaml edited since is refused (binding.stored_config)."""
+    if run.config.exists():
+        binding.stored_config(run)
+    return run.is_trained()
+
+
+def _clear_if_damaged(run: RunDir) -> None:
+    """Start a run over whose training files were lost (deleted folder, missing checkpoint)."""
+    missing = run.missing_files() if run.path.exists() else []
+    if run.read_provenance() and missing:
+        console.print(
+            f"[yellow]warning:[/yellow] {run.path} lacks {'; '.join(missing)}: "
+            "training it again from scratch",
+            highlight=False,
+            soft_wrap=True,
+        )
+        binding.reset(run)
+
+
 def diverged_replicas(prov: dict) -> dict[int, int]:
     """Replica -> first epoch with a non-finite loss, as recorded in provenance."""
     return {int(k): int(v) for k, v in (prov.get("diverged") or {}).items()}
@@ -150,8 +180,10 @@ def diverged_replicas(prov: dict) -> dict[int, int]:
 def _open_member(cfg: RunConfig, run: RunDir) -> _Member:
     """A fresh member, or one resumed from its last committed checkpoint."""
     m = _Member(cfg, run)
+    _clear_if_damaged(run)
     if run.state.exists():
         meta = run.load_tensors(run.state)[1]
+        run.check_bound(run.state, meta)
         m.start_epoch, m.start_step, m.status = int(meta["epoch"]), int(meta["step"]), "resumed"
         if not run.metrics.exists():
             raise CorruptFileError(f"{run.metrics}: missing although {run.state} exists")
@@ -239,7 +271,11 @@ def _create(m: _Member, s: Setup, params, state, lo: int, hi: int) -> None:
     atomic_write(m.run.config, dump_yaml(cfg).encode())
     reps = m.cfg.train.replicas()
     m.prov = provenance.collect(
-        m.cfg.device, seeds=m.cfg.train.seeds, replicas=reps, finished=False
+        m.cfg.device,
+        seeds=m.cfg.train.seeds,
+        replicas=reps,
+        finished=False,
+        run_hash=m.cfg.run_hash(),
     )
     m.run.write_provenance(m.prov)
     _checkpoint(m, s, params, state, evaluate(s, params), lo, hi, 0, 0)
@@ -276,10 +312,11 @@ def _checkpoint(
     m.rows.extend(new)
     mine = {k: v[lo:hi] for k, v in params.items()}
     meta = {"epoch": epoch, "step": step}
-    m.run.save_tensors(m.run.checkpoint(epoch), mine, meta)
+    m.run.save_checkpoint(epoch, mine, meta)
     write_parquet(m.run.metrics, m.rows)
     opt = {f"opt.{k}": (v if k == "step" else v[lo:hi]) for k, v in state.items()}
-    m.run.save_tensors(m.run.state, {f"param.{k}": v for k, v in mine.items()} | opt, meta)
+    state_meta = meta | {"run": m.run.identity()}
+    m.run.save_tensors(m.run.state, {f"param.{k}": v for k, v in mine.items()} | opt, state_meta)
 
 
 def _finish(m: _Member, epoch: int) -> None:

@@ -240,7 +240,7 @@ def _train_batch(cfgs: list[BRun], root: str | Path) -> None:
         rows = _metrics_at(fam, cfgs, step, p, x, y, aux, extra)
         for r, (c, run) in enumerate(zip(cfgs, runs, strict=True)):
             history[r].append(rows[r])
-            run.save_tensors(run.checkpoint(step), unpad(fam, p, r, units(c)), {"step": step})
+            run.save_checkpoint(step, unpad(fam, p, r, units(c)), {"step": step})
         if 0 < step < steps and (step // every) % saves == 0:  # a resume point
             for r, run in enumerate(runs):
                 flat = {f"p.{k}": v[r : r + 1] for k, v in p.items()}

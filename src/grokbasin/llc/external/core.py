@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +35,26 @@ from grokbasin.llc.external import inputs as inp
 from grokbasin.llc.external.inputs import SPEC_FILE
 from grokbasin.llc.external.report import write_report
 from grokbasin.llc.targets import Target, from_module
-from grokbasin.llc.trajectory import group_rows, nbeta_values, run_identity, sample_with_progress
+from grokbasin.llc.trajectory import (
+    check_sampler_fits,
+    chunk_replicas,
+    chunks,
+    group_rows,
+    nbeta_values,
+    run_identity,
+    sample_with_progress,
+)
 from grokbasin.store import llc_results
 from grokbasin.store.llc_results import llc_summary
 from grokbasin.store.query import Want, llc_rows
-from grokbasin.store.rundir import RunDir, atomic_write, read_parquet, write_parquet
+from grokbasin.store.rundir import (
+    LOCK_NAME,
+    RunDir,
+    atomic_write,
+    check_out_root,
+    read_parquet,
+    write_parquet,
+)
 
 _KEY_VERSION = "grokbasin-external-v1"
 
@@ -297,7 +313,34 @@ def trajectory(
 def estimate_into(
     run: RunDir, x: inp.Inputs, llc_cfg: LLCConfig, device: str = "cpu", progress: bool = False
 ) -> TrajectoryResult:
-    """Sample the selected steps that lack rows for this sampler in ``run``; write and report."""
+    """Sample the selected steps that lack rows for this sampler in ``run``; write and report.
+
+    Holds the run's lock from reading what exists to the last write, so concurrent processes
+    on one ``--out`` give the sequential result; a run folder this call made and left without
+    results (an error, Ctrl-C before the first chunk finished) is removed again.
+    """
+    check_out_root(run.path.parent)
+    created = not run.path.exists()
+    try:
+        with run.lock(create=True):
+            return _estimate_locked(run, x, llc_cfg, device, progress)
+    except BaseException:
+        if created:
+            _drop_if_empty(run)
+        raise
+
+
+def _drop_if_empty(run: RunDir) -> None:
+    """Remove a run folder that holds nothing but its lock and temporaries."""
+    left = [p for p in run.path.iterdir() if p.name != LOCK_NAME and not p.name.endswith(".tmp")]
+    if not left:
+        shutil.rmtree(run.path, ignore_errors=True)
+
+
+def _estimate_locked(
+    run: RunDir, x: inp.Inputs, llc_cfg: LLCConfig, device: str, progress: bool
+) -> TrajectoryResult:
+    """:func:`estimate_into` with the run's lock held: finished chunks are written at once."""
     shash = llc_cfg.sampler_hash()
     idx = select_steps(x.steps, llc_cfg.checkpoints)
     done = llc_results.done_epochs(run, shash) if run.path.exists() else set()
@@ -309,12 +352,16 @@ def estimate_into(
         [x.steps[i] for i in idx if i not in todo],
     )
     wanted = {x.steps[i] for i in idx}
+    copies = len(nbeta_values(llc_cfg, x.n)) * llc_cfg.chains
+    parts = chunks([copies] * len(todo), chunk_replicas(device))
     if todo:
-        _write_inputs(run, x, llc_cfg, device)
-        est, nbetas = sample_steps(x, llc_cfg, todo, progress)
-        llc_results.merge_write(run, estimate_rows(est, x, todo, llc_cfg))
-        _write_traces(run, est, [x.steps[i] for i in todo], nbetas, shash)
-        _merge_metrics(run, checkpoint_losses(x, todo, est))
+        check_fits_external(x, llc_cfg, max(len(p) for p in parts) * copies, device)
+    for k, part in enumerate(parts):
+        est, nbetas = sample_steps(x, llc_cfg, [todo[i] for i in part], progress)
+        if k == 0:  # only now: a failed first call leaves no half-made run folder
+            _write_inputs(run, x, llc_cfg, device)
+        _write_chunk(run, x, llc_cfg, [todo[i] for i in part], est, nbetas)
+    if todo:
         write_report(run, llc_cfg, x.n)
         _finish(run, x, device)
     elif not run.report.exists():
@@ -323,6 +370,27 @@ def estimate_into(
     mine.sort(key=lambda r: (r["epoch"], r["nbeta"], r["chain"]))
     result.table = llc_results.to_table(mine)
     return result
+
+
+def check_fits_external(x: inp.Inputs, llc_cfg: LLCConfig, replicas: int, device: str) -> None:
+    """Refuse a sampler call of ``replicas`` copies of the model that the device cannot hold."""
+    act = min(llc_cfg.batch_size, x.n) * (x.X[0].numel() + x.Y[0].numel())
+    check_sampler_fits(replicas, x.n_params, act, device, "LLC sampling")
+
+
+def _write_chunk(
+    run: RunDir,
+    x: inp.Inputs,
+    llc_cfg: LLCConfig,
+    idx: list[int],
+    est: Estimate,
+    nbetas: list[float],
+) -> None:
+    """Merge the rows (through the one writer, ``llc_results.merge_write``), traces and losses
+    of checkpoints ``idx`` into the run's files."""
+    llc_results.merge_write(run, estimate_rows(est, x, idx, llc_cfg))
+    _write_traces(run, est, [x.steps[i] for i in idx], nbetas, llc_cfg.sampler_hash())
+    _merge_metrics(run, checkpoint_losses(x, idx, est))
 
 
 def _write_inputs(run: RunDir, x: inp.Inputs, llc_cfg: LLCConfig, device: str) -> None:

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import inspect
 import os
+import pickle
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,10 +166,7 @@ def resolve_data(
 def _load_data_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
     if not p.is_file():
         raise ConfigError(f"--data: {p}: no such file")
-    try:
-        d = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"--data: {p}: unreadable ({_one_line(e)})") from None
+    d = safe_torch_load(p, "--data")
     if not isinstance(d, Mapping) or not {"X", "Y"} <= set(d):
         got = sorted(d) if isinstance(d, Mapping) else type(d).__name__
         raise ConfigError(f"--data: {p} must hold a dict with tensors 'X' and 'Y'; got {got}")
@@ -283,6 +281,23 @@ def step_of(path: Path) -> int:
     return int(nums[-1])
 
 
+def safe_torch_load(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)``; a file holding other Python objects is refused in one
+    line that does not suggest turning the safety off."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+            raise ConfigError(
+                f"{what}: {path}: refused: it holds Python objects other than tensors, which "
+                "could run code when loaded; save only tensors (e.g. model.state_dict())"
+            ) from None
+        raise ConfigError(f"{what}: {path}: unreadable ({_one_line(e)})") from None
+
+
+MAX_STEP = 2**63 - 1  # what llc.parquet's int64 step column holds
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint file's state_dict (unwrapping {'state_dict': ...}-style training files)."""
     try:
@@ -291,7 +306,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             obj: Any = load_file(path)
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return _unwrap(safe_torch_load(path, "--checkpoints"), str(path))
     except Exception as e:
         raise ConfigError(f"--checkpoints: {path}: unreadable ({_one_line(e)})") from None
     return _unwrap(obj, str(path))
@@ -358,6 +373,12 @@ def resolve_checkpoints(
             found.append((step, f"state_dict[{i}]", sd, None))
     found.sort(key=lambda f: f[0])
     st = [f[0] for f in found]
+    huge = [f[1] for f in found if not 0 <= f[0] <= MAX_STEP]
+    if huge:
+        raise ConfigError(
+            f"--checkpoints: {huge[0]}: step {st[[f[1] for f in found].index(huge[0])]} is not "
+            f"between 0 and {MAX_STEP} (2**63 - 1); name checkpoints by their training step"
+        )
     dup = sorted({s for s in st if st.count(s) > 1})
     if dup:
         raise ConfigError(f"--checkpoints: several checkpoints have step {dup[:5]}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from grokbasin.config import LLCConfig
+from grokbasin.config import LLCConfig, safe_load
 from grokbasin.llc.external.inputs import SPEC_FILE
 from grokbasin.report import figures as figs
 from grokbasin.report.html import Image, Section, Table, config_tables, flatten, health_lines
@@ -77,9 +77,7 @@ def write_report(run: RunDir, llc_cfg: LLCConfig, n: int) -> Path:
     nbeta = llc_cfg.resolve_nbeta(n)
     rows, main = query.llc_rows([Want(run.path, shash, "any"), Want(run.path, shash, nbeta)])
     metrics = read_parquet(run.metrics).to_pylist() if run.metrics.exists() else []
-    import yaml
-
-    config = yaml.safe_load(run.config.read_text())
+    config = safe_load(run.config.read_text())
     spec = json.loads((run.path / SPEC_FILE).read_text())
     sampler = figs.sampler_settings(llc_cfg, n)
     model = config.get("model", {})

@@ -29,14 +29,15 @@ from grokbasin.llc.calibrate import (
 )
 from grokbasin.llc.external import inputs as inp
 from grokbasin.llc.external.core import (
-    SPEC_FILE,
     TrajectoryResult,
     _group_id,
+    check_fits_external,
     estimate_into,
     module_target,
     prepare,
     sampler_config,
 )
+from grokbasin.llc.external.inputs import SPEC_FILE
 from grokbasin.llc.trajectory import sample_with_progress
 from grokbasin.store.rundir import RunDir, read_parquet, write_parquet
 
@@ -129,6 +130,7 @@ def calibrate_inputs(
     nb_list = list(dict.fromkeys(nb_list))
     cells = grid_layout(eps_list, gam_list)
     G, B, C = len(cells), len(nb_list), llc_cfg.chains
+    check_fits_external(x, llc_cfg, G * B * C, str(x.X.device))
     dev = x.X.device
     p = {k: v[None].to(dev).repeat_interleave(G * B * C, 0) for k, v in x.params[i].items()}
     target = module_target(x.model, x.loss_fn, x.X, x.Y, min(llc_cfg.batch_size, x.n), p)
@@ -158,10 +160,10 @@ def calibrate_run(
     nbs = sorted({r["nbeta"] for r in cal.rows})
     tag = short_hash([llc_cfg.sampler_hash(), list(step_sizes), list(gammas), nbs], 8)
     base = RunDir(run_dir).path / "calibration" / f"calibration_e{step}_r0_{tag}"
-    cal.table = base.with_suffix(".parquet")
-    write_parquet(cal.table, [{**r, "flags": ",".join(r["flags"])} for r in cal.rows])
-    cal.figure = base.with_suffix(".png")
-    heatmap(cal, cal.figure)
+    cal.table, cal.figure = base.with_suffix(".parquet"), base.with_suffix(".png")
+    with RunDir(run_dir).lock():  # a writer of run files like any other
+        write_parquet(cal.table, [{**r, "flags": ",".join(r["flags"])} for r in cal.rows])
+        heatmap(cal, cal.figure)
     return cal
 
 
@@ -187,12 +189,11 @@ def calibrate(
 
 def report_run(run_dir: str | Path) -> Path:
     """Re-render figures/trajectory.png and report.html from the stored files (no sampling)."""
-    import yaml
-
+    from grokbasin.config import safe_load
     from grokbasin.llc.external.report import write_report
 
     run = RunDir(run_dir)
     if not run.llc.exists():
         raise ConfigError(f"RUN_DIR: {run.path} has no LLC estimates yet")
-    n = int(yaml.safe_load(run.config.read_text())["task"]["n"])
+    n = int(safe_load(run.config.read_text())["task"]["n"])
     return write_report(run, stored_sampler(run_dir, {}), n)
