@@ -13,7 +13,7 @@ METHOD = (
     "Boundary: midpoint between the largest scaled size N/(p ln p) that failed (val acc < 0.95) "
     "below every success and the next success. Each run is read at its solution checkpoint "
     "(lowest-loss checkpoint with train acc ≥ 0.99 and val acc ≥ 0.95; else the last); with early "
-    "stop, 'no generalisation' means not within the epoch budget. Training only (no LLC)."
+    "stop, 'no generalisation' means not within the training budget (epochs or steps). Training only (no LLC)."
 )
 
 REGIME_COLORS = {
@@ -102,7 +102,8 @@ def compute(grid: Grid, ctx: Context) -> Output:
             }
         )
     summary = [{"boundary_scaled_size": boundary(rows), "paper_reading": "2.5-3"}]
-    facts = {"ps": grid["ps"], "width": cfgs[0].model.width, "epochs": cfgs[0].train.epochs}
+    train = cfgs[0].train
+    facts = {"ps": grid["ps"], "width": cfgs[0].model.width, "budget": f"{train.epochs} {'steps' if train.unit == 'step' else 'passes'}"}
     return Output({"critical-data-size": rows}, summary, facts)
 
 
@@ -135,7 +136,7 @@ def plot(out: Output) -> dict[str, Any]:
         ax.scatter([], [], c=col, s=30, label=name)
     ax.set_xlabel("N / (p ln p)")
     ax.set_ylabel("validation accuracy at the solution checkpoint")
-    ax.set_title(f"critical data size (K={f['width']}, ≤{f['epochs']} epochs)", fontsize=9)
+    ax.set_title(f"critical data size (K={f['width']}, ≤{f['budget']})", fontsize=9)
     ax.legend(fontsize=7)
     return {"critical-data-size": fig}
 
