@@ -13,7 +13,8 @@ METHOD = (
     "Boundary: midpoint between the largest scaled size N/(p ln p) that failed (val acc < 0.95) "
     "below every success and the next success. Each run is read at its solution checkpoint "
     "(lowest-loss checkpoint with train acc ≥ 0.99 and val acc ≥ 0.95; else the last); with early "
-    "stop, 'no generalisation' means not within the training budget (epochs or steps). Training only (no LLC)."
+    "stop, 'no generalisation' means not within the training budget (epochs or steps). "
+    "Training only (no LLC)."
 )
 
 REGIME_COLORS = {
@@ -103,7 +104,8 @@ def compute(grid: Grid, ctx: Context) -> Output:
         )
     summary = [{"boundary_scaled_size": boundary(rows), "paper_reading": "2.5-3"}]
     train = cfgs[0].train
-    facts = {"ps": grid["ps"], "width": cfgs[0].model.width, "budget": f"{train.epochs} {'steps' if train.unit == 'step' else 'passes'}"}
+    budget = f"{train.epochs} {'steps' if train.unit == 'step' else 'passes'}"
+    facts = {"ps": grid["ps"], "width": cfgs[0].model.width, "budget": budget}
     return Output({"critical-data-size": rows}, summary, facts)
 
 
