@@ -198,15 +198,26 @@ def write_parquet(path: Path, rows: list[dict[str, Any]] | pa.Table) -> None:
     atomic_write(path, parquet_bytes(table))
 
 
+def _arrow_owned(data: bytes) -> pa.Buffer:
+    """``data`` copied into memory Arrow owns. Arrow's reader threads may drop the last reference
+    to the buffer they read; freeing a buffer that wraps a Python object needs the GIL, and a
+    thread that asks for it while the interpreter exits aborts the process ("terminate called
+    without an active exception", seen when a process that waited on a run's lock exits)."""
+    buf = pa.allocate_buffer(len(data))
+    memoryview(buf).cast("B")[:] = data
+    return buf
+
+
 def read_parquet(path: Path) -> pa.Table:
     """A Parquet file whose recorded checksum matches (one without: see :func:`unverified_ok`)."""
     data = _read_bytes(path)
     try:
         body = _parquet_body(data)
-        schema = pq.read_schema(pa.BufferReader(data))
+        owned = _arrow_owned(data)
+        schema = pq.read_schema(pa.BufferReader(owned))
         want = (schema.metadata or {}).get(_SUM_KEY.encode())
         _check_sum(path, want, lambda: hashlib.sha256(body).hexdigest())
-        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+        table = pq.read_table(pa.BufferReader(owned), page_checksum_verification=True)
     except (OSError, pa.ArrowException, ValueError) as e:
         raise _corrupt(path, f"unreadable Parquet file ({str(e).splitlines()[0][:120]})") from None
     meta = {k: v for k, v in (table.schema.metadata or {}).items() if k != _SUM_KEY.encode()}
