@@ -257,7 +257,7 @@ def test_state_ownership_is_explicit() -> None:
     g = {k: torch.randn_like(v) for k, v in w.items()}
     h = samplers.make_hyper(R, 1e-2, 10.0, 1.0)
     setup = samplers.Setup({k: v.clone() for k, v in w.items()}, h, rng.key([1, 2]), ("a", "b"))
-    methods = [k for m in samplers.METHODS for k in samplers.SAMPLERS[m]]
+    methods = [k for m in samplers.METHODS for k in samplers.kernels_of(m)]
     assert {k.name for k in methods if k.in_place} == {"sgld/fused-cpu", "sgld/fused-torch"}
     assert (
         samplers.mala.wrap(sgld.FUSED_TORCH).in_place

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from grokbasin.errors import ConfigError
+from grokbasin.sampler_registry import METHODS, SAMPLERS
 
 Opt = typer.Option
 OutOpt = Annotated[Path, Opt("--out", help="root folder of run directories")]
@@ -52,6 +53,17 @@ LLC_FLAGS: dict[str, tuple[str, Any]] = {
     "llc_batch_size": ("llc.batch_size", opt(int, "SGLD minibatch size")),
     "llc_seed": ("llc.seed", opt(int, "sampler seed")),
     "checkpoints": ("llc.checkpoints", opt(str, "checkpoints to estimate: all, last or E1,E2")),
+    "sampler": ("llc.method", opt(str, " | ".join(METHODS))),
+    "sampler_option": (
+        "llc.options",
+        opt(
+            list[str],
+            "the sampler's own setting NAME=VALUE, "
+            "repeatable ("
+            + "; ".join(f"{m}: {', '.join(s.options)}" for m, s in SAMPLERS.items() if s.options)
+            + "); --sampler alone resets them",
+        ),
+    ),
 }
 DEVICE_FLAG = {"device": ("device", opt(str, "cpu | cuda | cuda:N | mps | auto"))}
 
@@ -77,6 +89,10 @@ def overrides(flags: dict[str, Any], *groups: dict[str, tuple[str, Any]]) -> dic
     """Given flags -> dotted config keys (None means 'not given'); n*beta words or numbers."""
     out = {key: flags[name] for g in groups for name, (key, _) in g.items()}
     out = {k: v for k, v in out.items() if v is not None}
+    if "llc.options" in out:
+        out["llc.options"] = _options(out["llc.options"])
+    elif "llc.method" in out:  # another sampler: the stored run's options are not its options
+        out["llc.options"] = {}
     nb = out.get("llc.nbeta")
     if nb is not None and nb not in ("auto", "n_over_log_n"):
         try:
@@ -84,6 +100,22 @@ def overrides(flags: dict[str, Any], *groups: dict[str, tuple[str, Any]]) -> dic
         except ValueError:
             raise ConfigError(
                 f"llc.nbeta: got {nb!r}; use a number, auto or n_over_log_n"
+            ) from None
+    return out
+
+
+def _options(items: list[str]) -> dict[str, float]:
+    """``NAME=VALUE`` flags as a dict of numbers (the config checks the names and ranges)."""
+    out = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        try:
+            if not (eq and name.strip()):
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"llc.options: got {item!r}; use --sampler-option NAME=VALUE with a number"
             ) from None
     return out
 

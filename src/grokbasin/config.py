@@ -23,10 +23,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from grokbasin import sampler_registry
 from grokbasin.errors import ConfigError
 
 
@@ -227,9 +229,30 @@ class LLCConfig(_Strict):
         "full", description="L_n(w*): full training loss, or devinterp's first-batch loss"
     )
     checkpoints: str = Field("all", description="'all', 'last' or comma-separated epochs")
-    method: Literal["sgld", "rmsprop_sgld", "sgnht"] = Field(
-        "sgld", description="sampler: SGLD (devinterp), RMSprop-preconditioned SGLD, or SGNHT"
+    method: str = Field("sgld", description=f"sampler: {' | '.join(sampler_registry.METHODS)}")
+    options: dict[str, Float] = Field(
+        default_factory=dict,
+        description="the sampler's own hyperparameters (sgnht: diffusion; rmsprop_sgld: "
+        "rms_alpha, rms_eps); unset ones take their defaults",
     )
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        sampler_registry.spec(v)
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        method = info.data.get("method")
+        if method is not None:  # else the method's own error is the one to report
+            sampler_registry.resolve(method, v)
+        return v
+
+    def sampler_options(self) -> dict[str, float]:
+        """Every option of the sampler, the given ones over the defaults."""
+        return sampler_registry.resolve(self.method, self.options)
 
     @field_validator("checkpoints", mode="before")
     @classmethod
@@ -303,12 +326,17 @@ class LLCConfig(_Strict):
         return float(self.nbeta)
 
     def sampler_hash(self) -> str:
-        """Short hash of every setting that changes an estimate (not which checkpoints).
+        """Short hash of every setting that changes an estimate (not which checkpoints), the
+        sampler's options included where they differ from their defaults.
 
         The noise-stream tag keeps estimates drawn with an older random stream from mixing with
         new ones under the same settings.
         """
-        return short_hash({**self.model_dump(exclude={"checkpoints"}), "noise": NOISE_STREAM})
+        data = self.model_dump(exclude={"checkpoints", "options"})
+        options = sampler_registry.non_default(self.method, self.options)
+        if options:  # absent when every option is at its default: older hashes stay valid
+            data["options"] = options
+        return short_hash({**data, "noise": NOISE_STREAM})
 
 
 class RunConfig(_Strict):

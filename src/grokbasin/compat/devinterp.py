@@ -17,8 +17,9 @@ when too large); minibatches are per-chain shuffles of it (the last short batch 
 than a cycle of the loader; the model is sampled in eval mode (``torch.func`` cannot vmap
 dropout or BatchNorm statistic updates; devinterp uses train mode); the noise stream is
 grokbasin's, so single chains differ from devinterp's while the distribution of λ̂ is the same.
-Unsupported arguments (callbacks, bounding boxes, other SGNHT/RMSprop constants) raise
-ValueError instead of being ignored.
+Sampler names and their own constants (SGNHT's ``diffusion_factor``, RMSprop's ``alpha`` and
+``eps``) map through ``grokbasin.sampler_registry``. Unsupported arguments (callbacks, bounding
+boxes) raise ValueError instead of being ignored.
 """
 
 from __future__ import annotations
@@ -37,11 +38,10 @@ from torch.utils.data import DataLoader
 from grokbasin.llc.estimate import estimate_llc
 from grokbasin.llc.external.core import module_target
 from grokbasin.llc.external.inputs import default_max_bytes
+from grokbasin.sampler_registry import SAMPLERS
 
 EvaluateFn = Callable[[torch.nn.Module, Any], Any]
-_METHODS = {"sgld": "sgld", "rmsprop_sgld": "rmsprop_sgld", "sgnht": "sgnht"}
 _DEFAULTS = {"lr": 0.01, "noise_level": 1.0, "weight_decay": 0.0, "localization": 0.0}
-_FIXED = {"diffusion_factor": 0.01, "alpha": 0.99, "eps": 0.1}  # what estimate_llc implements
 
 
 def _loss_of(results: Any) -> torch.Tensor:
@@ -108,16 +108,34 @@ def _materialise(loader: DataLoader, device: torch.device) -> tuple[list, Any, i
 
 
 def _method(sampling_method: Any) -> str:
+    """Our sampler for devinterp's ``sampling_method`` (a class, a function or a name), read off
+    the registry's names."""
     name = sampling_method if isinstance(sampling_method, str) else getattr(
         sampling_method, "__name__", ""
     )  # fmt: skip
-    name = {"SGLD": "sgld", "SGNHT": "sgnht"}.get(name, name)
-    if name not in _METHODS:
-        raise ValueError(
-            f"sampling_method {sampling_method!r}: supported are SGLD, SGNHT and "
-            "SGMCMC.sgld / rmsprop_sgld / sgnht (or their names)"
-        )
-    return _METHODS[name]
+    for method, entry in SAMPLERS.items():
+        if name == method or name in entry.devinterp_names:
+            return method
+    known = [n for m, e in SAMPLERS.items() for n in (*e.devinterp_names, m)]
+    raise ValueError(f"sampling_method {sampling_method!r}: supported are {', '.join(known)}")
+
+
+def _sampler_options(method: str, kw: dict[str, Any]) -> dict[str, float]:
+    """Pop devinterp's sampler-specific kwargs from ``kw`` as our options for ``method``. Another
+    sampler's kwarg is accepted only at its default (devinterp's SGMCMC takes them all)."""
+    options = {}
+    for other, entry in SAMPLERS.items():
+        for theirs, ours in entry.devinterp_options.items():
+            if theirs not in kw:
+                continue
+            value = float(kw.pop(theirs))
+            if other == method:
+                options[ours] = value
+            elif value != entry.options[ours].default:
+                raise ValueError(
+                    f"optimizer_kwargs[{theirs!r}] is a setting of {other}, not of {method}"
+                )
+    return options
 
 
 def _init_loss(
@@ -170,9 +188,8 @@ def estimate_learning_coeff_with_summary(
         if "nbeta" in kw:
             raise ValueError("Found temperature and nbeta in optimizer_kwargs; use nbeta only")
         kw["nbeta"] = kw.pop("temperature")
-    for k, v in _FIXED.items():
-        if k in kw and float(kw.pop(k)) != v:
-            raise ValueError(f"optimizer_kwargs[{k!r}]: only devinterp's default {v} is supported")
+    method = _method(sampling_method)
+    options = _sampler_options(method, kw)
     if kw.pop("bounding_box_size", None) is not None:
         raise ValueError("optimizer_kwargs['bounding_box_size'] is not supported")
     kw.pop("metrics", None)
@@ -185,7 +202,6 @@ def estimate_learning_coeff_with_summary(
     evaluate = evaluate or _default_evaluate
     batch = (loader.batch_size or len(next(iter(loader))[0])) * grad_accum_steps
     nbeta = float(hp["nbeta"]) if "nbeta" in hp else (batch / math.log(batch) if batch > 1 else 1.0)
-    method = _method(sampling_method)
     model.to(device)
     if init_loss is None or init_loss == 0:  # devinterp: `if not init_loss`
         init_loss = _init_loss(model, loader, evaluate, num_chains * grad_accum_steps, device)
@@ -226,6 +242,7 @@ def estimate_learning_coeff_with_summary(
             thin=num_steps_bw_draws,
             seed=int(seed),
             method=method,
+            options=options,
             diagnose=False,
         )
     trace = est.result.traces.astype(np.float32)  # [C, D]

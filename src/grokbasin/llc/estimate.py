@@ -16,16 +16,31 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
-from grokbasin import interrupt, rng
+from grokbasin import interrupt, rng, sampler_registry
 from grokbasin.llc import chain, samplers, shards
 from grokbasin.llc.samplers import SamplerHyper
 from grokbasin.llc.targets import Target
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How :func:`sample` runs every chain: its length, the sampler, the baseline and what it
+    records (the per-replica numbers are in ``SamplerHyper``)."""
+
+    burnin: int
+    draws: int
+    thin: int = 1
+    method: str = "sgld"
+    baseline: str = "full"
+    record_norms: bool = False
+    mala: bool = False
+    fused: bool = True
 
 
 @dataclass
@@ -110,7 +125,7 @@ def sample(
         raise ValueError(f"baseline must be 'full' or 'devinterp', got {baseline!r}")
     samplers.check(method, mala)
     check_shapes(target, keys)
-    args = (burnin, draws, thin, method, baseline, record_norms, mala, fused)
+    settings = SampleSettings(burnin, draws, thin, method, baseline, record_norms, mala, fused)
 
     cancel = threading.Event()
 
@@ -120,7 +135,7 @@ def sample(
             if on_step is not None:
                 on_step(k * share)
 
-        return _sample(*part, *args, tick)
+        return _sample(*part, settings, tick)
 
     dev = next(iter(target.params0.values())).device
     parts = shards.map_ranges(run, (target, hyper, keys), target.replicas, dev, cpu_workers, cancel)
@@ -153,25 +168,19 @@ def _sample(
     target: Target,
     hyper: SamplerHyper,
     keys: torch.Tensor,
-    burnin: int,
-    draws: int,
-    thin: int,
-    method: str,
-    baseline: str,
-    record_norms: bool,
-    mala: bool,
-    fused: bool,
+    run: SampleSettings,
     on_step: Callable[[float], None] | None,
 ) -> SampleResult:
     """:func:`sample` for one shard of replicas, in the calling thread."""
     center = {k: v.detach() for k, v in target.params0.items()}
     params = {k: v.clone() for k, v in center.items()}
-    setup = samplers.Setup(center, hyper, keys, tuple(target.names), target.masks, record_norms)
-    kernel = samplers.select(method, params, setup, fast=fused, use_mala=mala)
+    setup = samplers.Setup(center, hyper, keys, tuple(target.names), target.masks, run.record_norms)
+    kernel = samplers.select(run.method, params, setup, fast=run.fused, use_mala=run.mala)
     with torch.no_grad():
         full0 = target.full_loss(center).float()
-    rec = chain.run(target, kernel, kernel.init(params, setup), keys, burnin, draws, thin, on_step)
-    init = full0 if baseline == "full" else rec.first
+    state = kernel.init(params, setup)
+    rec = chain.run(target, kernel, state, keys, run.burnin, run.draws, run.thin, on_step)
+    init = full0 if run.baseline == "full" else rec.first
     return SampleResult(
         n=target.n,
         nbeta=hyper.nbeta.double().cpu().numpy(),
@@ -181,9 +190,9 @@ def _sample(
         first_batch_loss=rec.first.double().cpu().numpy(),
         diverged=(~rec.alive).cpu().numpy(),
         norms={k: torch.stack(v, 1).cpu().numpy() for k, v in rec.norms.items()}
-        if record_norms
+        if run.record_norms
         else None,
-        mala_accept=(rec.accept / max(rec.steps - 1, 1)).cpu().numpy() if mala else None,
+        mala_accept=(rec.accept / max(rec.steps - 1, 1)).cpu().numpy() if run.mala else None,
     )
 
 
@@ -278,6 +287,7 @@ def estimate_llc(
     thin: int = 1,
     seed: int = 0,
     method: str = "sgld",
+    options: Mapping[str, float] | None = None,
     baseline: str = "full",
     record_norms: bool = False,
     mala: bool = False,
@@ -290,7 +300,9 @@ def estimate_llc(
     """λ̂ for a target laid out as groups × temperatures × chains, in one batched sampler run.
 
     ``nbetas`` default: [B/ln B] with B the target's batch size (devinterp). step_size and gamma
-    may be per-replica sequences (an ε×γ grid laid out by the caller). Diagnostics from
+    may be per-replica sequences (an ε×γ grid laid out by the caller). ``options`` are the
+    sampler's own hyperparameters (``grokbasin.sampler_registry``; unset ones take their
+    defaults). Diagnostics from
     ``grokbasin.llc.diagnostics.diagnose`` are attached per (group, temperature). On a CPU the
     replicas run in ``cpu_workers`` parallel shards (default: torch's thread count; see
     :func:`sample`).
@@ -308,23 +320,30 @@ def estimate_llc(
     dev = next(iter(target.params0.values())).device
     per_rep_nb = torch.tensor(np.tile(np.repeat(nb, chains), groups), dtype=torch.float32)
     hyper = samplers.make_hyper(
-        R, _vec(step_size), per_rep_nb, _vec(gamma), weight_decay, noise_level, device=dev
+        R,
+        _vec(step_size),
+        per_rep_nb,
+        _vec(gamma),
+        weight_decay,
+        noise_level,
+        **sampler_registry.resolve(method, options),
+        device=dev,
     )
     keys = chain_keys(seed, group_ids or [[g] for g in range(groups)], B, chains, dev)
     res = sample(
         target,
         hyper,
         keys,
-        burnin,
-        draws,
-        thin,
-        method,
-        baseline,
-        record_norms,
-        mala,
-        on_step,
-        fused,
-        cpu_workers,
+        burnin=burnin,
+        draws=draws,
+        thin=thin,
+        method=method,
+        baseline=baseline,
+        record_norms=record_norms,
+        mala=mala,
+        on_step=on_step,
+        fused=fused,
+        cpu_workers=cpu_workers,
     )
     est = Estimate(res, groups, nb, chains)
     if diagnose:

@@ -298,6 +298,7 @@ def sample_with_progress(
             thin=llc_cfg.thin,
             seed=llc_cfg.seed,
             method=llc_cfg.method,
+            options=llc_cfg.options,
             baseline=llc_cfg.baseline,
             group_ids=group_ids,
             on_step=lambda k: bar.update(task, advance=k),

@@ -10,12 +10,15 @@ fused CPU kernel, its in-place torch path, or the reference). MALA is a wrapper
 (``llc.shards``) know nothing about which kernel runs.
 
 Adding a sampler: write ``samplers/<name>.py`` with ``init``, ``step`` and
-``KERNELS = (Kernel("<name>", init, step),)``, then add one line to ``SAMPLERS`` below.
+``KERNELS = (Kernel("<name>", init, step),)``, then add its entry (summary, own options) to
+``grokbasin.sampler_registry.SAMPLERS``; the config, the CLI and the devinterp drop-in read it.
 """
 
 from __future__ import annotations
 
-from grokbasin.llc.samplers import mala, rmsprop_sgld, sgld, sgnht
+from importlib import import_module
+
+from grokbasin.llc.samplers import mala
 from grokbasin.llc.samplers.base import (
     NORM_NAMES,
     Info,
@@ -29,20 +32,20 @@ from grokbasin.llc.samplers.base import (
     noise,
     snapshot,
 )
+from grokbasin.sampler_registry import METHODS, spec
 
-SAMPLERS: dict[str, tuple[Kernel, ...]] = {
-    "sgld": sgld.KERNELS,
-    "rmsprop_sgld": rmsprop_sgld.KERNELS,
-    "sgnht": sgnht.KERNELS,
-}
-METHODS = tuple(SAMPLERS)
 MALA_METHODS = ("sgld",)  # the MALA proposal model is SGLD's move
+
+
+def kernels_of(method: str) -> tuple[Kernel, ...]:
+    """The implementations of a registered sampler (its module's ``KERNELS``), fastest first."""
+    spec(method)
+    return import_module(f"grokbasin.llc.samplers.{method}").KERNELS
 
 
 def check(method: str, use_mala: bool = False) -> None:
     """ValueError in one line for an unknown sampler or MALA on a sampler it does not model."""
-    if method not in SAMPLERS:
-        raise ValueError(f"unknown sampler {method!r}; choose one of {', '.join(METHODS)}")
+    spec(method)
     if use_mala and method not in MALA_METHODS:
         raise ValueError("MALA acceptance is defined for the plain SGLD sampler only")
 
@@ -53,7 +56,7 @@ def select(
     """The kernel that runs ``method`` on these parameters: the first implementation that
     applies, or the reference with ``fast=False`` or MALA; wrapped for MALA when asked."""
     check(method, use_mala)
-    impls = SAMPLERS[method]
+    impls = kernels_of(method)
     if fast and not use_mala:
         kernel = next(k for k in impls if k.applies(params, setup))
     else:
@@ -65,13 +68,13 @@ __all__ = [
     "MALA_METHODS",
     "METHODS",
     "NORM_NAMES",
-    "SAMPLERS",
     "Info",
     "Kernel",
     "SamplerHyper",
     "Setup",
     "State",
     "check",
+    "kernels_of",
     "default_nbeta",
     "make_hyper",
     "noise",
