@@ -355,9 +355,10 @@ def test_plot_takes_plain_rows_and_boundary_known_answer():
     b = critical_data_size.boundary(rows)
     assert b == pytest.approx(2.75, abs=1e-12)  # (2.5 + 3.0) / 2
     out = Output({"critical-data-size": rows}, [{"boundary_scaled_size": b}])
-    out.facts = {"ps": [17], "width": 128, "epochs": 4000}
+    out.facts = {"ps": [17], "width": 128, "budget": "4000 passes"}
     (fig,) = critical_data_size.plot(out).values()
     assert "boundary ≈ 2.75" in fig.axes[0].get_legend_handles_labels()[1]
+    assert "≤4000 passes" in fig.axes[0].get_title()
     assert math.isnan(critical_data_size.boundary(rows[:2]))  # no success: no boundary
 
 

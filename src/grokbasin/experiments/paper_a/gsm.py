@@ -112,8 +112,10 @@ GSM_VS_WD: dict[str, Grid] = {
         _PAPER_LLC,
         "auto",
         "wd 1e-2 dropped (at small scale the largest wd never memorised, and one run that never "
-        "generalises keeps the whole replica batch training to the epoch cap); seeds 2 of 3; "
-        "epochs capped at 10k. Estimated here: 8 runs × 20-40 checkpoints × 3.7 s ≈ 10-20 min.",
+        "generalises keeps the whole replica batch training to the 100k-step cap); seeds 2 of "
+        "3; LLC at every checkpoint up to step 2000, then every 1000 steps and the last. "
+        "Training in the authors' step units to their early stop.",
+        llc_thin={"dense_until": 2000, "every": 1000},
     ),
 }
 
