@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from grokbasin.errors import ConfigError
-from grokbasin.sampler_registry import METHODS, SAMPLERS
+from grokbasin.sampler_registry import METHODS, options_help
 
 Opt = typer.Option
 OutOpt = Annotated[Path, Opt("--out", help="root folder of run directories")]
@@ -58,10 +58,8 @@ LLC_FLAGS: dict[str, tuple[str, Any]] = {
         "llc.options",
         opt(
             list[str],
-            "the sampler's own setting NAME=VALUE, "
-            "repeatable ("
-            + "; ".join(f"{m}: {', '.join(s.options)}" for m, s in SAMPLERS.items() if s.options)
-            + "); --sampler alone resets them",
+            f"the sampler's own setting NAME=VALUE, repeatable ({options_help()}); "
+            "--sampler alone resets them",
         ),
     ),
 }

@@ -232,8 +232,8 @@ class LLCConfig(_Strict):
     method: str = Field("sgld", description=f"sampler: {' | '.join(sampler_registry.METHODS)}")
     options: dict[str, Float] = Field(
         default_factory=dict,
-        description="the sampler's own hyperparameters (sgnht: diffusion; rmsprop_sgld: "
-        "rms_alpha, rms_eps); unset ones take their defaults",
+        description=f"the sampler's own hyperparameters ({sampler_registry.options_help()}); "
+        "unset ones take their defaults",
     )
 
     @field_validator("method")

@@ -63,6 +63,11 @@ SAMPLERS: dict[str, SamplerSpec] = {
 METHODS = tuple(SAMPLERS)
 
 
+def options_help() -> str:
+    """Each sampler's own options, for help texts: ``rmsprop_sgld: rms_alpha, rms_eps; ...``."""
+    return "; ".join(f"{m}: {', '.join(s.options)}" for m, s in SAMPLERS.items() if s.options)
+
+
 def spec(method: str) -> SamplerSpec:
     """The registry entry of ``method``; ValueError in one line naming the choices."""
     if method not in SAMPLERS:
