@@ -17,12 +17,15 @@ from typing import Any, Protocol
 import torch
 
 from grokbasin import rng
+from grokbasin.sampler_registry import SAMPLERS
 from grokbasin.types import Params
 
 Info = dict[str, Any]  # per-step output of a kernel: "norms" -> {name: [R]}, "mala_accept" -> [R]
 NORM_NAMES = ("grad", "localization", "weight_decay", "noise", "distance")
 NOISE_TAG = 0x5617D
 HYPER_FIELDS = ("step_size", "nbeta", "gamma", "weight_decay", "noise_level", "diffusion")
+# every sampler's own options at their registered defaults (one source: sampler_registry)
+OPTION_DEFAULTS = {k: o.default for s in SAMPLERS.values() for k, o in s.options.items()}
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,8 @@ class SamplerHyper:
     weight_decay: torch.Tensor
     noise_level: torch.Tensor
     diffusion: torch.Tensor  # SGNHT diffusion factor A
-    rms_alpha: float = 0.99
-    rms_eps: float = 0.1
+    rms_alpha: float = OPTION_DEFAULTS["rms_alpha"]
+    rms_eps: float = OPTION_DEFAULTS["rms_eps"]
 
     @property
     def replicas(self) -> int:
@@ -55,9 +58,9 @@ def make_hyper(
     gamma: float | torch.Tensor = 0.0,
     weight_decay: float | torch.Tensor = 0.0,
     noise_level: float | torch.Tensor = 1.0,
-    diffusion: float | torch.Tensor = 0.01,
-    rms_alpha: float = 0.99,
-    rms_eps: float = 0.1,
+    diffusion: float | torch.Tensor = OPTION_DEFAULTS["diffusion"],
+    rms_alpha: float = OPTION_DEFAULTS["rms_alpha"],
+    rms_eps: float = OPTION_DEFAULTS["rms_eps"],
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> SamplerHyper:
