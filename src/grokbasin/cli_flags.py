@@ -62,6 +62,11 @@ LLC_FLAGS: dict[str, tuple[str, Any]] = {
             "--sampler alone resets them",
         ),
     ),
+    "record_norms": (
+        "llc.record_norms",
+        opt(bool, "store gradient, noise and distance norm traces for the report's dashboard"),
+    ),
+    "mala": ("llc.mala", opt(bool, "record MALA acceptance (sgld only)")),
 }
 DEVICE_FLAG = {"device": ("device", opt(str, "cpu | cuda | cuda:N | mps | auto"))}
 

@@ -28,6 +28,7 @@ import torch
 from grokbasin.config import LLCConfig, RunConfig
 from grokbasin.device import check_fits
 from grokbasin.errors import ConfigError, CorruptFileError
+from grokbasin.llc import health_traces
 from grokbasin.llc.diagnostics import GROUP_FLAGS
 from grokbasin.llc.estimate import Estimate, estimate_llc
 from grokbasin.llc.targets import from_modular, modular_train_rows
@@ -300,6 +301,8 @@ def sample_with_progress(
             method=llc_cfg.method,
             options=llc_cfg.options,
             baseline=llc_cfg.baseline,
+            record_norms=llc_cfg.record_norms,
+            mala=llc_cfg.mala,
             group_ids=group_ids,
             on_step=lambda k: bar.update(task, advance=k),
         )
@@ -366,14 +369,21 @@ def _write(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str) -> None:
     """Merge new rows into each run's llc.parquet and traces file, atomically."""
     new = _rows_for(est, where, llc_cfg, shash)
     traces = est._gbc(est.result.traces)  # [G, B, C, D]
+    health, steps = health_traces.per_group(
+        est.result.norms, est.result.mala_accept, traces.shape[:3]
+    )
     for path, rows in new.items():
         run = RunDir(path)
         llc_results.merge_write(run, rows)
         tpath = run.path / "llc_traces" / f"{shash}.safetensors"
         tensors = run.load_tensors(tpath)[0] if tpath.exists() else {}
-        for e in sorted({r["epoch"] for r in rows}):
-            gs = [g for g, (rr, ee, _) in enumerate(where) if rr.run.path == path and ee == e]
+        by_epoch = {
+            e: [g for g, (rr, ee, _) in enumerate(where) if rr.run.path == path and ee == e]
+            for e in sorted({r["epoch"] for r in rows})
+        }
+        for e, gs in by_epoch.items():
             tensors[f"epoch_{e}"] = torch.from_numpy(np.ascontiguousarray(traces[gs])).float()
+        health_traces.write_health(run, shash, health, steps, llc_cfg.burnin, by_epoch)
         run.save_tensors(
             tpath,
             tensors,

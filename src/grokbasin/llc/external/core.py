@@ -389,7 +389,8 @@ def _write_chunk(
     """Merge the rows (through the one writer, ``llc_results.merge_write``), traces and losses
     of checkpoints ``idx`` into the run's files."""
     llc_results.merge_write(run, estimate_rows(est, x, idx, llc_cfg))
-    _write_traces(run, est, [x.steps[i] for i in idx], nbetas, llc_cfg.sampler_hash())
+    steps = [x.steps[i] for i in idx]
+    _write_traces(run, est, steps, nbetas, llc_cfg.sampler_hash(), llc_cfg.burnin)
     _merge_metrics(run, checkpoint_losses(x, idx, est))
 
 
@@ -436,7 +437,7 @@ def _finish(run: RunDir, x: inp.Inputs, device: str) -> None:
 
 
 def _write_traces(
-    run: RunDir, est: Estimate, steps: list[int], nbetas: list[float], shash: str
+    run: RunDir, est: Estimate, steps: list[int], nbetas: list[float], shash: str, burnin: int
 ) -> None:
     traces = est._gbc(est.result.traces)  # [G, B, C, D]
     tpath = run.path / "llc_traces" / f"{shash}.safetensors"
