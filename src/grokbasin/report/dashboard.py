@@ -204,9 +204,7 @@ def dashboard_section(
         else None,
         thresholds,
     )
-    figures = [
-        Image(f"Health of all {len(items)} checkpoints at nβ = {nbeta:.4g}", figure_png(strip, 100))
-    ]
+    figures = [Image(f"Health of all {len(items)} checkpoints", figure_png(strip, 100))]
     for i in select_detail(items, limit):
         it = items[i]
         if it.llc is None:
@@ -214,11 +212,13 @@ def dashboard_section(
         ranks = rank_histograms(it.llc[None])[0]
         title = _title(it)
         fig = checkpoint_figure(title, it.llc, ranks, it.norms, steps, burnin)
-        figures.append(Image(f"Checkpoint {it.label}: {title}", figure_png(fig, 90)))
+        what = "traces, rank plot and norms" if it.norms else "traces and rank plot"
+        figures.append(Image(f"Checkpoint {it.label}: {what}", figure_png(fig, 90)))
     paragraphs = [
-        "Every checkpoint's R-hat, bulk ESS and second-half trend (heat strip, table), and in "
-        "detail the checkpoints with the most serious flags: chain traces on the λ̂ scale, a rank "
-        "plot (all draws ranked together, one histogram per chain; flat when chains mix)"
+        f"At nβ = {nbeta:.4g}: every checkpoint's R-hat, bulk ESS and second-half trend (heat "
+        "strip, table), and in detail the checkpoints with the most serious flags: chain traces "
+        "on the λ̂ scale, a rank plot (all draws ranked together, one histogram per "
+        "chain; flat when chains mix)"
         + (", and the norms of the sampler's steps." if any(it.norms for it in items) else ".")
     ]
     if not any(it.norms for it in items) or not has_accept:

@@ -81,7 +81,9 @@ def health_strip(
             for i, v in enumerate(vals):
                 for j in range(n):
                     text = "—" if not math.isfinite(v[j]) else _cell(rows[i], float(v[j]))
-                    ax.text(j, i, text, ha="center", va="center", fontsize=6.5)
+                    dark = bool(abs(img[i, j]) > 1.8) if np.isfinite(img[i, j]) else False
+                    color = "white" if dark else "black"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=6.5, color=color)
         for j, f in enumerate(flags):
             if f:
                 ax.plot(j, -0.75, marker="v", color="#C00000", markersize=5, clip_on=False)
