@@ -26,7 +26,7 @@ from grokbasin.report.html import Image, Section, Table
 from grokbasin.store import query
 from grokbasin.store.rundir import RunDir
 
-DETAIL_LIMIT = 6
+DETAIL_LIMIT = 4
 """Most checkpoints drawn in detail (traces, rank plot, norms)."""
 
 
