@@ -30,6 +30,7 @@ import yaml
 from grokbasin import provenance
 from grokbasin.config import LLCConfig
 from grokbasin.errors import ConfigError
+from grokbasin.llc import health_traces
 from grokbasin.llc.estimate import Estimate
 from grokbasin.llc.external import inputs as inp
 from grokbasin.llc.external.inputs import SPEC_FILE
@@ -446,6 +447,11 @@ def _write_traces(
         tensors[f"epoch_{s}"] = torch.from_numpy(np.ascontiguousarray(traces[g : g + 1])).float()
     meta = {"nbetas": [float(v) for v in nbetas], "layout": "replica,nbeta,chain,draw"}
     run.save_tensors(tpath, tensors, meta)
+    health, kept = health_traces.per_group(
+        est.result.norms, est.result.mala_accept, traces.shape[:3]
+    )
+    by_step = {s: [g] for g, s in enumerate(steps)}
+    health_traces.write_health(run, shash, health, kept, burnin, by_step)
 
 
 def _merge_metrics(run: RunDir, rows: list[dict[str, Any]]) -> None:
