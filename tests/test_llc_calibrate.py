@@ -130,6 +130,11 @@ def test_kendall_tau_known_values() -> None:
     # one adjacent swap of 4 checkpoints: 5 concordant, 1 discordant of 6 pairs -> 4/6
     np.testing.assert_allclose(tau[:3], [1.0, -1.0, 2 / 3], atol=1e-12)
     assert math.isnan(tau[3])
+    # a swap within noise is a tie: 3 vs 2.9 with standard errors 0.2 (|Δ| < 2·√0.08)
+    x, se = np.array([[1.0, 3.0, 2.9]]), np.array([[0.01, 0.2, 0.2]])
+    np.testing.assert_allclose(kendall_tau(x, ref[:3]), [1 / 3], atol=1e-12)
+    np.testing.assert_allclose(kendall_tau(x, ref[:3], se), [2 / math.sqrt(6)], atol=1e-12)
+    assert math.isnan(kendall_tau(x, ref[:3], np.full((1, 3), 10.0))[0])  # all within noise
     # consensus is rank based: scales that differ by 1000x still agree
     np.testing.assert_allclose(consensus_order(np.array([[1, 2, 3], [1e3, 2e3, 3e3]])), [0, 1, 2])
 

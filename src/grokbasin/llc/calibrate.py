@@ -16,8 +16,10 @@ Optional axes and criteria (off by default; then rows, choice and file names are
   random numbers per checkpoint). Ordering check: the *consensus order* of the checkpoints is the
   Borda order (mean rank of each checkpoint's λ̂) over cells healthy at every checkpoint; a cell
   keeps the order when Kendall's τ_b of its per-checkpoint λ̂ with the consensus is ≥ ``order_min``
-  (default 0.5: at most a quarter of the checkpoint pairs swapped). Rank-based, so it does not
-  care that λ̂'s scale moves by orders of magnitude across the grid. Column ``order_tau``.
+  (default 0.5: at most a quarter of the checkpoint pairs swapped). Two checkpoints whose λ̂
+  differ by less than ``TIE_Z`` = 2 combined standard errors (over chains) count as tied, so a
+  swap within noise is no flip. Rank-based, so it does not care that λ̂'s scale moves by orders
+  of magnitude across the grid. Column ``order_tau``.
 - ``mala_target``: MALA acceptance (SGLD's discretisation error, devinterp 2.0's diagnostic) is
   recorded per cell (column ``mala_accept``, mean over chains and steps; the least over the
   cell's checkpoints is used) and a cell below the target is not recommended. Hitchcock &
@@ -52,6 +54,7 @@ from grokbasin.store.rundir import RunDir, holds_run_locks, write_parquet
 
 DISQUALIFYING = ("nonfinite", "explosion", "negative", "rhat", "nonstationary")
 ORDER_MIN = 0.5  # Kendall τ_b ≥ 0.5 ⟺ at most a quarter of the (untied) checkpoint pairs swapped
+TIE_Z = 2.0  # checkpoints whose λ̂ differ by less than 2 combined standard errors count as tied
 
 
 @dataclass
@@ -65,6 +68,8 @@ class Calibration:
     laplace_method: str | None = None
     notes: list[str] = field(default_factory=list)
     reasons: dict[float, str] = field(default_factory=dict)  # why each nβ's cell won (explain)
+    mala_target: float | None = None
+    order_min: float = ORDER_MIN
 
 
 def grid_layout(step_sizes: Sequence[float], gammas: Sequence[float]) -> list[tuple[float, float]]:
@@ -102,18 +107,30 @@ def check_fraction(name: str, value: float | None) -> float | None:
     return v
 
 
-def kendall_tau(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+def kendall_tau(x: np.ndarray, ref: np.ndarray, se: np.ndarray | None = None) -> np.ndarray:
     """Kendall's τ_b of each row of ``x`` [N, K] with ``ref`` [K], all pairs at once; NaN for a
-    row with a non-finite value or without an untied pair."""
+    row with a non-finite value or without an untied pair. With ``se`` [N, K] (standard errors),
+    a pair closer than ``TIE_Z``·√(se_i² + se_j²) is a tie: a swap within noise is no flip."""
     x = np.atleast_2d(np.asarray(x, dtype=float))
     ref = np.asarray(ref, dtype=float)
     i, j = np.triu_indices(ref.size, 1)
-    sx, sr = np.sign(x[:, j] - x[:, i]), np.sign(ref[j] - ref[i])
+    dx = x[:, j] - x[:, i]
+    sx, sr = np.sign(dx), np.sign(ref[j] - ref[i])
+    if se is not None:
+        se = np.nan_to_num(np.atleast_2d(np.asarray(se, dtype=float)))
+        sx = np.where(np.abs(dx) <= TIE_Z * np.hypot(se[:, i], se[:, j]), 0.0, sx)
     den = np.sqrt((sx != 0).sum(-1) * float((sr != 0).sum()))
     with np.errstate(invalid="ignore", divide="ignore"):
         tau = (sx * sr).sum(-1) / den
     tau[~np.isfinite(x).all(-1) | (den == 0)] = np.nan
     return tau
+
+
+def _se(r: dict[str, Any]) -> float:
+    """Standard error of a row's λ̂ over its finite chains (0 with fewer than two)."""
+    v = np.asarray(r.get("llc_chains", []), dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
 
 
 def consensus_order(llc: np.ndarray) -> np.ndarray:
@@ -140,14 +157,16 @@ def group_cells(rows: list[dict[str, Any]]) -> dict[CellKey, list[dict[str, Any]
 
 def order_check(rows: list[dict[str, Any]]) -> None:
     """Set ``order_tau`` on every row: τ_b of its cell's per-checkpoint λ̂ with the consensus
-    order of the cells (same nβ) healthy at every checkpoint; NaN when no cell is healthy."""
+    order of the cells (same nβ) healthy at every checkpoint, swaps within the cell's noise as
+    ties; NaN when no cell is healthy or all the cell's checkpoints are within noise."""
     cells = group_cells(rows)
     for nb in dict.fromkeys(k[3] for k in cells):
         mine = [c for k, c in cells.items() if k[3] == nb]
         llc = np.array([[r["llc_mean"] for r in c] for c in mine])
         ok = np.array([all(r["healthy"] for r in c) for c in mine]) & np.isfinite(llc).all(-1)
         if ok.any():
-            tau = kendall_tau(llc, consensus_order(llc[ok]))
+            se = np.array([[_se(r) for r in c] for c in mine])
+            tau = kendall_tau(llc, consensus_order(llc[ok]), se)
         else:
             tau = np.full(len(mine), np.nan)
         for c, t in zip(mine, tau, strict=True):
@@ -490,6 +509,8 @@ def calibrate(
         laplace_method=lap_method,
         notes=[why] if why else [],
         reasons=explain(table, mala_target, order_min),
+        mala_target=mala_target,
+        order_min=order_min,
     )
     if write:
         key: list[Any] = [llc_cfg.sampler_hash(), eps_list, gam_list, nb_list]
@@ -610,13 +631,15 @@ def _parquet_row(r: dict[str, Any]) -> dict[str, Any]:
 
 def heatmap(cal: Calibration, path: Path) -> None:
     """One panel per (sampler,) nβ: ε (rows) × γ (columns), colour log10 λ̂ (at the last
-    checkpoint), text λ̂ / λ_Lap, MALA acceptance, order τ and the failed criteria."""
+    checkpoint), text λ̂ / λ_Lap, MALA acceptance, order τ and what failed at any checkpoint
+    (disqualifying flags, 'target' for MALA, 'order')."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = {k: c[-1] for k, c in group_cells(cal.rows).items()}  # each cell at its last epoch
+    groups = group_cells(cal.rows)
+    cells = {k: c[-1] for k, c in groups.items()}  # each cell at its last epoch
     panels = list(dict.fromkeys((k[0], k[3]) for k in cells))
     eps = sorted({k[1] for k in cells})
     gams = sorted({k[2] for k in cells})
@@ -643,7 +666,8 @@ def heatmap(cal: Calibration, path: Path) -> None:
                 text += f"\nacc {r['mala_accept']:.2f}"
             if np.isfinite(r.get("order_tau", math.nan)):
                 text += f"\nτ {r['order_tau']:.2f}"
-            bad = [f for f in r["flags"] if f in DISQUALIFYING]
+            fails = failures(groups[(sampler, e, g, nb)], cal.mala_target, cal.order_min)
+            bad = [d if c == "unhealthy" else c.split()[-1] for c, d in fails]
             if bad:
                 text += "\n" + ",".join(bad)
             ax.text(
