@@ -240,6 +240,7 @@ def test_sampler_axis_checkpoints_and_mala_end_to_end(tiny_run: Path, run_cli) -
     acc = np.array([r["mala_accept"] for r in cal.rows])
     assert np.all((acc[:4] >= 0) & (acc[:4] <= 1)) and np.isnan(acc[4:]).all()
     assert all(r["order_tau"] in (-1.0, 1.0) or math.isnan(r["order_tau"]) for r in cal.rows)
+    assert any("rmsprop_sgld cells are not judged on the MALA target" in n for n in cal.notes)
     assert "sampler" in read_parquet(cal.table).column_names
     assert cal.table.name.startswith("calibration_e0-20_r0_") and cal.figure.exists()
     assert " won: passed " in cal.reasons[50.0] or "no cell passed" in cal.reasons[50.0]

@@ -476,7 +476,8 @@ def calibrate(
     for method in sampler_axis or [llc_cfg.method]:  # kernels differ: one batched call each
         s_cfg = llc_cfg if sampler_axis is None else _for_sampler(llc_cfg, method)
         mala = mala_target is not None and method in MALA_METHODS
-        label = f"calibration: {G} cells × {K} checkpoints × {B} nβ × {C} chains"
+        label = f"calibration: {G} cells × {B} nβ × {C} chains"
+        label = label.replace(" cells ×", f" cells × {K} checkpoints ×") if K > 1 else label
         est = sample_with_progress(
             target,
             s_cfg,
@@ -503,11 +504,18 @@ def calibrate(
         )
     if K > 1:
         order_check(table)
+    notes = [why] if why else []
+    no_mala = [m for m in sampler_axis or [llc_cfg.method] if m not in MALA_METHODS]
+    if mala_target is not None and no_mala:
+        notes.append(
+            f"MALA acceptance is defined for plain SGLD only: {', '.join(no_mala)} cells are "
+            "not judged on the MALA target"
+        )
     cal = Calibration(
         table,
         recommend(table, mala_target, order_min),
         laplace_method=lap_method,
-        notes=[why] if why else [],
+        notes=notes,
         reasons=explain(table, mala_target, order_min),
         mala_target=mala_target,
         order_min=order_min,
