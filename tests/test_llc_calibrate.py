@@ -209,6 +209,9 @@ def test_bad_sampler_and_target_are_one_line_errors(tmp_path: Path) -> None:
         ConfigError, match=r"unknown sampler 'nuts'; choose from sgld, rmsprop_sgld"
     ):
         check_samplers(["sgld", "nuts"])
+    with pytest.raises(ConfigError, match="give at least one of sgld, rmsprop_sgld, sgnht"):
+        check_samplers([])
+    assert check_samplers(["rmsprop_sgld", "sgld", "rmsprop_sgld"]) == ["rmsprop_sgld", "sgld"]
     for bad in (1.5, -0.1, math.nan):
         with pytest.raises(ConfigError, match=r"mala_target .* must be in \[0, 1\]"):
             check_fraction("mala_target (--mala-target)", bad)

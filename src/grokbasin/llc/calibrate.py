@@ -89,11 +89,11 @@ def check_samplers(names: Sequence[str]) -> list[str]:
     """The sampler axis, de-duplicated; ConfigError in one line naming the registry's choices."""
     out = list(dict.fromkeys(str(n).strip() for n in names))
     bad = [n for n in out if n not in sampler_registry.SAMPLERS]
-    if not out or bad:
-        got = repr(bad[0]) if bad else "nothing"
-        raise ConfigError(
-            f"samplers: unknown sampler {got}; choose from {', '.join(sampler_registry.METHODS)}"
-        )
+    choices = ", ".join(sampler_registry.METHODS)
+    if not out:
+        raise ConfigError(f"samplers: give at least one of {choices}")
+    if bad:
+        raise ConfigError(f"samplers: unknown sampler {bad[0]!r}; choose from {choices}")
     return out
 
 
