@@ -277,10 +277,12 @@ def sample_with_progress(
     progress: bool,
     step_size: Any = None,
     gamma: Any = None,
+    mala: bool = False,
 ) -> Estimate:
     """``estimate_llc`` with every setting from ``llc_cfg`` and a progress bar over the steps.
 
-    ``step_size``/``gamma`` override the config with per-replica sequences (calibration grids).
+    ``step_size``/``gamma`` override the config with per-replica sequences (calibration grids);
+    ``mala`` records MALA acceptance (calibration's acceptance target).
     """
     total = llc_cfg.burnin + llc_cfg.draws * llc_cfg.thin
     with make_progress(progress) as bar:
@@ -305,6 +307,7 @@ def sample_with_progress(
             mala=llc_cfg.mala,
             group_ids=group_ids,
             on_step=lambda k: bar.update(task, advance=k),
+            mala=mala,
         )
 
 
