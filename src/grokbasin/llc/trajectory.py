@@ -31,6 +31,7 @@ from grokbasin.errors import ConfigError, CorruptFileError
 from grokbasin.llc import health_traces
 from grokbasin.llc.diagnostics import GROUP_FLAGS
 from grokbasin.llc.estimate import Estimate, estimate_llc
+from grokbasin.llc.samplers import MALA_METHODS
 from grokbasin.llc.targets import from_modular, modular_train_rows
 from grokbasin.progress import make_progress
 from grokbasin.store import llc_results
@@ -282,7 +283,8 @@ def sample_with_progress(
     """``estimate_llc`` with every setting from ``llc_cfg`` and a progress bar over the steps.
 
     ``step_size``/``gamma`` override the config with per-replica sequences (calibration grids);
-    ``mala`` records MALA acceptance (calibration's acceptance target).
+    ``mala`` records MALA acceptance (calibration's acceptance target), as ``llc_cfg.mala`` does;
+    ``llc_cfg.record_norms`` records the step norms (both for the report's sampler dashboard).
     """
     total = llc_cfg.burnin + llc_cfg.draws * llc_cfg.thin
     with make_progress(progress) as bar:
@@ -304,10 +306,11 @@ def sample_with_progress(
             options=llc_cfg.options,
             baseline=llc_cfg.baseline,
             record_norms=llc_cfg.record_norms,
-            mala=llc_cfg.mala,
+            # llc.mala (the dashboard's) only where it applies: a calibration's sampler axis
+            # copies the config onto samplers that MALA does not model
+            mala=mala or (llc_cfg.mala and llc_cfg.method in MALA_METHODS),
             group_ids=group_ids,
             on_step=lambda k: bar.update(task, advance=k),
-            mala=mala,
         )
 
 
