@@ -155,3 +155,23 @@ def test_damaged_traces_file_is_reported_not_fatal(run: RunDir, tmp_path):
     sec = dashboard_section(copy.path, rows, plain.sampler_hash(), rows[0]["nbeta"])
     assert sec is not None and len(sec.warnings) == 1 and str(tfile) in sec.warnings[0]
     assert len(sec.figures) == 1  # the strip still renders from llc.parquet
+
+
+def test_cli_estimate_records_and_prints_grouped_advice(run: RunDir, run_cli, tmp_path):
+    import shutil
+
+    copy = RunDir(shutil.copytree(run.path, tmp_path / run.path.name))
+    flags = ["--chains", "2", "--draws", "20", "--burnin", "2", "--llc-batch-size", "16"]
+    rc, out, err = run_cli(
+        ["llc", "estimate", str(copy.path), *flags, "--record-norms", "--mala", "--quiet"], tmp_path
+    )
+    assert rc == 0, err
+    cfg = LLCConfig(chains=2, draws=20, burnin=2, batch_size=16, record_norms=True, mala=True)
+    health, _ = read_health(copy, cfg.sampler_hash())
+    assert sorted(health) == [0, 20, 40]
+    text = " ".join((out + err).split())
+    # 20 draws after 2 burn-in steps: too few effective draws everywhere, said once, with advice
+    assert text.count("ESS < 100") == 1 and "at 6 of 6 checkpoints" in text  # × 2 replicas
+    assert "--draws 80" in text
+    report = copy.report.read_text()
+    assert "Sampler dashboard" in report and "MALA acceptance" in report

@@ -17,6 +17,7 @@ from grokbasin.cli_flags import (
     JSON,
     LLC_FLAGS,
     QUIET,
+    RECORD_FLAGS,
     Opt,
     OutOpt,
     overrides,
@@ -56,7 +57,7 @@ def is_external(path: Path) -> bool:
 
 
 @llc_app.command("estimate")
-@with_flags(LLC_FLAGS, DEVICE_FLAG)
+@with_flags(LLC_FLAGS, RECORD_FLAGS, DEVICE_FLAG)
 def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> None:
     """LLC at a run's checkpoints (writes RUN_DIR/llc.parquet and the report).
 
@@ -64,7 +65,8 @@ def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> No
     """
     from grokbasin.store.rundir import RunDir
 
-    given, device = overrides(flags, LLC_FLAGS), resolve(flags["device"] or "cpu")
+    given = overrides(flags, LLC_FLAGS, RECORD_FLAGS)
+    device = resolve(flags["device"] or "cpu")
     if is_external(run_dir):
         from grokbasin.llc.external import estimate_run as estimate_external
 
@@ -174,7 +176,10 @@ def llc_calibrate(
     _calibrate(RunDir(run_dir), given, grid)
 
 
-EXTERNAL_LLC_FLAGS = {k: v for k, v in LLC_FLAGS.items() if k != "checkpoints"}
+EXTERNAL_LLC_FLAGS = {
+    **{k: v for k, v in LLC_FLAGS.items() if k != "checkpoints"},
+    **RECORD_FLAGS,
+}
 
 
 @llc_app.command("external")
