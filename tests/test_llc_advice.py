@@ -63,6 +63,20 @@ def test_defaults_without_sampler_config_and_unknown_flags():
     assert advice_lines([{"epoch": 1, "flags": ""}]) == []
 
 
+def test_low_ess_asks_for_enough_draws():
+    rows = _rows({0: "low_ess", 10: "low_ess", 20: "low_ess"})
+    for r, ess in zip(rows, [20, 20, 30, 30, 40, 40], strict=True):
+        r["ess"] = ess
+    (line,) = advice_lines(rows, "R")
+    assert "--draws 1600" in line  # median ESS 30 -> 100/30 -> 4 × 400 draws
+    for r in rows:
+        r["ess"] = 90.0
+    assert "--draws 800" in advice_lines(rows, "R")[0]  # at least twice
+    for r in rows:
+        r["ess"] = 1.0
+    assert "--draws 4000" in advice_lines(rows, "R")[0]  # at most ten times
+
+
 def test_severity_orders_checkpoints():
     assert severity([]) == float("inf")
     assert severity(["nonfinite"]) < severity(["rhat", "low_ess"]) < severity(["low_ess"])

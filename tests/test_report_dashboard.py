@@ -4,6 +4,7 @@ trajectory (opt-in, hash unchanged when off), and the report section built from 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -172,6 +173,7 @@ def test_cli_estimate_records_and_prints_grouped_advice(run: RunDir, run_cli, tm
     text = " ".join((out + err).split())
     # 20 draws after 2 burn-in steps: too few effective draws everywhere, said once, with advice
     assert text.count("ESS < 100") == 1 and "at 6 of 6 checkpoints" in text  # × 2 replicas
-    assert "--draws 80" in text
+    draws = [int(d) for d in re.findall(r"--draws (\d+)", text.split("ESS < 100")[1])]
+    assert draws and 40 <= draws[0] <= 200  # 2 to 10 × the 20 draws, by how low the ESS is
     report = copy.report.read_text()
     assert "Sampler dashboard" in report and "MALA acceptance" in report

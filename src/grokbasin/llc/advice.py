@@ -61,8 +61,11 @@ def _num(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _advice(run: str, s: Mapping[str, Any], th: Thresholds) -> dict[str, tuple[str, str]]:
-    """flag -> (what it means, what to run next) at sampler settings ``s``."""
+def _advice(
+    run: str, s: Mapping[str, Any], th: Thresholds, ess_factor: int = 4
+) -> dict[str, tuple[str, str]]:
+    """flag -> (what it means, what to run next) at sampler settings ``s``; ESS grows about in
+    proportion to the draws, so low ESS asks for ``ess_factor`` times as many."""
     est = f"grokbasin llc estimate {run}"
     cal = f"`grokbasin llc calibrate {run}`"
     eps, chains, draws = float(s["step_size"]), int(s["chains"]), int(s["draws"])
@@ -94,9 +97,20 @@ def _advice(run: str, s: Mapping[str, Any], th: Thresholds) -> dict[str, tuple[s
         ),
         "low_ess": (
             f"ESS < {_num(th.min_ess)} (too few effective draws)",
-            f"try `{est} --draws {_num(4 * draws)}`, or a larger step size (see {cal})",
+            f"try `{est} --draws {_num(ess_factor * draws)}`, or a larger step size (see {cal})",
         ),
     }
+
+
+def ess_factor(rows: Sequence[Mapping[str, Any]], th: Thresholds, most: int = 10) -> int:
+    """How many times the draws would lift the median ESS of the low-ESS rows to the threshold
+    (ESS ∝ draws), between 2 and ``most``; 4 when no row states its ESS."""
+    ess = [float(r["ess"]) for r in rows if "low_ess" in row_flags(r) and r.get("ess") is not None]
+    ess = [e for e in ess if math.isfinite(e) and e > 0]
+    if not ess:
+        return 4
+    need = th.min_ess / float(sorted(ess)[len(ess) // 2])
+    return int(min(max(math.ceil(need), 2), most))
 
 
 def _epochs(ck: Sequence[tuple[int, int]], replicas: int, limit: int = 6) -> str:
@@ -124,7 +138,7 @@ def group_flags(
     for r in rows:
         for f in row_flags(r):
             by_flag.setdefault(f, set()).add((int(r.get("replica") or 0), int(r["epoch"])))
-    advice = _advice(run, s, th)
+    advice = _advice(run, s, th, ess_factor(rows, th))
     key: Callable[[str], tuple[int, str]] = lambda f: (  # noqa: E731
         ORDER.index(f) if f in ORDER else len(ORDER),
         f,
@@ -154,4 +168,12 @@ def severity(flags: Sequence[str]) -> float:
     return min(ORDER.index(f) if f in ORDER else len(ORDER) for f in flags) - 0.01 * len(flags)
 
 
-__all__ = ["FlagGroup", "advice_lines", "group_flags", "row_flags", "settings_of", "severity"]
+__all__ = [
+    "FlagGroup",
+    "advice_lines",
+    "ess_factor",
+    "group_flags",
+    "row_flags",
+    "settings_of",
+    "severity",
+]
