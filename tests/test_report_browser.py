@@ -191,9 +191,10 @@ def test_report_renders_without_errors_and_every_figure_loads(browser, report: P
     assert "Sampler health" in state["h2"] and "Sampler dashboard" in state["h2"]
     assert state["tables"] >= 4
     alts = [i["alt"] for i in state["images"]]
-    # trajectory + heat strip + 3 checkpoint details (no flag: first, middle, last; or flagged)
-    assert len(alts) >= 3 and any(a.startswith("Health of all 3 checkpoints") for a in alts)
+    # trajectory, heat strip, trace grid and up to 3 checkpoint details
+    assert len(alts) >= 4 and any(a.startswith("Health of all 3 checkpoints") for a in alts)
     assert any(a.startswith("Checkpoint") and "norms" in a for a in alts)
+    assert "Chain traces at every 3 checkpoints" in alts
     assert all(i["complete"] and i["width"] > 0 for i in state["images"]), state["images"]
 
 

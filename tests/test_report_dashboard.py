@@ -61,6 +61,15 @@ def test_select_detail_prefers_serious_flags():
     assert select_detail([ck(e, []) for e in range(9)]) == [0, 4, 8]
 
 
+def test_trace_grid_keeps_every_checkpoint_up_to_its_limit():
+    from grokbasin.report.dashboard import grid_items
+
+    items = list(range(100))
+    assert grid_items(items[:56]) == list(range(56))
+    picked = grid_items(items, limit=10)
+    assert len(picked) == 10 and picked[0] == 0 and picked[-1] == 99
+
+
 def test_record_switches_keep_the_default_hash_and_check_the_sampler():
     assert LLCConfig(record_norms=False, mala=False).sampler_hash() == SGLD_DEFAULT_HASH
     on = {LLCConfig(record_norms=True).sampler_hash(), LLCConfig(mala=True).sampler_hash()}
@@ -133,7 +142,8 @@ def test_dashboard_section_from_a_run(run: RunDir):
     assert all(0 <= r["MALA acceptance"] <= 1 for r in table.rows)
     captions = [f.caption for f in sec.figures]
     assert captions[0] == "Health of all 6 checkpoints"
-    assert len(captions) == 3 and all("norms" in c for c in captions[1:])
+    assert captions[1] == "Chain traces at every 6 checkpoints"
+    assert len(captions) == 4 and all("norms" in c for c in captions[2:])
     assert all(f.data[:4] == b"\x89PNG" for f in sec.figures)
     assert not any("--record-norms" in p for p in sec.paragraphs)
 

@@ -127,6 +127,18 @@ def select_detail(items: Sequence[CheckpointHealth], limit: int = DETAIL_LIMIT) 
     return sorted({0, n // 2, n - 1}) if n else []
 
 
+GRID_LIMIT = 56
+"""Most checkpoints in the small-multiples trace grid (8 rows of 7)."""
+
+
+def grid_items(items: Sequence[CheckpointHealth], limit: int = GRID_LIMIT) -> list[int]:
+    """Indices of the checkpoints in the trace grid: all, or ``limit`` evenly spaced."""
+    n = len(items)
+    if n <= limit:
+        return list(range(n))
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, limit)})
+
+
 def health_rows(items: Sequence[CheckpointHealth]) -> list[dict[str, Any]]:
     """The dashboard table: one row per checkpoint, norm columns only where recorded."""
     rows = []
@@ -186,7 +198,12 @@ def dashboard_section(
 ) -> Section | None:
     """The 'Sampler dashboard' report section (None without LLC rows)."""
     from grokbasin.report.figures import figure_png
-    from grokbasin.report.health_figures import checkpoint_figure, health_strip, rank_histograms
+    from grokbasin.report.health_figures import (
+        checkpoint_figure,
+        health_strip,
+        rank_histograms,
+        trace_grid,
+    )
 
     run = RunDir(run_dir)
     items, steps, burnin, problems = load(run, rows, sampler_hash, nbeta)
@@ -205,6 +222,17 @@ def dashboard_section(
         thresholds,
     )
     figures = [Image(f"Health of all {len(items)} checkpoints", figure_png(strip, 100))]
+    grid = grid_items(items)
+    if any(items[i].llc is not None for i in grid):
+        fig = trace_grid(
+            [items[i].label for i in grid],
+            [items[i].llc for i in grid],
+            [bool(items[i].flags) for i in grid],
+        )
+        some = "every" if len(grid) == len(items) else f"{len(grid)} evenly spaced of the"
+        figures.append(
+            Image(f"Chain traces at {some} {len(items)} checkpoints", figure_png(fig, 90))
+        )
     for i in select_detail(items, limit):
         it = items[i]
         if it.llc is None:
@@ -227,10 +255,12 @@ def dashboard_section(
             "Gradient, noise and distance-from-w* norms and MALA acceptance were not recorded "
             f"for these estimates; to see them, re-sample with `{cmd}`."
         )
-    if len(items) > len(figures) - 1:
+    details = sum(f.caption.startswith("Checkpoint") for f in figures)
+    if len(items) > details:
         paragraphs.append(
-            f"Detail figures: {len(figures) - 1} of {len(items)} checkpoints (most serious flags "
-            "first); every checkpoint is in the strip and the table."
+            f"Detail figures: {details} of {len(items)} checkpoints (most serious flags first); "
+            "every checkpoint is in the strip, the trace grid (each panel on its own scale) and "
+            "the table."
         )
     return Section(
         "Sampler dashboard",
@@ -261,6 +291,7 @@ __all__ = [
     "attach_traces",
     "checkpoints_of",
     "dashboard_section",
+    "grid_items",
     "health_rows",
     "load",
     "select_detail",

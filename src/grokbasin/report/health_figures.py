@@ -154,6 +154,41 @@ def checkpoint_figure(
     return fig
 
 
+def trace_grid(
+    labels: Sequence[str], llc: Sequence[np.ndarray | None], flagged: Sequence[bool], ncols: int = 7
+) -> Figure:
+    """Small multiples: every checkpoint's chain traces [C, D] on the λ̂ scale in one figure
+    (flagged checkpoints titled in red), so all checkpoints are seen at a glance."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    n = len(labels)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    with style():
+        fig = Figure(figsize=(1.6 * ncols, 1.05 * nrows + 0.3))
+        FigureCanvasAgg(fig)
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+        fig.subplots_adjust(left=0.02, right=0.99, bottom=0.02, top=1 - 0.3 / (1.05 * nrows + 0.3),
+                            wspace=0.08, hspace=0.45)  # fmt: skip
+        for ax in axes[n:]:
+            ax.axis("off")
+        for ax, lab, x, bad in zip(axes, labels, llc, flagged, strict=False):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(lab, fontsize=7, color="#C00000" if bad else "#333333", pad=2)
+            for spine in ax.spines.values():
+                spine.set_color("#C00000" if bad else "#BBBBBB")
+            if x is None:
+                ax.text(0.5, 0.5, "no traces", ha="center", va="center", fontsize=6)
+                continue
+            for c in range(x.shape[0]):
+                ax.plot(x[c], color=PALETTE[c % len(PALETTE)], linewidth=0.5)
+        fig.suptitle(
+            "chain traces (λ̂ scale) at every checkpoint; red = flagged", fontsize=8, y=0.995
+        )
+    return fig
+
+
 NORM_STYLE = {"distance": "#009E73", "grad": "#0072B2", "noise": "#D55E00"}
 NORM_LABEL = {"distance": "‖w − w*‖", "grad": "gradient drift per step", "noise": "noise per step"}
 
@@ -178,4 +213,4 @@ def _plot_norms(ax, norms: Mapping[str, np.ndarray], steps: np.ndarray, burnin: 
     ax.legend(fontsize=6.5, loc="best")
 
 
-__all__ = ["badness", "checkpoint_figure", "health_strip", "rank_histograms"]
+__all__ = ["badness", "checkpoint_figure", "health_strip", "rank_histograms", "trace_grid"]
