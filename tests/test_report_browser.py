@@ -194,7 +194,7 @@ def test_report_renders_without_errors_and_every_figure_loads(browser, report: P
     # trajectory, heat strip, trace grid and up to 3 checkpoint details
     assert len(alts) >= 4 and any(a.startswith("Health of all 3 checkpoints") for a in alts)
     assert any(a.startswith("Checkpoint") and "norms" in a for a in alts)
-    assert "Chain traces at every 3 checkpoints" in alts
+    assert "Chain traces at all 3 checkpoints" in alts
     assert all(i["complete"] and i["width"] > 0 for i in state["images"]), state["images"]
 
 

@@ -142,7 +142,7 @@ def test_dashboard_section_from_a_run(run: RunDir):
     assert all(0 <= r["MALA acceptance"] <= 1 for r in table.rows)
     captions = [f.caption for f in sec.figures]
     assert captions[0] == "Health of all 6 checkpoints"
-    assert captions[1] == "Chain traces at every 6 checkpoints"
+    assert captions[1] == "Chain traces at all 6 checkpoints"
     assert len(captions) == 4 and all("norms" in c for c in captions[2:])
     assert all(f.data[:4] == b"\x89PNG" for f in sec.figures)
     assert not any("--record-norms" in p for p in sec.paragraphs)

@@ -229,7 +229,7 @@ def dashboard_section(
             [items[i].llc for i in grid],
             [bool(items[i].flags) for i in grid],
         )
-        some = "every" if len(grid) == len(items) else f"{len(grid)} evenly spaced of the"
+        some = "all" if len(grid) == len(items) else f"{len(grid)} evenly spaced of the"
         figures.append(
             Image(f"Chain traces at {some} {len(items)} checkpoints", figure_png(fig, 90))
         )
