@@ -154,6 +154,8 @@ def test_cli_external_estimate_calibrate_report(saved, monkeypatch, capsys):
     assert res["computed"] == [10, 20, 30, 40] and len(res["llc"]) == 4
     code, out, err = _main(monkeypatch, capsys, "llc", str(run), "--step-size", "2e-3", "--quiet")
     assert code == 0 and "4 checkpoints sampled, 0 already" in err, err
+    said = " ".join(err.split())  # 2 chains × 20 draws: too few effective draws, said once
+    assert said.count("ESS < 100") == 1 and f"`grokbasin llc estimate {run} --draws" in said
     code, out, err = _main(monkeypatch, capsys, "llc", "estimate", str(run), "--quiet")
     assert code == 0 and "0 checkpoints sampled, 4 already" in err, err
     rows = pq.read_table(run / "llc.parquet").to_pylist()

@@ -6,6 +6,7 @@ Same rules as ``cli``: flags become configs, user problems are ConfigErrors (one
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -240,6 +241,10 @@ def _print_external(res: Any, as_json: bool) -> None:
             r["flags"],
         )
     console.print(t)
+    from grokbasin.llc.advice import advice_lines
+
+    for line in advice_lines(res.table.to_pylist(), shlex.quote(str(res.run_dir))):
+        console.print(f"[yellow]warning:[/yellow] {line}")
     console.print(
         f"LLC: {len(res.computed)} checkpoints sampled, {len(res.cached)} already estimated"
     )
