@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,13 +139,9 @@ def group_flags(
         for f in row_flags(r):
             by_flag.setdefault(f, set()).add((int(r.get("replica") or 0), int(r["epoch"])))
     advice = _advice(run, s, th, ess_factor(rows, th))
-    key: Callable[[str], tuple[int, str]] = lambda f: (  # noqa: E731
-        ORDER.index(f) if f in ORDER else len(ORDER),
-        f,
-    )
     out = []
-    for f in sorted(by_flag, key=key):
-        ck = tuple(sorted(by_flag[f], key=lambda re_: (re_[1], re_[0])))
+    for f in sorted(by_flag, key=lambda f: (_rank(f), f)):
+        ck = tuple(sorted(by_flag[f], key=lambda rep_epoch: (rep_epoch[1], rep_epoch[0])))
         what, todo = advice.get(f, (f"flag {f!r}", f"see `grokbasin llc calibrate {run}`"))
         line = f"{what} at {len(ck)} of {len(every)} checkpoints ({_epochs(ck, replicas)}): {todo}"
         out.append(FlagGroup(f, ck, len(every), line))
@@ -161,11 +157,16 @@ def advice_lines(
     return [g.line for g in group_flags(rows, run, thresholds)]
 
 
+def _rank(flag: str) -> int:
+    """Position of a flag in :data:`ORDER` (unknown flags last)."""
+    return ORDER.index(flag) if flag in ORDER else len(ORDER)
+
+
 def severity(flags: Sequence[str]) -> float:
     """Sort key for checkpoints to show first: the most serious flag, then how many (inf: none)."""
     if not flags:
         return math.inf
-    return min(ORDER.index(f) if f in ORDER else len(ORDER) for f in flags) - 0.01 * len(flags)
+    return min(_rank(f) for f in flags) - 0.01 * len(flags)
 
 
 __all__ = [
