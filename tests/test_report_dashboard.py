@@ -13,7 +13,7 @@ from grokbasin.config import LLCConfig, build_config
 from grokbasin.errors import ConfigError
 from grokbasin.llc.health_traces import kept_steps, per_group, read_health
 from grokbasin.llc.trajectory import estimate_runs
-from grokbasin.report.dashboard import CheckpointHealth, dashboard_section, select_detail
+from grokbasin.report.dashboard import CheckpointHealth, dashboard_section, load, select_detail
 from grokbasin.report.health_figures import badness, rank_histograms
 from grokbasin.store.query import Want, llc_rows
 from grokbasin.store.rundir import RunDir, read_parquet
@@ -146,6 +146,16 @@ def test_dashboard_section_from_a_run(run: RunDir):
     assert len(captions) == 4 and all("norms" in c for c in captions[2:])
     assert all(f.data[:4] == b"\x89PNG" for f in sec.figures)
     assert not any("--record-norms" in p for p in sec.paragraphs)
+
+    # each chain's λ̂ in llc.parquet is the mean of its λ̂-scale trace (float32 traces: rtol 1e-4)
+    items = load(run, rows, cfg.sampler_hash(), rows[0]["nbeta"])[0]
+    for it in items:
+        want = sorted(
+            (r["chain"], r["llc"])
+            for r in rows
+            if (r["epoch"], r["replica"]) == (it.epoch, it.replica)
+        )
+        np.testing.assert_allclose(it.llc.mean(axis=1), [v for _, v in want], rtol=1e-4)
 
     rows = llc_rows([Want(run.path, plain.sampler_hash(), "any")])[0]
     sec = dashboard_section(run.path, rows, plain.sampler_hash(), rows[0]["nbeta"], limit=1)

@@ -21,7 +21,7 @@ import numpy as np
 from grokbasin.errors import CorruptFileError
 from grokbasin.llc import health_traces
 from grokbasin.llc.advice import row_flags, severity
-from grokbasin.llc.diagnostics import Thresholds
+from grokbasin.llc.diagnostics import Thresholds, llc_scale
 from grokbasin.report.html import Image, Section, Table
 from grokbasin.store import query
 from grokbasin.store.rundir import RunDir
@@ -105,7 +105,7 @@ def attach_traces(
             a = np.asarray(t, dtype=np.float64)
             if a.ndim == 4 and it.replica < a.shape[0] and b < a.shape[1]:
                 if a.shape[2] == len(it.init_loss):
-                    it.llc = it.nbeta * (a[it.replica, b] - it.init_loss[:, None])
+                    it.llc = llc_scale(a[it.replica, b][None], it.init_loss[None], [it.nbeta])[0]
         for name, v in health.get(it.epoch, {}).items():
             v = np.asarray(v)
             if v.ndim >= 3 and it.replica < v.shape[0] and b < v.shape[1]:
