@@ -33,6 +33,19 @@ def test_rank_histograms_known_answers():
     assert np.abs(h - 400).max() < 5 * 19
 
 
+def test_average_ranks_match_scipy_and_share_ties():
+    from scipy.stats import rankdata
+
+    from grokbasin.report.health_figures import average_ranks
+
+    rng = np.random.default_rng(1)
+    x = np.round(rng.standard_normal((5, 60)), 1)  # many ties
+    np.testing.assert_array_equal(average_ranks(x), rankdata(x, axis=1, method="average"))
+    # constant chains: every draw ties, so every chain's rank histogram is the same
+    h = rank_histograms(np.ones((1, 3, 8)), bins=4)
+    assert (h == h[:, :1]).all() and h.sum() == 24
+
+
 def test_badness_is_one_at_each_threshold():
     b = badness(np.array([1.1, 1.0]), np.array([100.0, 400.0]), np.array([-0.05, 0.0]))
     np.testing.assert_allclose(b[:, 0], 1.0)

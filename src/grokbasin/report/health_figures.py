@@ -13,12 +13,28 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from scipy.stats import rankdata
 
 from grokbasin.llc.diagnostics import Thresholds
 from grokbasin.report.figures import PALETTE, add_caption, fmt_num, new_figure, style
 
 STRIP_ROWS = ("R-hat", "ESS", "|trend|", "MALA acceptance")
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..N along the last axis of x [G, N], ties given their average rank (as ArviZ's
+    rank plot does through scipy's rankdata)."""
+    G, N = x.shape
+    order = np.argsort(x, axis=1, kind="stable")
+    xs = np.take_along_axis(x, order, axis=1)
+    idx = np.broadcast_to(np.arange(N), (G, N))
+    differ = xs[:, 1:] != xs[:, :-1]
+    first = np.concatenate([np.ones((G, 1), bool), differ], axis=1)  # a tie block starts
+    last = np.concatenate([differ, np.ones((G, 1), bool)], axis=1)  # a tie block ends
+    start = np.maximum.accumulate(np.where(first, idx, 0), axis=1)
+    end = np.minimum.accumulate(np.where(last, idx, N - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty((G, N))
+    np.put_along_axis(ranks, order, (start + end) / 2.0 + 1.0, axis=1)
+    return ranks
 
 
 def rank_histograms(x: np.ndarray, bins: int = 10) -> np.ndarray:
@@ -28,7 +44,7 @@ def rank_histograms(x: np.ndarray, bins: int = 10) -> np.ndarray:
     G, C, D = x.shape
     if G == 0 or C * D == 0:
         return np.zeros((G, C, bins))
-    ranks = rankdata(x.reshape(G, C * D), axis=1, method="average").reshape(G, C, D)
+    ranks = average_ranks(x.reshape(G, C * D)).reshape(G, C, D)
     b = np.clip(np.floor((ranks - 1) * bins / (C * D)).astype(np.int64), 0, bins - 1)
     return (b[..., None] == np.arange(bins)).sum(axis=2).astype(np.float64)
 
@@ -213,4 +229,11 @@ def _plot_norms(ax, norms: Mapping[str, np.ndarray], steps: np.ndarray, burnin: 
     ax.legend(fontsize=6.5, loc="best")
 
 
-__all__ = ["badness", "checkpoint_figure", "health_strip", "rank_histograms", "trace_grid"]
+__all__ = [
+    "average_ranks",
+    "badness",
+    "checkpoint_figure",
+    "health_strip",
+    "rank_histograms",
+    "trace_grid",
+]
