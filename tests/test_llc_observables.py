@@ -158,3 +158,71 @@ def test_modular_val_observable_is_the_held_out_loss(tiny_cfg) -> None:
     np.testing.assert_allclose(res.observables["train"], res.traces, rtol=1e-5)
     assert res.sample_losses["val"].shape == (2, 12, val.shape[1])
     assert math.isclose(val.shape[1] + n, cfg.task.p**2)
+
+
+# ------------------------------------------------------------------ data-refined LLC
+
+
+@pytest.mark.parametrize("subset", [slice(None), slice(0, 400)])
+def test_data_refined_llc_of_regular_regression_is_d_over_2(subset: slice) -> None:
+    # noiseless well-specified regression: every subset has the same exact minimum W_true and a
+    # positive-definite Hessian, so the data-refined LLC (posterior loss on the subset, n = its
+    # size, nβ = n/ln n) is d/2 = 5 on the full set and on a 400-sample subset. ε·nβ·μ ≈ 0.02
+    # (≈1% bias, mixing ≈ 100 steps); tolerance 10% of d/2, MC error ≈ 3%.
+    g = torch.Generator().manual_seed(2)
+    n, M, N, C = 1200, 5, 2, 16
+    X = torch.randn(n, M, generator=g)
+    W = torch.randn(N, M, generator=g)
+    Xs, Ys = X[subset], (X @ W.T)[subset]
+    ns = Xs.shape[0]
+    target = from_functional(_linear, _mse, {"W": W.expand(C, N, M).clone()}, Xs, Ys, 200)
+    nb = ns / math.log(ns)
+    est = estimate_llc(
+        target, chains=C, nbetas=[nb], step_size=0.02 / nb, gamma=1.0,
+        burnin=150, draws=300, diagnose=False,
+    )  # fmt: skip
+    assert float(est.llc_mean[0, 0]) == pytest.approx(M * N / 2, rel=0.10)
+
+
+def test_trajectory_data_refined_on_held_out_pairs(tmp_path) -> None:
+    # llc.data = "val": the posterior's loss is on each replica's held-out pairs, so the stored
+    # L(w*) is the checkpoint's held-out loss (1e-6) and nβ = n/ln n uses the held-out count;
+    # the plain LLC's sampler hash is unchanged by the new field
+    from grokbasin.config import LLCConfig, build_config
+    from grokbasin.llc.subsets import subset_rows
+    from grokbasin.llc.trajectory import estimate_runs
+    from grokbasin.models import build_model
+    from grokbasin.store.rundir import read_parquet
+    from grokbasin.tasks.modular import all_pairs
+    from grokbasin.train.runner import train
+
+    cfg = build_config(
+        {},
+        {"task.p": 11, "model.width": 16, "train.epochs": 20, "train.checkpoint_every": 20,
+         "train.batch_size": 16, "train.seeds": [0, 1]},
+    )  # fmt: skip
+    run = train(cfg, tmp_path, progress=False).run
+    base = dict(chains=2, burnin=3, draws=5, batch_size=16, step_size=1e-5, checkpoints="last")
+    plain, refined = LLCConfig(**base), LLCConfig(**base, data="val", nbeta="n_over_log_n")
+    assert plain.sampler_hash() == LLCConfig(**base, data="train").sampler_hash()
+    assert refined.sampler_hash() != plain.sampler_hash()
+    estimate_runs([run.path], refined, progress=False)
+    rows = sorted(read_parquet(run.llc).to_pylist(), key=lambda r: (r["replica"], r["chain"]))
+    val = subset_rows(cfg, "val")
+    ck = run.load_checkpoint(20, "cpu")
+    x, y = all_pairs(cfg.task.p, cfg.task.op)
+    model = build_model(cfg.model, cfg.task.p, cfg.task.p)
+    want = LOSSES[cfg.train.loss](model.forward(ck, x[val]), y[val]).double().numpy()
+    got = np.array([r["init_loss"] for r in rows]).reshape(2, 2)
+    np.testing.assert_allclose(got, want[:, None].repeat(2, 1), rtol=1e-6)
+    m = val.shape[1]
+    assert rows[0]["nbeta"] == pytest.approx(m / math.log(m), rel=1e-12)
+    assert '"data": "val"' in rows[0]["sampler_config"]
+
+
+def test_unknown_subset_is_refused() -> None:
+    from grokbasin.config import LLCConfig
+    from grokbasin.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"subset 'test' is not one of train \| val"):
+        LLCConfig(data="test")

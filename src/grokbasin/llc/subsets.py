@@ -10,20 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from grokbasin.errors import ConfigError
+from grokbasin.subset_names import NAMES_HELP, check_subset
 
-NAMES_HELP = "train | val | all | class=K (0 <= K < p)"
-
-
-def check_subset(name: str, p: int | None = None) -> str:
-    """``name`` if it names a subset (and, given p, a class that exists), else ConfigError."""
-    if name in ("train", "val", "all"):
-        return name
-    if name.startswith("class="):
-        k = name.removeprefix("class=")
-        if k.isdigit() and (p is None or int(k) < p):
-            return name
-    raise ConfigError(f"subset {name!r} is not one of {NAMES_HELP}" + (f", p = {p}" if p else ""))
+__all__ = ["NAMES_HELP", "check_subset", "subset_rows"]
 
 
 def subset_rows(cfg, name: str) -> torch.Tensor:
