@@ -138,3 +138,78 @@ def test_bif_matches_devinterp_covariance_helpers() -> None:
     want_cov = cov_mod.batch_cov(pooled[None], pooled[None])[0, 0, :5, :5].numpy()
     np.testing.assert_allclose(bif(a), want_corr, atol=1e-12)
     np.testing.assert_allclose(bif(a, kind="covariance"), want_cov, atol=1e-12)
+
+
+# ------------------------------------------------------------------ along a built-in run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from grokbasin.config import build_config
+    from grokbasin.train.runner import train
+
+    cfg = build_config(
+        {},
+        {"task.p": 11, "model.width": 16, "train.epochs": 40, "train.checkpoint_every": 20,
+         "train.batch_size": 16, "train.seeds": [0, 1]},
+    )  # fmt: skip
+    return train(cfg, tmp_path_factory.mktemp("infl"), progress=False).run
+
+
+def _llc(**kw):
+    from grokbasin.config import LLCConfig
+
+    return LLCConfig(**{"chains": 2, "burnin": 3, "draws": 6, "batch_size": 16, **kw})
+
+
+def test_influence_run_writes_resumes_and_recomputes(tiny_run) -> None:
+    # stored results are the functions of the stored traces (1e-6, float32 storage); a rerun over
+    # more checkpoints samples only the new one and leaves the old numbers bit-identical
+    from grokbasin.llc.influence_run import estimate_influence
+    from grokbasin.llc.subsets import subset_rows
+
+    first = estimate_influence(tiny_run.path, _llc(checkpoints="0,20"), "val", progress=False)
+    assert first.computed == [0, 20] and first.cached == []
+    t1, meta = tiny_run.load_tensors(first.path)
+    n = subset_rows(tiny_run_cfg(tiny_run), "train").shape[1]
+    m = 11**2 - n
+    assert t1["samples_train_20"].shape == (2, 2, 6, n) and t1["samples_probe_20"].shape[-1] == m
+    assert t1["samples_probe_20"].dtype == torch.float32 and meta["probe"] == "val"
+    assert first.trace_bytes == 4 * (2 * 2 * 2) * 6 * (n + m)
+    tr, pr = t1["samples_train_20"].double().numpy(), t1["samples_probe_20"].double().numpy()
+    want_bif = bif(tr, pr.mean(-1, keepdims=True), kind="influence")[..., 0]
+    np.testing.assert_allclose(t1["bif_20"].numpy(), want_bif, rtol=1e-5, atol=1e-9)
+    assert first.figure.read_bytes()[:4] == b"\x89PNG"
+
+    again = estimate_influence(tiny_run.path, _llc(checkpoints="all"), "val", progress=False)
+    assert again.computed == [40] and again.cached == [0, 20] and again.path == first.path
+    t2, _ = tiny_run.load_tensors(again.path)
+    for k, v in t1.items():
+        assert torch.equal(t2[k], v), k
+    assert "sus_40" in t2 and t2["sus_40"].shape == (2, m)
+
+
+def tiny_run_cfg(run):
+    from grokbasin.llc.trajectory import run_config
+
+    return run_config(run)
+
+
+def test_influence_cli_and_budget(tiny_run, run_cli, tmp_path) -> None:
+    # the budget is checked before any sampling: one line naming the size and the setting
+    rc, out, err = run_cli(
+        ["llc", "influence", str(tiny_run.path), "--checkpoints", "40", "--trace-budget-mb",
+         "0.001", "--chains", "2", "--draws", "6", "--burnin", "2", "--quiet"],
+        tmp_path,
+    )  # fmt: skip
+    assert rc == 2
+    assert "MiB" in err and "trace_budget_mb = 0.001" in err
+    rc, out, err = run_cli(
+        ["llc", "influence", str(tiny_run.path), "--probe", "class=3", "--checkpoints", "40",
+         "--chains", "2", "--draws", "6", "--burnin", "2", "--quiet"],
+        tmp_path,
+    )  # fmt: skip
+    assert rc == 0, err
+    assert out.strip().splitlines()[-1].endswith(".png")
+    rc, _, err = run_cli(["llc", "influence", str(tiny_run.path), "--probe", "class=99"], tmp_path)
+    assert rc == 2 and "class=99" in err

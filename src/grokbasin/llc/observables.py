@@ -15,9 +15,15 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from grokbasin.errors import ConfigError
 from grokbasin.types import Params
 
 TRACE_BUDGET_MB = 1024.0  # default memory budget for per-sample loss traces
+
+
+class TraceBudgetError(ConfigError, ValueError):
+    """Per-sample traces larger than the budget: a user setting (one line in the CLI) and a
+    ValueError for Python callers, like the sampler's other input checks."""
 
 
 def observe_rows(
@@ -71,11 +77,12 @@ def check_trace_budget(
     names: Sequence[str],
     budget_mb: float = TRACE_BUDGET_MB,
 ) -> int:
-    """The per-sample traces' size in bytes, refused (ValueError, one line) above the budget."""
+    """The per-sample traces' size in bytes, refused (TraceBudgetError, one line) above the
+    budget."""
     size = trace_bytes(replicas, draws, sizes, names)
     if size > budget_mb * 2**20:
         m = sum(int(sizes[k]) for k in names)
-        raise ValueError(
+        raise TraceBudgetError(
             f"per-sample loss traces need {size / 2**20:,.1f} MiB ({replicas} chains × {draws} "
             f"draws × {m} samples × 4 B), above trace_budget_mb = {budget_mb:g}; record fewer "
             "draws, chains or per-sample observables, or raise trace_budget_mb"

@@ -288,6 +288,7 @@ def sample_with_progress(
     progress: bool,
     step_size: Any = None,
     gamma: Any = None,
+    trace_budget_mb: float | None = None,
 ) -> Estimate:
     """``estimate_llc`` with every setting from ``llc_cfg`` and a progress bar over the steps.
 
@@ -314,6 +315,7 @@ def sample_with_progress(
             baseline=llc_cfg.baseline,
             group_ids=group_ids,
             on_step=lambda k: bar.update(task, advance=k),
+            **({} if trace_budget_mb is None else {"trace_budget_mb": trace_budget_mb}),
         )
 
 
