@@ -226,3 +226,27 @@ def test_unknown_subset_is_refused() -> None:
 
     with pytest.raises(ConfigError, match=r"subset 'test' is not one of train \| val"):
         LLCConfig(data="test")
+
+
+def test_quadratic_observables_fast_forward_matches_the_model(tiny_cfg) -> None:
+    # the quadratic net's observables use the gradient's layout (fast_quadratic.forward_rows);
+    # they equal the reference model forward's (fast=False) to float rounding (1e-5)
+    from grokbasin.llc.subsets import subset_rows
+    from grokbasin.models import build_model
+    from grokbasin.rng import key
+
+    cfg = tiny_cfg(**{"train.seeds": [0, 1], "train.loss": "cross_entropy"})
+    params = build_model(cfg.model, cfg.task.p, cfg.task.p).init(key([5, 6]))
+    train, val = subset_rows(cfg, "train"), subset_rows(cfg, "val")
+    kw = {
+        "observables": {"val": val, "class=2": subset_rows(cfg, "class=2")},
+        "per_sample": ["val"],
+    }
+    fast = from_modular(cfg, params, train, 8, **kw)
+    ref = from_modular(cfg, params, train, 8, fast=False, **kw)
+    with torch.no_grad():
+        (fm, fs), (rm, rs) = fast.observe(params), ref.observe(params)
+    for k in rm:
+        torch.testing.assert_close(fm[k], rm[k], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fs["val"], rs["val"], rtol=1e-5, atol=1e-6)
+    assert rm["class=2"].shape == (2,)

@@ -429,7 +429,7 @@ def from_modular(
     at every draw, per sample for the names in ``per_sample`` (``llc.observables``).
     """
     from grokbasin.llc.fast_quadratic import LOSSES as FAST_LOSSES
-    from grokbasin.llc.fast_quadratic import QuadraticGrad
+    from grokbasin.llc.fast_quadratic import QuadraticGrad, forward_rows
     from grokbasin.losses import LOSSES, PER_SAMPLE_LOSSES
     from grokbasin.models import build_model
     from grokbasin.tasks.modular import all_pairs
@@ -441,6 +441,7 @@ def from_modular(
     n = rows.shape[1]
     sel = _select(params0, names)
     hand = fast and cfg.model.name == "quadratic" and cfg.train.loss in FAST_LOSSES
+    fast_obs = fast and cfg.model.name == "quadratic"
 
     def bind(d: dict[str, Any]) -> Fns:
         rows_ = d["rows"]
@@ -449,14 +450,20 @@ def from_modular(
             r = rows_.gather(1, idx)
             return loss_fn(model.forward(params, x[r]), y[r])
 
-        def on_rows(params: Params, rows_all: torch.Tensor, fn: Callable) -> torch.Tensor:
+        def on_rows(
+            params: Params, rows_all: torch.Tensor, fn: Callable, fast_fwd: bool = False
+        ) -> torch.Tensor:
             R, m = rows_all.shape
             chunk = max(1, max_elems // (m * max(cfg.model.width, cfg.task.p)))
             out = []
             for lo in range(0, R, chunk):  # bounded memory; one chunk in the usual case
                 p = {k: v[lo : lo + chunk] for k, v in params.items()}
                 r = rows_all[lo : lo + chunk]
-                out.append(fn(model.forward(p, x[r]), y[r]))
+                if fast_fwd:  # observables of the quadratic net: the gradient's layout
+                    pred = forward_rows(p, x, r, cfg.task.p, CPU_BLOCK)
+                else:
+                    pred = model.forward(p, x[r])
+                out.append(fn(pred, y[r]))
             return torch.cat(out)
 
         def full(params: Params) -> torch.Tensor:
@@ -466,7 +473,10 @@ def from_modular(
         if observables:
             from grokbasin.llc.observables import observe_rows
 
-            observe = observe_rows(on_rows, d["obs"], loss_fn, sample_fn, per_sample)
+            def obs_rows(params: Params, rows_all: torch.Tensor, fn: Callable) -> torch.Tensor:
+                return on_rows(params, rows_all, fn, fast_fwd=fast_obs)
+
+            observe = observe_rows(obs_rows, d["obs"], loss_fn, sample_fn, per_sample)
 
         if hand:
             chunk = CPU_BLOCK if dev.type == "cpu" else rows_.shape[0]  # cache blocking: CPUs
