@@ -161,12 +161,19 @@ def _scatter(grad_table, ia, ib, dh, h, kernels) -> None:
 
 
 def forward_rows(
-    params: Params, x: torch.Tensor, rows: torch.Tensor, p: int, chunk: int = 16
+    params: Params,
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    p: int,
+    chunk: int = 16,
+    workspace: dict | None = None,
 ) -> torch.Tensor:
     """Quadratic-net outputs [R, m, p] on each replica's dataset ``rows`` [R, m] (``x`` [M, 2]
     all operand pairs), in the gradient's layout: row gathers from the flattened W table and
     outᵀ = V·(h²)ᵀ per block of ``chunk`` replicas. For observables (no gradient); the same maths
-    as ``models.quadratic.forward`` (equal up to float rounding), several times faster on a CPU."""
+    as ``models.quadratic.forward`` (equal up to float rounding), several times faster on a CPU.
+    ``workspace``: a dict (one per thread) that keeps the [chunk·m, K] intermediates between
+    calls, so no large tensor is allocated per draw."""
     from grokbasin.llc import cpu_kernels
 
     W, V = params["W"], params["V"]
@@ -178,8 +185,11 @@ def forward_rows(
     kernels = cpu_kernels if ok and cpu_kernels.available() else None
     out_t = torch.empty(R, p, m, dtype=W.dtype, device=W.device)
     c = min(R, max(1, chunk))
-    h = torch.empty(c * m, K, dtype=W.dtype, device=W.device)
-    h2 = torch.empty_like(h)
+    ws = workspace if workspace is not None else {}
+    key = (c * m, K, W.dtype, W.device)
+    if key not in ws:
+        ws[key] = tuple(torch.empty(c * m, K, dtype=W.dtype, device=W.device) for _ in "hh")
+    h, h2 = ws[key]
     for lo in range(0, R, c):
         hi = min(R, lo + c)
         rs, n = slice(lo * m, hi * m), (hi - lo) * m

@@ -450,6 +450,8 @@ def from_modular(
             r = rows_.gather(1, idx)
             return loss_fn(model.forward(params, x[r]), y[r])
 
+        obs_ws: dict = {}  # this binding's (shard's) observable workspace
+
         def on_rows(
             params: Params, rows_all: torch.Tensor, fn: Callable, fast_fwd: bool = False
         ) -> torch.Tensor:
@@ -460,7 +462,7 @@ def from_modular(
                 p = {k: v[lo : lo + chunk] for k, v in params.items()}
                 r = rows_all[lo : lo + chunk]
                 if fast_fwd:  # observables of the quadratic net: the gradient's layout
-                    pred = forward_rows(p, x, r, cfg.task.p, CPU_BLOCK)
+                    pred = forward_rows(p, x, r, cfg.task.p, CPU_BLOCK, obs_ws)
                 else:
                     pred = model.forward(p, x[r])
                 out.append(fn(pred, y[r]))
