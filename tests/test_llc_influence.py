@@ -175,6 +175,7 @@ def test_influence_run_writes_resumes_and_recomputes(tiny_run) -> None:
     m = 11**2 - n
     assert t1["samples_train_20"].shape == (2, 2, 6, n) and t1["samples_probe_20"].shape[-1] == m
     assert t1["samples_probe_20"].dtype == torch.float32 and meta["probe"] == "val"
+    assert meta["wall_s"] > 0
     assert first.trace_bytes == 4 * (2 * 2 * 2) * 6 * (n + m)
     tr, pr = t1["samples_train_20"].double().numpy(), t1["samples_probe_20"].double().numpy()
     want_bif = bif(tr, pr.mean(-1, keepdims=True), kind="influence")[..., 0]

@@ -21,6 +21,7 @@ and refused above ``trace_budget_mb`` before any work. A PNG figure sits next to
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,8 @@ def estimate_influence(
     rows = {"train": subset_rows(cfg, "train"), "probe": subset_rows(cfg, probe)}
     out_dir = run.path / "llc_influence"
     path = out_dir / f"{influence_key(llc_cfg, probe)}.safetensors"
-    have = run.load_tensors(path)[0] if path.exists() else {}
+    have, old = run.load_tensors(path) if path.exists() else ({}, {})
+    wall = float(old.get("wall_s", 0.0))
     todo = [e for e in epochs if f"sus_{e}" not in have]
     C = llc_cfg.chains
     per = rows["train"].shape[0] * C
@@ -96,11 +98,18 @@ def estimate_influence(
         )
     for part in check_chunks_fit([per] * len(todo), cfg, llc_cfg, device):
         chunk = [todo[i] for i in part]
+        t0 = time.perf_counter()
         have.update(_sample(run, cfg, llc_cfg, chunk, rows, device, progress, trace_budget_mb))
+        wall += time.perf_counter() - t0
         meta = {"probe": probe, "sampler_hash": llc_cfg.sampler_hash(), "layout": LAYOUT}
-        run.save_tensors(path, have, meta)  # written after every chunk: resumable
+        run.save_tensors(path, have, {**meta, "wall_s": wall})  # after every chunk: resumable
     figure = out_dir / f"{influence_key(llc_cfg, probe)}.png"
-    write_figure(have, epochs, probe, figure)
+    caption = (
+        f"grokbasin llc influence RUN --probe {probe}: {llc_cfg.chains} chains × "
+        f"{llc_cfg.draws} draws per checkpoint × training replica; sampling wall time "
+        f"{wall:.1f} s in all ({device})"
+    )
+    write_figure(have, epochs, probe, figure, caption)
     return InfluenceRun(path, figure, size, todo, [e for e in epochs if e not in todo])
 
 
@@ -155,7 +164,9 @@ def _sample(
     return out
 
 
-def write_figure(have: dict[str, torch.Tensor], epochs: Sequence[int], probe: str, path: Path):
+def write_figure(
+    have: dict[str, torch.Tensor], epochs: Sequence[int], probe: str, path: Path, caption: str
+) -> Path:
     """Susceptibilities of the probe samples and BIFs of the training pairs against the
     checkpoint: median and 10–90% band over samples × replicas."""
     from grokbasin.report.figures import add_caption, new_figure, save_png
@@ -170,8 +181,8 @@ def write_figure(have: dict[str, torch.Tensor], epochs: Sequence[int], probe: st
         ax.plot(epochs, q[:, 1], marker="o", markersize=3, color="C0", label="median")
         ax.fill_between(epochs, q[:, 0], q[:, 2], color="C0", alpha=0.22, lw=0, label="10–90%")
         ax.set_title(title)
-        ax.set_xlabel("checkpoint")
+        ax.set_xlabel("checkpoint (epoch)")
         ax.legend()
-    add_caption(fig, "grokbasin llc influence: per-sample SGLD loss traces at each checkpoint")
+    add_caption(fig, caption)
     save_png(fig, path)
     return path
