@@ -26,6 +26,7 @@ from grokbasin.config import build_config
 from grokbasin.device import resolve
 from grokbasin.errors import ConfigError
 from grokbasin.progress import console
+from grokbasin.sampler_registry import METHODS
 
 
 class _LLCGroup(TyperGroup):
@@ -149,17 +150,48 @@ def llc_calibrate(
     nbetas: Annotated[str | None, Opt(help="n*beta values (default: --nbeta)")] = None,
     replica: Annotated[int, Opt(help="training replica")] = 0,
     laplace: Annotated[str, Opt(help="auto | exact | slq | off")] = "auto",
+    samplers: Annotated[
+        str | None,
+        Opt(
+            help=f"samplers as a grid axis, comma-separated ({', '.join(METHODS)}); "
+            "one batched call per sampler (default: --sampler)"
+        ),
+    ] = None,
+    epochs: Annotated[
+        str | None,
+        Opt(
+            help="several checkpoints (comma-separated), instead of --epoch: cells must keep "
+            "their lambda-hat order to be recommended"
+        ),
+    ] = None,
+    mala_target: Annotated[
+        float | None,
+        Opt(
+            help="record MALA acceptance (SGLD) and recommend only cells reaching this value in "
+            "[0, 1], e.g. 0.9; 0 records without excluding"
+        ),
+    ] = None,
+    as_json: JSON = False,
     quiet: QUIET = False,
     **flags: Any,
 ) -> None:
-    """An epsilon x gamma (x n*beta) grid of SGLD settings at one checkpoint, one batched call."""
+    """An epsilon x gamma (x n*beta) grid of SGLD settings at one checkpoint, one batched call.
+
+    Optional axes: --samplers, --epochs (ordering check), --mala-target; the advice says why the
+    recommended cell won.
+    """
     from grokbasin.store.rundir import RunDir
 
     if run_dir is None:
         raise ConfigError("llc calibrate: give the run directory: grokbasin llc calibrate RUN_DIR")
     given, device = overrides(flags, LLC_FLAGS), resolve(flags["device"] or "cpu")
+    new = {"--samplers": samplers, "--epochs": epochs, "--mala-target": mala_target}
     if is_external(run_dir):
         from grokbasin.llc.external import calibrate_run
+
+        used = [k for k, v in new.items() if v is not None]
+        if used:
+            raise ConfigError(f"{used[0]}: built-in runs only (not yet for external runs)")
 
         cal = calibrate_run(
             run_dir,
@@ -171,7 +203,7 @@ def llc_calibrate(
             device,
             progress=not quiet,
         )
-        _print_calibration(cal)
+        _print_calibration(cal, as_json)
         return
     grid = {
         "epoch": epoch,
@@ -180,8 +212,12 @@ def llc_calibrate(
         "nbetas": nbetas,
         "replica": replica,
         "laplace": laplace,
-        "quiet": quiet,
+        "quiet": quiet or as_json,
         "device": device,
+        "samplers": _names("samplers", samplers),
+        "epochs": _ints("epochs", epochs),
+        "mala_target": mala_target,
+        "as_json": as_json,
     }
     _calibrate(RunDir(run_dir), given, grid)
 
@@ -266,6 +302,23 @@ def _floats(name: str, text: str | None) -> list[float] | None:
     return vals
 
 
+def _names(name: str, text: str | None) -> list[str] | None:
+    """A comma-separated list of names (checked by the callee against its registry)."""
+    if text is None:
+        return None
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _ints(name: str, text: str | None) -> list[int] | None:
+    """A comma-separated list of integers, or a one-line ConfigError naming the flag."""
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise ConfigError(f"--{name}: got {text!r}; give comma-separated integers") from None
+
+
 def _calibrate(run, given: dict[str, Any], flags: dict[str, Any]) -> None:
     from grokbasin.llc.calibrate import calibrate
     from grokbasin.pipeline import stored_config
@@ -286,13 +339,19 @@ def _calibrate(run, given: dict[str, Any], flags: dict[str, Any]) -> None:
         replica=flags["replica"],
         laplace=flags["laplace"],
         progress=not flags["quiet"],
+        samplers=flags["samplers"],
+        epochs=flags["epochs"],
+        mala_target=flags["mala_target"],
     )
-    _print_calibration(cal)
+    _print_calibration(cal, flags["as_json"])
 
 
-def _print_calibration(cal: Any) -> None:
-    from grokbasin.llc.calibrate import format_recommendation
+def _print_calibration(cal: Any, as_json: bool = False) -> None:
+    from grokbasin.llc.calibrate import format_recommendation, to_json
 
+    if as_json:
+        print(json.dumps(to_json(cal), default=str))
+        return
     for line in format_recommendation(cal):
         console.print(line)
     for path in (cal.table, cal.figure):

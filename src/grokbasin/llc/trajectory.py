@@ -288,11 +288,14 @@ def sample_with_progress(
     progress: bool,
     step_size: Any = None,
     gamma: Any = None,
+    mala: bool = False,
     trace_budget_mb: float | None = None,
 ) -> Estimate:
     """``estimate_llc`` with every setting from ``llc_cfg`` and a progress bar over the steps.
 
-    ``step_size``/``gamma`` override the config with per-replica sequences (calibration grids).
+    ``step_size``/``gamma`` override the config with per-replica sequences (calibration grids);
+    ``mala`` records MALA acceptance (calibration's acceptance target); ``trace_budget_mb``
+    bounds per-sample observable traces (``llc.observables``).
     """
     total = llc_cfg.burnin + llc_cfg.draws * llc_cfg.thin
     with make_progress(progress) as bar:
@@ -315,6 +318,7 @@ def sample_with_progress(
             baseline=llc_cfg.baseline,
             group_ids=group_ids,
             on_step=lambda k: bar.update(task, advance=k),
+            mala=mala,
             **({} if trace_budget_mb is None else {"trace_budget_mb": trace_budget_mb}),
         )
 
