@@ -235,6 +235,18 @@ class LLCConfig(_Strict):
         description=f"the sampler's own hyperparameters ({sampler_registry.options_help()}); "
         "unset ones take their defaults",
     )
+    data: str = Field(
+        "train",
+        description="data-refined LLC: the subset whose loss the posterior uses "
+        "(train | val | all | class=K); 'train' is the plain LLC",
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: str) -> str:
+        from grokbasin.subset_names import check_subset
+
+        return check_subset(v)
 
     @field_validator("method")
     @classmethod
@@ -332,10 +344,12 @@ class LLCConfig(_Strict):
         The noise-stream tag keeps estimates drawn with an older random stream from mixing with
         new ones under the same settings.
         """
-        data = self.model_dump(exclude={"checkpoints", "options"})
+        data = self.model_dump(exclude={"checkpoints", "options", "data"})
         options = sampler_registry.non_default(self.method, self.options)
         if options:  # absent when every option is at its default: older hashes stay valid
             data["options"] = options
+        if self.data != "train":  # the data-refined LLC; the plain LLC keeps its older hashes
+            data["data"] = self.data
         return short_hash({**data, "noise": NOISE_STREAM})
 
 
