@@ -45,6 +45,7 @@ llc_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="LLC estimates: `llc estimate RUN_DIR` (or just `llc RUN_DIR`), `llc calibrate RUN_DIR`, "
+    "`llc influence RUN_DIR` (susceptibilities, Bayesian influence), "
     "`llc external` for your own model and checkpoints.",
 )
 RUN_DIR_ARG = Annotated[Path, typer.Argument(help="run directory (built-in or external)")]
@@ -91,6 +92,53 @@ def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> No
     )
     print_summary(report_run(run, cfg))
     print(run.path)
+
+
+@llc_app.command("influence")
+@with_flags(LLC_FLAGS, DEVICE_FLAG)
+def llc_influence(
+    run_dir: RUN_DIR_ARG,
+    probe: Annotated[
+        str, Opt(help="subset whose samples are probed: val | all | class=K | train")
+    ] = "val",
+    trace_budget_mb: Annotated[
+        float, Opt(help="refuse per-sample loss traces larger than this (MiB)")
+    ] = 1024.0,
+    quiet: QUIET = False,
+    **flags: Any,
+) -> None:
+    """Per-sample loss traces, susceptibilities and Bayesian influence functions at a built-in
+    run's checkpoints (writes RUN_DIR/llc_influence/KEY.safetensors and KEY.png; resumable).
+
+    Sampler settings not given as flags are those of the run's newest estimate (else defaults).
+    """
+    from grokbasin.store.rundir import RunDir
+
+    given, device = overrides(flags, LLC_FLAGS), resolve(flags["device"] or "cpu")
+    if is_external(run_dir):
+        raise ConfigError(
+            "llc influence: built-in runs only; for your own model use grokbasin.llc.bif and "
+            "grokbasin.llc.susceptibilities on per-sample traces (from_module(observables=...))"
+        )
+    run = RunDir(run_dir)
+    if not run.config.exists():
+        raise ConfigError(f"RUN_DIR: {run_dir} is not a run directory (no config.yaml)")
+    from grokbasin.llc.influence_run import estimate_influence
+    from grokbasin.pipeline import stored_config
+    from grokbasin.subset_names import check_subset
+
+    cfg = build_config(stored_config(run).model_dump(mode="json"), given)
+    check_subset(probe, cfg.task.p)
+    if trace_budget_mb <= 0:
+        raise ConfigError(f"--trace-budget-mb: must be > 0, got {trace_budget_mb:g}")
+    res = estimate_influence(
+        run.path, cfg.llc, probe, device, progress=not quiet, trace_budget_mb=trace_budget_mb
+    )
+    console.print(
+        f"influence: {len(res.computed)} checkpoints sampled, {len(res.cached)} already done"
+    )
+    print(res.path)
+    print(res.figure)
 
 
 @llc_app.command("calibrate")
@@ -178,7 +226,7 @@ def llc_calibrate(
 
 
 EXTERNAL_LLC_FLAGS = {
-    **{k: v for k, v in LLC_FLAGS.items() if k != "checkpoints"},
+    **{k: v for k, v in LLC_FLAGS.items() if k not in ("checkpoints", "llc_data")},
     **RECORD_FLAGS,
 }
 

@@ -252,6 +252,19 @@ class LLCConfig(_Strict):
             raise ValueError(f"mala: MALA acceptance needs method sgld, not {self.method!r}")
         return self
 
+    data: str = Field(
+        "train",
+        description="data-refined LLC: the subset whose loss the posterior uses "
+        "(train | val | all | class=K); 'train' is the plain LLC",
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: str) -> str:
+        from grokbasin.subset_names import check_subset
+
+        return check_subset(v)
+
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
@@ -348,13 +361,15 @@ class LLCConfig(_Strict):
         The noise-stream tag keeps estimates drawn with an older random stream from mixing with
         new ones under the same settings.
         """
-        data = self.model_dump(exclude={"checkpoints", "options", *RECORD_FIELDS})
+        data = self.model_dump(exclude={"checkpoints", "options", "data", *RECORD_FIELDS})
         for k in RECORD_FIELDS:  # absent when off: hashes made before they existed stay valid
             if getattr(self, k):
                 data[k] = True
         options = sampler_registry.non_default(self.method, self.options)
         if options:  # absent when every option is at its default: older hashes stay valid
             data["options"] = options
+        if self.data != "train":  # the data-refined LLC; the plain LLC keeps its older hashes
+            data["data"] = self.data
         return short_hash({**data, "noise": NOISE_STREAM})
 
 

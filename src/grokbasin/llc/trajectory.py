@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grokbasin.config import LLCConfig, RunConfig
+from grokbasin.config import RECORD_FIELDS, LLCConfig, RunConfig
 from grokbasin.device import check_fits
 from grokbasin.errors import ConfigError, CorruptFileError
 from grokbasin.llc import health_traces
@@ -200,7 +200,9 @@ def _sample_batch(
 ) -> None:
     """Every (run, epoch, training replica) group of compatible runs, in chunks of checkpoints."""
     items = [(res, cfg, e) for res, cfg in batch for e in res.computed]
-    copies = len(nbeta_values(llc_cfg, batch[0][1].task.n_train)) * llc_cfg.chains
+    cfg0 = batch[0][1]
+    n = cfg0.task.n_train if llc_cfg.data == "train" else sampling_rows(cfg0, llc_cfg).shape[1]
+    copies = len(nbeta_values(llc_cfg, n)) * llc_cfg.chains
     sizes = [len(cfg.train.replicas()) * copies for _, cfg, _ in items]
     for part in check_chunks_fit(sizes, batch[0][1], llc_cfg, device):
         _sample_checkpoints([items[i] for i in part], llc_cfg, shash, device, progress)
@@ -218,7 +220,7 @@ def _sample_checkpoints(
     params, rows, ids, where = [], [], [], []
     shapes = model_shapes(items[0][1])
     for res, cfg, e in items:
-        train_rows = modular_train_rows(cfg)  # [R_train, n]
+        train_rows = sampling_rows(cfg, llc_cfg)  # [R_train, n]
         run_id = run_identity(cfg.run_hash())
         ck = res.run.load_checkpoint(e, device)
         r_train = next(iter(ck.values())).shape[0]
@@ -243,6 +245,16 @@ def _sample_checkpoints(
     label = f"{G} checkpoints×replicas × {C} chains × {B} nβ"
     est = sample_with_progress(target, llc_cfg, G, nbetas, ids, label, progress)
     _write(est, where, llc_cfg, shash)
+
+
+def sampling_rows(cfg: RunConfig, llc_cfg: LLCConfig) -> torch.Tensor:
+    """Rows [R_train, n] the posterior's loss is on: the training split, or for the data-refined
+    LLC (``llc.data``, Wang et al. 2024) the named subset, whose size is then the n of nβ."""
+    if llc_cfg.data == "train":
+        return modular_train_rows(cfg)
+    from grokbasin.llc.subsets import subset_rows
+
+    return subset_rows(cfg, llc_cfg.data)
 
 
 def model_shapes(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
@@ -279,12 +291,14 @@ def sample_with_progress(
     step_size: Any = None,
     gamma: Any = None,
     mala: bool = False,
+    trace_budget_mb: float | None = None,
 ) -> Estimate:
     """``estimate_llc`` with every setting from ``llc_cfg`` and a progress bar over the steps.
 
     ``step_size``/``gamma`` override the config with per-replica sequences (calibration grids);
-    ``mala`` records MALA acceptance (calibration's acceptance target), as ``llc_cfg.mala`` does;
-    ``llc_cfg.record_norms`` records the step norms (both for the report's sampler dashboard).
+    ``mala`` records MALA acceptance (calibration's acceptance target), as ``llc_cfg.mala`` does
+    for the report's sampler dashboard, with ``llc_cfg.record_norms`` (the step norms);
+    ``trace_budget_mb`` bounds per-sample observable traces (``llc.observables``).
     """
     total = llc_cfg.burnin + llc_cfg.draws * llc_cfg.thin
     with make_progress(progress) as bar:
@@ -311,6 +325,7 @@ def sample_with_progress(
             mala=mala or (llc_cfg.mala and llc_cfg.method in MALA_METHODS),
             group_ids=group_ids,
             on_step=lambda k: bar.update(task, advance=k),
+            **({} if trace_budget_mb is None else {"trace_budget_mb": trace_budget_mb}),
         )
 
 
@@ -322,8 +337,11 @@ def run_identity(content_hash: str) -> int:
 
 
 def sampler_json(llc_cfg: LLCConfig) -> str:
-    """The sampler settings as stored with every LLC row (all but ``checkpoints``)."""
-    return json.dumps(llc_cfg.model_dump(mode="json", exclude={"checkpoints"}), sort_keys=True)
+    """The sampler settings as stored with every LLC row (all but ``checkpoints``; settings
+    added later only where they are not at their default, so stored rows keep their text)."""
+    skip = {"checkpoints"} | ({"data"} if llc_cfg.data == "train" else set())
+    skip |= {k for k in RECORD_FIELDS if not getattr(llc_cfg, k)}
+    return json.dumps(llc_cfg.model_dump(mode="json", exclude=skip), sort_keys=True)
 
 
 def group_rows(
