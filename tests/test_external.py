@@ -154,6 +154,8 @@ def test_cli_external_estimate_calibrate_report(saved, monkeypatch, capsys):
     assert res["computed"] == [10, 20, 30, 40] and len(res["llc"]) == 4
     code, out, err = _main(monkeypatch, capsys, "llc", str(run), "--step-size", "2e-3", "--quiet")
     assert code == 0 and "4 checkpoints sampled, 0 already" in err, err
+    said = " ".join(err.split())  # 2 chains × 20 draws: too few effective draws, said once
+    assert said.count("ESS < 100") == 1 and f"`grokbasin llc estimate {run} --draws" in said
     code, out, err = _main(monkeypatch, capsys, "llc", "estimate", str(run), "--quiet")
     assert code == 0 and "0 checkpoints sampled, 4 already" in err, err
     rows = pq.read_table(run / "llc.parquet").to_pylist()
@@ -263,3 +265,20 @@ def test_temperature_sweep_gives_regressed_estimates(saved):
     assert all(np.isfinite(r["llc_regressed"]) for r in rows)
     (main,) = res.summary()  # the main nβ only, although 5.0 sorts first
     assert main["chains"] == 2 and main["nbeta"] == pytest.approx(16 / np.log(16))
+
+
+def test_external_run_records_norms_for_the_dashboard(saved):
+    tmp, _, _, _ = saved
+    args = (str(tmp / "model.py") + ":make", str(tmp / "ck" / "*.pt"), "mse", tmp / "data.pt")
+    res = trajectory(*args, out=tmp / "runs", record_norms=True, mala=True, **SAMPLER)
+    shash = read_parquet(res.run_dir / "llc.parquet").column("sampler_hash")[0].as_py()
+    from grokbasin.llc.health_traces import read_health
+    from grokbasin.store.rundir import RunDir
+
+    health, meta = read_health(RunDir(res.run_dir), shash)
+    assert sorted(health) == [10, 20, 30, 40] and len(meta["steps"]) == 10 + 20
+    assert health[40]["noise"].shape == (1, 1, 2, 30)
+    html = (res.run_dir / "report.html").read_text()
+    assert (
+        "Sampler dashboard" in html and "MALA acceptance" in html and "--record-norms" not in html
+    )

@@ -67,6 +67,14 @@ LLC_FLAGS: dict[str, tuple[str, Any]] = {
         ),
     ),
 }
+RECORD_FLAGS: dict[str, tuple[str, Any]] = {
+    "record_norms": (
+        "llc.record_norms",
+        opt(bool, "store gradient, noise and distance norm traces for the report's dashboard"),
+    ),
+    "mala": ("llc.mala", opt(bool, "record MALA acceptance for the dashboard (sgld only)")),
+}
+"""What an estimate records for the report's sampler dashboard (estimate, run, external)."""
 DEVICE_FLAG = {"device": ("device", opt(str, "cpu | cuda | cuda:N | mps | auto"))}
 
 

@@ -6,6 +6,7 @@ Same rules as ``cli``: flags become configs, user problems are ConfigErrors (one
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from grokbasin.cli_flags import (
     JSON,
     LLC_FLAGS,
     QUIET,
+    RECORD_FLAGS,
     Opt,
     OutOpt,
     overrides,
@@ -57,7 +59,7 @@ def is_external(path: Path) -> bool:
 
 
 @llc_app.command("estimate")
-@with_flags(LLC_FLAGS, DEVICE_FLAG)
+@with_flags(LLC_FLAGS, RECORD_FLAGS, DEVICE_FLAG)
 def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> None:
     """LLC at a run's checkpoints (writes RUN_DIR/llc.parquet and the report).
 
@@ -65,7 +67,8 @@ def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> No
     """
     from grokbasin.store.rundir import RunDir
 
-    given, device = overrides(flags, LLC_FLAGS), resolve(flags["device"] or "cpu")
+    given = overrides(flags, LLC_FLAGS, RECORD_FLAGS)
+    device = resolve(flags["device"] or "cpu")
     if is_external(run_dir):
         from grokbasin.llc.external import estimate_run as estimate_external
 
@@ -222,7 +225,10 @@ def llc_calibrate(
     _calibrate(RunDir(run_dir), given, grid)
 
 
-EXTERNAL_LLC_FLAGS = {k: v for k, v in LLC_FLAGS.items() if k not in ("checkpoints", "llc_data")}
+EXTERNAL_LLC_FLAGS = {
+    **{k: v for k, v in LLC_FLAGS.items() if k not in ("checkpoints", "llc_data")},
+    **RECORD_FLAGS,
+}
 
 
 @llc_app.command("external")
@@ -283,6 +289,10 @@ def _print_external(res: Any, as_json: bool) -> None:
             r["flags"],
         )
     console.print(t)
+    from grokbasin.llc.advice import advice_lines
+
+    for line in advice_lines(res.table.to_pylist(), shlex.quote(str(res.run_dir))):
+        console.print(f"[yellow]warning:[/yellow] {line}")
     console.print(
         f"LLC: {len(res.computed)} checkpoints sampled, {len(res.cached)} already estimated"
     )

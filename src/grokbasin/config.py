@@ -206,6 +206,10 @@ DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps|auto")
 NOISE_STREAM = "splitmix64-polynomial-boxmuller"  # bump when the SGLD noise stream changes
 
 
+RECORD_FIELDS = ("record_norms", "mala")
+"""LLCConfig switches that record more (norms, MALA acceptance): hashed only when on."""
+
+
 class LLCConfig(_Strict):
     """SGLD sampler and estimator settings (SPEC §3.3)."""
 
@@ -235,6 +239,19 @@ class LLCConfig(_Strict):
         description=f"the sampler's own hyperparameters ({sampler_registry.options_help()}); "
         "unset ones take their defaults",
     )
+    record_norms: bool = Field(
+        False,
+        description="store gradient, noise and distance-from-w* norm traces for the report's "
+        "sampler dashboard (runs the reference kernel: slower)",
+    )
+    mala: bool = Field(False, description="record MALA acceptance (plain sgld only)")
+
+    @model_validator(mode="after")
+    def _mala_needs_sgld(self) -> LLCConfig:
+        if self.mala and self.method != "sgld":  # MALA scores SGLD's own move
+            raise ValueError(f"mala: MALA acceptance needs method sgld, not {self.method!r}")
+        return self
+
     data: str = Field(
         "train",
         description="data-refined LLC: the subset whose loss the posterior uses "
@@ -344,7 +361,10 @@ class LLCConfig(_Strict):
         The noise-stream tag keeps estimates drawn with an older random stream from mixing with
         new ones under the same settings.
         """
-        data = self.model_dump(exclude={"checkpoints", "options", "data"})
+        data = self.model_dump(exclude={"checkpoints", "options", "data", *RECORD_FIELDS})
+        for k in RECORD_FIELDS:  # absent when off: hashes made before they existed stay valid
+            if getattr(self, k):
+                data[k] = True
         options = sampler_registry.non_default(self.method, self.options)
         if options:  # absent when every option is at its default: older hashes stay valid
             data["options"] = options

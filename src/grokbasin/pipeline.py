@@ -12,6 +12,7 @@ a report that says so instead of numeric theory on NaN weights.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,13 @@ from grokbasin.analysis.grokking import grokking_metrics
 from grokbasin.config import LLCConfig, RunConfig, load_yaml, short_hash
 from grokbasin.device import resolve
 from grokbasin.errors import CorruptFileError
+from grokbasin.llc.advice import advice_lines
 from grokbasin.llc.laplace import laplace_for_checkpoint
 from grokbasin.llc.trajectory import check_llc_fits, estimate_run
 from grokbasin.progress import console
 from grokbasin.report import figures as figs
-from grokbasin.report.html import health_lines, write_run_report
+from grokbasin.report.dashboard import dashboard_section
+from grokbasin.report.html import write_run_report
 from grokbasin.report.markdown import write_run_markdown
 from grokbasin.store import binding, query
 from grokbasin.store.llc_results import llc_summary
@@ -127,14 +130,16 @@ def _report_run(run_dir: RunDir, cfg: RunConfig | None) -> RunSummary:
     for m in metrics:
         if m["replica"] in diverged:
             m["regime"] = "diverged"
-    health = divergence_lines(diverged) + health_lines(llc_rows)
+    health = divergence_lines(diverged) + advice_lines(llc_rows, shlex.quote(str(run_dir.path)))
     figures = render_figures(run_dir, cfg, metrics_t.to_pylist(), metrics, theory, shash)
     report_rows = theory_rows(theory)
     config = cfg.model_dump(mode="json")
     prov = run_dir.read_provenance()
-    write_run_report(run_dir.path, config, metrics, report_rows, summary, health, figures, prov)
+    dash = dashboard_section(run_dir.path, llc_rows, shash, cfg.llc.resolve_nbeta(n_train))
+    args = (config, metrics, report_rows, summary, health)
+    write_run_report(run_dir.path, *args, figures, prov, dashboard=dash)
     rel = {k: v.relative_to(run_dir.path.resolve()) for k, v in figures.items()}
-    write_run_markdown(run_dir.path, config, metrics, report_rows, summary, health, rel, prov)
+    write_run_markdown(run_dir.path, *args, rel, prov, dashboard=dash)
     return RunSummary(run_dir, metrics, theory, summary, health, figures)
 
 

@@ -25,11 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from grokbasin.config import LLCConfig, RunConfig
+from grokbasin.config import RECORD_FIELDS, LLCConfig, RunConfig
 from grokbasin.device import check_fits
 from grokbasin.errors import ConfigError, CorruptFileError
+from grokbasin.llc import health_traces
 from grokbasin.llc.diagnostics import GROUP_FLAGS
 from grokbasin.llc.estimate import Estimate, estimate_llc
+from grokbasin.llc.samplers import MALA_METHODS
 from grokbasin.llc.targets import from_modular, modular_train_rows
 from grokbasin.progress import make_progress
 from grokbasin.store import llc_results
@@ -294,8 +296,9 @@ def sample_with_progress(
     """``estimate_llc`` with every setting from ``llc_cfg`` and a progress bar over the steps.
 
     ``step_size``/``gamma`` override the config with per-replica sequences (calibration grids);
-    ``mala`` records MALA acceptance (calibration's acceptance target); ``trace_budget_mb``
-    bounds per-sample observable traces (``llc.observables``).
+    ``mala`` records MALA acceptance (calibration's acceptance target), as ``llc_cfg.mala`` does
+    for the report's sampler dashboard, with ``llc_cfg.record_norms`` (the step norms);
+    ``trace_budget_mb`` bounds per-sample observable traces (``llc.observables``).
     """
     total = llc_cfg.burnin + llc_cfg.draws * llc_cfg.thin
     with make_progress(progress) as bar:
@@ -316,9 +319,12 @@ def sample_with_progress(
             method=llc_cfg.method,
             options=llc_cfg.options,
             baseline=llc_cfg.baseline,
+            record_norms=llc_cfg.record_norms,
+            # llc.mala (the dashboard's) only where it applies: a calibration's sampler axis
+            # copies the config onto samplers that MALA does not model
+            mala=mala or (llc_cfg.mala and llc_cfg.method in MALA_METHODS),
             group_ids=group_ids,
             on_step=lambda k: bar.update(task, advance=k),
-            mala=mala,
             **({} if trace_budget_mb is None else {"trace_budget_mb": trace_budget_mb}),
         )
 
@@ -331,8 +337,10 @@ def run_identity(content_hash: str) -> int:
 
 
 def sampler_json(llc_cfg: LLCConfig) -> str:
-    """The sampler settings as stored with every LLC row (all but ``checkpoints``)."""
+    """The sampler settings as stored with every LLC row (all but ``checkpoints``; settings
+    added later only where they are not at their default, so stored rows keep their text)."""
     skip = {"checkpoints"} | ({"data"} if llc_cfg.data == "train" else set())
+    skip |= {k for k in RECORD_FIELDS if not getattr(llc_cfg, k)}
     return json.dumps(llc_cfg.model_dump(mode="json", exclude=skip), sort_keys=True)
 
 
@@ -385,14 +393,21 @@ def _write(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str) -> None:
     """Merge new rows into each run's llc.parquet and traces file, atomically."""
     new = _rows_for(est, where, llc_cfg, shash)
     traces = est._gbc(est.result.traces)  # [G, B, C, D]
+    health, steps = health_traces.per_group(
+        est.result.norms, est.result.mala_accept, traces.shape[:3]
+    )
     for path, rows in new.items():
         run = RunDir(path)
         llc_results.merge_write(run, rows)
         tpath = run.path / "llc_traces" / f"{shash}.safetensors"
         tensors = run.load_tensors(tpath)[0] if tpath.exists() else {}
-        for e in sorted({r["epoch"] for r in rows}):
-            gs = [g for g, (rr, ee, _) in enumerate(where) if rr.run.path == path and ee == e]
+        by_epoch = {
+            e: [g for g, (rr, ee, _) in enumerate(where) if rr.run.path == path and ee == e]
+            for e in sorted({r["epoch"] for r in rows})
+        }
+        for e, gs in by_epoch.items():
             tensors[f"epoch_{e}"] = torch.from_numpy(np.ascontiguousarray(traces[gs])).float()
+        health_traces.write_health(run, shash, health, steps, llc_cfg.burnin, by_epoch)
         run.save_tensors(
             tpath,
             tensors,

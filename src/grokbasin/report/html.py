@@ -304,8 +304,10 @@ def run_report_sections(
     health: Sequence[str],
     figures: Mapping[str, bytes | Figure | str | Path],
     provenance: Mapping[str, Any] | None = None,
+    dashboard: Section | None = None,
 ) -> list[Section]:
-    """Sections of a run report: health, figures, grokking metrics, LLC, theory, config.
+    """Sections of a run report: health, the sampler dashboard (when given), figures, grokking
+    metrics, LLC, theory, config.
 
     figures maps a caption to PNG bytes, a Figure, or a path (relative paths are kept for
     Markdown; HTML reads them, so pass bytes or absolute paths when rendering HTML).
@@ -332,6 +334,7 @@ def run_report_sections(
     ]
     sections = [
         health_sec,
+        *([dashboard] if dashboard is not None else []),
         Section(
             "Figures",
             figures=list(images),
@@ -394,6 +397,7 @@ def build_run_report(
     figures: Mapping[str, bytes | Figure | str | Path],
     provenance: Mapping[str, Any] | None = None,
     title: str | None = None,
+    dashboard: Section | None = None,
 ) -> str:
     """The standard self-contained HTML report of one run (see :func:`run_report_sections`)."""
     run = Path(run_dir_path)
@@ -402,7 +406,7 @@ def build_run_report(
         for k, v in figures.items()
     }
     sections = run_report_sections(
-        config, metrics_summary, theory_rows, llc_summary, health, resolved, provenance
+        config, metrics_summary, theory_rows, llc_summary, health, resolved, provenance, dashboard
     )
     return render_run_report(title or f"grokbasin run {run.name}", sections, subtitle=str(run))
 
@@ -416,11 +420,20 @@ def write_run_report(
     health: Sequence[str],
     figures: Mapping[str, bytes | Figure | str | Path],
     provenance: Mapping[str, Any] | None = None,
+    dashboard: Section | None = None,
 ) -> Path:
     """Write RUN_DIR/report.html atomically (see :func:`build_run_report`); returns its path."""
     path = Path(run_dir_path) / "report.html"
     text = build_run_report(
-        run_dir_path, config, metrics_summary, theory_rows, llc_summary, health, figures, provenance
+        run_dir_path,
+        config,
+        metrics_summary,
+        theory_rows,
+        llc_summary,
+        health,
+        figures,
+        provenance,
+        dashboard=dashboard,
     )
     atomic_write(path, text.encode("utf-8"))
     return path

@@ -136,11 +136,12 @@ def build_run_markdown(
     figures: Mapping[str, bytes | Figure | str | Path],
     provenance: Mapping[str, Any] | None = None,
     title: str | None = None,
+    dashboard: Section | None = None,
 ) -> tuple[str, dict[str, bytes]]:
     """The standard run report as Markdown; figure paths are relative to the run directory."""
     run = Path(run_dir_path)
     sections = run_report_sections(
-        config, metrics_summary, theory_rows, llc_summary, health, figures, provenance
+        config, metrics_summary, theory_rows, llc_summary, health, figures, provenance, dashboard
     )
     return render_markdown(title or f"grokbasin run {run.name}", sections, subtitle=str(run))
 
@@ -155,11 +156,20 @@ def write_run_markdown(
     figures: Mapping[str, bytes | Figure | str | Path],
     provenance: Mapping[str, Any] | None = None,
     name: str = "report.md",
+    dashboard: Section | None = None,
 ) -> Path:
     """Write RUN_DIR/report.md (and figures/*.png for figures given as bytes)."""
     run = Path(run_dir_path)
     text, files = build_run_markdown(
-        run, config, metrics_summary, theory_rows, llc_summary, health, figures, provenance
+        run,
+        config,
+        metrics_summary,
+        theory_rows,
+        llc_summary,
+        health,
+        figures,
+        provenance,
+        dashboard=dashboard,
     )
     for rel, data in files.items():
         if not ((run / rel).exists() and (run / rel).read_bytes() == data):

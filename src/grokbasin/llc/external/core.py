@@ -30,6 +30,7 @@ import yaml
 from grokbasin import provenance
 from grokbasin.config import LLCConfig
 from grokbasin.errors import ConfigError
+from grokbasin.llc import health_traces
 from grokbasin.llc.estimate import Estimate
 from grokbasin.llc.external import inputs as inp
 from grokbasin.llc.external.inputs import SPEC_FILE
@@ -395,7 +396,8 @@ def _write_chunk(
     """Merge the rows (through the one writer, ``llc_results.merge_write``), traces and losses
     of checkpoints ``idx`` into the run's files."""
     llc_results.merge_write(run, estimate_rows(est, x, idx, llc_cfg))
-    _write_traces(run, est, [x.steps[i] for i in idx], nbetas, llc_cfg.sampler_hash())
+    steps = [x.steps[i] for i in idx]
+    _write_traces(run, est, steps, nbetas, llc_cfg.sampler_hash(), llc_cfg.burnin)
     _merge_metrics(run, checkpoint_losses(x, idx, est))
 
 
@@ -442,7 +444,7 @@ def _finish(run: RunDir, x: inp.Inputs, device: str) -> None:
 
 
 def _write_traces(
-    run: RunDir, est: Estimate, steps: list[int], nbetas: list[float], shash: str
+    run: RunDir, est: Estimate, steps: list[int], nbetas: list[float], shash: str, burnin: int
 ) -> None:
     traces = est._gbc(est.result.traces)  # [G, B, C, D]
     tpath = run.path / "llc_traces" / f"{shash}.safetensors"
@@ -451,6 +453,11 @@ def _write_traces(
         tensors[f"epoch_{s}"] = torch.from_numpy(np.ascontiguousarray(traces[g : g + 1])).float()
     meta = {"nbetas": [float(v) for v in nbetas], "layout": "replica,nbeta,chain,draw"}
     run.save_tensors(tpath, tensors, meta)
+    health, kept = health_traces.per_group(
+        est.result.norms, est.result.mala_accept, traces.shape[:3]
+    )
+    by_step = {s: [g] for g, s in enumerate(steps)}
+    health_traces.write_health(run, shash, health, kept, burnin, by_step)
 
 
 def _merge_metrics(run: RunDir, rows: list[dict[str, Any]]) -> None:

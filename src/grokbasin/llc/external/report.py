@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from grokbasin.config import LLCConfig, safe_load
+from grokbasin.llc.advice import advice_lines
 from grokbasin.llc.external.inputs import SPEC_FILE
 from grokbasin.report import figures as figs
-from grokbasin.report.html import Image, Section, Table, config_tables, flatten, health_lines
+from grokbasin.report.dashboard import dashboard_section
+from grokbasin.report.html import Image, Section, Table, config_tables, flatten
 from grokbasin.report.html import write_report as write_html
 from grokbasin.store import query
 from grokbasin.store.llc_results import llc_summary
@@ -85,7 +88,8 @@ def write_report(run: RunDir, llc_cfg: LLCConfig, n: int) -> Path:
     fig = trajectory_figure(metrics, main, sampler, title)
     png = figs.save_png(fig, run.figures / "trajectory.png")
     summary = llc_summary(rows, nbeta)
-    health = health_lines(rows)
+    health = advice_lines(rows, shlex.quote(str(run.path)))
+    dash = dashboard_section(run.path, rows, shash, nbeta)
     inputs = [
         {"input": "model", "value": spec.get("model") or f"{model.get('name')} (Python object)"},
         {"input": "loss", "value": config.get("train", {}).get("loss")},
@@ -100,6 +104,7 @@ def write_report(run: RunDir, llc_cfg: LLCConfig, n: int) -> Path:
             ok="All sampler health checks passed (finite losses, no explosion, λ̂ ≥ 0, chains "
             "agree, enough effective samples).",
         ),
+        *([dash] if dash is not None else []),
         Section("Figures", figures=[Image("LLC trajectory", data=png)]),
         Section(
             "LLC estimates",
