@@ -326,17 +326,6 @@ def test_markdown_report_links_pngs(tmp_path: Path, fig_png: bytes):
     assert (path.parent / "figures" / "figure-1.png").read_bytes()[:8] == PNG_MAGIC
 
 
-def test_health_lines_group_flags():
-    from grokbasin.report.html import health_lines
-
-    rows = [
-        {"replica": 0, "epoch": 100, "nbeta": 26.4, "chain": 0, "flags": ["rhat"]},
-        {"replica": 0, "epoch": 100, "nbeta": 26.4, "chain": 1, "flags": "low_ess,rhat"},
-        {"replica": 0, "epoch": 200, "nbeta": 26.4, "chain": 0, "flags": []},
-    ]
-    assert health_lines(rows) == ["replica 0, epoch 100, nβ 26.4: low_ess, rhat"]
-
-
 def test_merge_equal_theory_values():
     from grokbasin.report.figures import merge_equal
 

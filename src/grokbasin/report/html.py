@@ -437,25 +437,3 @@ def write_run_report(
     )
     atomic_write(path, text.encode("utf-8"))
     return path
-
-
-def health_lines(llc_rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One warning line per (replica, epoch, nβ) whose llc rows carry any health flag."""
-    groups: dict[tuple[Any, Any, Any], set[str]] = {}
-    for r in llc_rows:
-        flags = r.get("flags") or []
-        if isinstance(flags, str):
-            flags = [f for f in re.split(r"[,;\s]+", flags) if f]
-        if flags:
-            key = (r.get("replica", 0), r.get("epoch"), r.get("nbeta"))
-            groups.setdefault(key, set()).update(map(str, flags))
-    return [
-        f"replica {rep}, epoch {format_value(ep)}, nβ {format_value(nb)}: " + ", ".join(sorted(fl))
-        for (rep, ep, nb), fl in sorted(groups.items(), key=_group_order)
-    ]
-
-
-def _group_order(kv: tuple[tuple[Any, Any, Any], Any]) -> tuple[str, float, float]:
-    """Sort key for health groups: replica, then epoch and nβ numerically."""
-    rep, ep, nb = kv[0]
-    return (str(rep), float(ep or 0), float(nb or 0))
