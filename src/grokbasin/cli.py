@@ -21,6 +21,7 @@ from grokbasin.cli_flags import (
     JSON,
     LLC_FLAGS,
     QUIET,
+    RESTRICT_FLAG,
     TRAIN_FLAGS,
     Opt,
     OutOpt,
@@ -118,7 +119,7 @@ def train(
 
 
 @app.command()
-@with_flags(TRAIN_FLAGS, LLC_FLAGS, DEVICE_FLAG)
+@with_flags(TRAIN_FLAGS, LLC_FLAGS, RESTRICT_FLAG, DEVICE_FLAG)
 def run(
     preset_name: Annotated[
         str | None, Opt("--preset", help="named preset (grokbasin presets)")
@@ -133,7 +134,7 @@ def run(
     from grokbasin.pipeline import print_summary
     from grokbasin.pipeline import run as run_pipeline
 
-    given = overrides(flags, TRAIN_FLAGS, LLC_FLAGS, DEVICE_FLAG)
+    given = overrides(flags, TRAIN_FLAGS, LLC_FLAGS, RESTRICT_FLAG, DEVICE_FLAG)
     cfg = _resolve_config(config, preset_name or "default", given)
     summary = run_pipeline(cfg, out, progress=not quiet)
     if as_json:

@@ -22,13 +22,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
-from grokbasin import sampler_registry
+from grokbasin import restrictions, sampler_registry
 from grokbasin.errors import ConfigError
 
 
@@ -235,6 +237,25 @@ class LLCConfig(_Strict):
         description=f"the sampler's own hyperparameters ({sampler_registry.options_help()}); "
         "unset ones take their defaults",
     )
+    restrict: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="weight-restricted LLCs, NAME -> parameter-name globs (PATTERN#head=H: one "
+        "attention head); each has its own rows, sampled in one call with the unrestricted λ̂",
+    )
+
+    @field_validator("restrict", mode="before")
+    @classmethod
+    def _restrict(cls, v: Any) -> Any:
+        return restrictions.check(v if v is not None else {})
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dumps without ``restrict`` when it is empty: config files and stored sampler settings
+        of unrestricted estimates stay as they were before the field existed."""
+        data = handler(self)
+        if not self.restrict:
+            data.pop("restrict", None)
+        return data
 
     @field_validator("method")
     @classmethod
@@ -332,11 +353,25 @@ class LLCConfig(_Strict):
         The noise-stream tag keeps estimates drawn with an older random stream from mixing with
         new ones under the same settings.
         """
-        data = self.model_dump(exclude={"checkpoints", "options"})
+        data = self.model_dump(exclude={"checkpoints", "options", "restrict"})
         options = sampler_registry.non_default(self.method, self.options)
         if options:  # absent when every option is at its default: older hashes stay valid
             data["options"] = options
         return short_hash({**data, "noise": NOISE_STREAM})
+
+    def restriction_hash(self, name: str) -> str:
+        """The rows' identity of restriction ``name``: the sampler hash with the restriction's
+        name and patterns, so each restriction caches and resumes on its own."""
+        return short_hash(
+            {"sampler": self.sampler_hash(), "restriction": name, "patterns": self.restrict[name]}
+        )
+
+    def variants(self) -> list[tuple[str | None, str]]:
+        """(restriction name, row hash) of every estimate this config makes: the unrestricted
+        one (name None, :meth:`sampler_hash`) first, then each restriction in order."""
+        return [(None, self.sampler_hash())] + [
+            (k, self.restriction_hash(k)) for k in self.restrict
+        ]
 
 
 class RunConfig(_Strict):
