@@ -178,6 +178,30 @@ def test_quadratic_net_restricted_to_v_at_the_lazy_point_matches_the_lazy_formul
     # chains freeze and do not touch group 1's, which is the point of one replica per variant)
 
 
+def test_fused_masked_kernel_matches_the_reference_update() -> None:
+    # the fused SGLD with masks vs the reference update: draw losses equal to float32 rounding
+    # (rel 1e-4 over 50 steps); masked entries exactly at w* on every shard: test_llc_sharding
+    from grokbasin.llc.estimate import chain_keys, sample
+    from grokbasin.llc.samplers import make_hyper
+
+    cfg = build_config(
+        {}, {"task.p": 7, "model.width": 6, "train.seeds": [0], "train.batch_size": 0}
+    )
+    params, _ = basins.lazy_basin(cfg)
+    task = make_setup(cfg).task
+    R = 4
+    shapes = {k: tuple(v.shape[1:]) for k, v in params.items()}
+    per = restriction_masks(shapes, {"V": ["V"], "W": ["W"]})
+    masks = replica_masks(shapes, [None, per["V"], per["W"], per["V"]], torch.arange(R))
+    p0 = {k: v.repeat(R, 1, 1) for k, v in params.items()}
+    target = from_modular(cfg, p0, task.train_idx.repeat(R, 1), 8, masks=masks)
+    h = make_hyper(R, 1e-4, 30.0, 5.0)
+    keys = chain_keys(0, [[g] for g in range(R)], 1, 1)
+    fused, ref = (sample(target, h, keys, 10, 40, fused=f, cpu_workers=1) for f in (True, False))
+    np.testing.assert_allclose(fused.traces, ref.traces, rtol=1e-4)
+    assert not np.array_equal(fused.traces[1], fused.traces[2])  # V-only and W-only differ
+
+
 # ------------------------------------------------------------------ built-in runs
 
 
@@ -205,9 +229,9 @@ def _by_key(run: RunDir) -> dict[tuple, float]:
 
 
 def test_batched_restrictions_equal_each_restriction_alone(copies) -> None:
-    # replica independence: a restriction's numbers do not depend on what shares its call
-    # (exact equality); the unrestricted rows of a restricted call are the same estimate as a
-    # plain call's up to float rounding of the masked vs fused kernel (rel 1e-4)
+    # replica independence: a restriction's numbers do not depend on what shares its call, and
+    # the unrestricted rows of a restricted call are a plain call's (all exact equality: the
+    # fused kernel with all-ones masks multiplies by 1 and adds 0)
     both, alone, plain = copies
     out = estimate_runs([both.path], _llc(restrict={"W": ["W"], "V": ["V"]}), progress=False)[0]
     assert out.computed == [0, 20, 40, 60] and out.restricted == {"W": [0, 20, 40, 60],
@@ -221,7 +245,7 @@ def test_batched_restrictions_equal_each_restriction_alone(copies) -> None:
         if k[0] is not None:
             assert v == a[k]
         else:
-            assert v == pytest.approx(u[k], rel=1e-4)
+            assert v == u[k]
     assert any(b[k] != b[(None, *k[1:])] for k in b if k[0] == "W")  # restrictions differ
 
 

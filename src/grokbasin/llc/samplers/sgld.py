@@ -8,6 +8,8 @@ a = 1 − ε(γ+ω)/2, b = εγ/2, c = −εnβ/2, s = √ε·σ (b·w* precompu
 parameters in place with no per-step tensors: on a CPU one compiled loop per replica draws ξ and
 applies the update (``cpu_kernels.sgld_update``); elsewhere a preallocated ``rng.NormalStream``
 and three in-place passes per tensor. ξ is the same stream (:func:`base.noise`) in all three.
+With 0/1 masks (restricted LLC) the fused kernels then set w ← m·w + (1 − m)·w*, one more
+in-place pass per masked tensor, so masked weights stay exactly at w* as in the reference.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class _Fused:
     grad_rows: tuple | None = None  # numpy rows of the state's gradient buffers
     stream: rng.NormalStream | None = None  # built on the first torch-path step
     stream_args: tuple = ()
+    keep: Params | None = None  # masks m (restricted LLC): w <- m·w + (1 − m)·w* after a step
+    off: Params | None = None  # (1 − m)·w*
 
 
 def _fused_init(params: Params, setup: Setup, compiled: bool) -> State:
@@ -102,7 +106,18 @@ def _fused_init(params: Params, setup: Setup, compiled: bool) -> State:
         k.row = torch.empty(2 * ((n + 1) // 2), dtype=first.dtype).numpy()
         k.drift0, k.param_rows, k.grad_rows = (_rows(x, names) for x in (bc, params, grads))
     k.stream_args = (R, n, dev, first.dtype)
+    if setup.masks is not None:
+        ms = {n: mask_of(setup, n, params[n]) for n in names}
+        k.keep = {n: m for n, m in ms.items() if m is not None}
+        k.off = {n: (1.0 - m) * center[n] for n, m in k.keep.items()}
     return State(params, setup, grads=grads, consts=k)
+
+
+def _restore(state: State, k: _Fused) -> None:
+    """Masked-out weights back to w* (exactly: m·w + (1 − m)·w* with m ∈ {0, 1}), in place: a
+    restricted LLC keeps the fused update plus one pass per masked tensor."""
+    for n, m in (k.keep or {}).items():
+        state.params[n].mul_(m).add_(k.off[n])
 
 
 def _fused_cpu_step(state: State, grads: Params, t: int, loss=None) -> tuple[State, Info]:
@@ -114,6 +129,7 @@ def _fused_cpu_step(state: State, grads: Params, t: int, loss=None) -> tuple[Sta
     g_rows = k.grad_rows if own else _rows(grads, k.names)
     starts = k.starts(t).contiguous().numpy().view(np.uint64)
     cpu_kernels.sgld_update(k.param_rows, g_rows, k.drift0, *k.acs, starts, k.row)
+    _restore(state, k)
     return state, {}
 
 
@@ -126,6 +142,7 @@ def _fused_torch_step(state: State, grads: Params, t: int, loss=None) -> tuple[S
     for n in k.names:
         w = torch.addcmul(k.bc[n], state.params[n], k.a[n], out=state.params[n])
         w.addcmul_(grads[n], k.c[n]).addcmul_(xi[n], k.s[n])
+    _restore(state, k)
     return state, {}
 
 
@@ -137,8 +154,8 @@ def _rows(tensors: Params, names: list[str]) -> tuple[np.ndarray, ...]:
 
 
 def _plain(params: Params, setup: Setup) -> bool:
-    """The fused update has no masks and reports no norms."""
-    return setup.masks is None and not setup.norms
+    """The fused update reports no norms (masks: restored after the update, :func:`_restore`)."""
+    return not setup.norms
 
 
 def _compiles(params: Params, setup: Setup) -> bool:
