@@ -8,8 +8,8 @@ a = 1 − ε(γ+ω)/2, b = εγ/2, c = −εnβ/2, s = √ε·σ (b·w* precompu
 parameters in place with no per-step tensors: on a CPU one compiled loop per replica draws ξ and
 applies the update (``cpu_kernels.sgld_update``); elsewhere a preallocated ``rng.NormalStream``
 and three in-place passes per tensor. ξ is the same stream (:func:`base.noise`) in all three.
-With 0/1 masks (restricted LLC) the fused kernels then set w ← m·w + (1 − m)·w*, one more
-in-place pass per masked tensor, so masked weights stay exactly at w* as in the reference.
+With 0/1 masks (restricted LLC) the fused kernels then copy w* back into the masked-out entries
+(one scatter over those entries only), so they stay exactly at w* as in the reference.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ class _Fused:
     grad_rows: tuple | None = None  # numpy rows of the state's gradient buffers
     stream: rng.NormalStream | None = None  # built on the first torch-path step
     stream_args: tuple = ()
-    keep: Params | None = None  # masks m (restricted LLC): w <- m·w + (1 − m)·w* after a step
-    off: Params | None = None  # (1 − m)·w*
+    # restricted LLC: per masked tensor, the flat positions where m = 0 and w* there
+    frozen: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def _fused_init(params: Params, setup: Setup, compiled: bool) -> State:
@@ -107,17 +107,21 @@ def _fused_init(params: Params, setup: Setup, compiled: bool) -> State:
         k.drift0, k.param_rows, k.grad_rows = (_rows(x, names) for x in (bc, params, grads))
     k.stream_args = (R, n, dev, first.dtype)
     if setup.masks is not None:
-        ms = {n: mask_of(setup, n, params[n]) for n in names}
-        k.keep = {n: m for n, m in ms.items() if m is not None}
-        k.off = {n: (1.0 - m) * center[n] for n, m in k.keep.items()}
+        k.frozen = {}
+        for n in names:
+            m = mask_of(setup, n, params[n])
+            if m is not None:
+                at = (m.reshape(-1) == 0).nonzero().flatten()
+                k.frozen[n] = (at, center[n].reshape(-1)[at].clone())
     return State(params, setup, grads=grads, consts=k)
 
 
 def _restore(state: State, k: _Fused) -> None:
-    """Masked-out weights back to w* (exactly: m·w + (1 − m)·w* with m ∈ {0, 1}), in place: a
-    restricted LLC keeps the fused update plus one pass per masked tensor."""
-    for n, m in (k.keep or {}).items():
-        state.params[n].mul_(m).add_(k.off[n])
+    """Masked-out weights (m = 0) back to w*, exactly, in place: a restricted LLC keeps the fused
+    update plus one scatter over its frozen entries only (none for all-ones masks)."""
+    for n, (at, w0) in (k.frozen or {}).items():
+        if at.numel():
+            state.params[n].view(-1).index_copy_(0, at, w0)
 
 
 def _fused_cpu_step(state: State, grads: Params, t: int, loss=None) -> tuple[State, Info]:
@@ -154,8 +158,10 @@ def _rows(tensors: Params, names: list[str]) -> tuple[np.ndarray, ...]:
 
 
 def _plain(params: Params, setup: Setup) -> bool:
-    """The fused update reports no norms (masks: restored after the update, :func:`_restore`)."""
-    return not setup.norms
+    """The fused update reports no norms; masked tensors must be contiguous (:func:`_restore`
+    writes through a flat view)."""
+    masked = setup.masks or {}
+    return not setup.norms and all(params[k].is_contiguous() for k in masked if k in params)
 
 
 def _compiles(params: Params, setup: Setup) -> bool:
