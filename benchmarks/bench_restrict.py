@@ -15,7 +15,7 @@ writes WORKDIR/bench.json.
 
     python benchmarks/bench_restrict.py [--workdir /tmp/grokbasin-bench-restrict] [--p 23]
         [--width 128] [--checkpoints 11] [--chains 4] [--burnin 50] [--draws 100] [--k 2]
-        [--repeats 3]
+        [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import json
 import shutil
 import time
 from pathlib import Path
+
+import torch
 
 from grokbasin.config import LLCConfig, build_config
 from grokbasin.llc.trajectory import estimate_runs
@@ -59,7 +61,11 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=100)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many timings each")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads = CPU shards (1: wall ≈ CPU time)"
+    )
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     work = a.workdir
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
