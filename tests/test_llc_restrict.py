@@ -317,6 +317,32 @@ def test_cli_restrict_round_trip_resume_and_bad_specs(copies, run_cli, refused, 
     assert read_parquet(run.llc).num_rows == len(rows)
     assert "restrict" not in (run.config.read_text())  # per call, never recorded as sticky
     assert (run.figures / "trajectory.png").exists()
+    from grokbasin.pipeline import restricted_arrays, stored_config
+
+    cfg = stored_config(run)  # the run's sampler: the report draws its restrictions
+    drawn = restricted_arrays(run, cfg.llc, cfg.llc.resolve_nbeta(cfg.task.n_train), [0])
+    assert sorted(drawn[0]) == ["V", "W"] and drawn[0]["W"]["llc"].shape == (4, 2)
+
+
+def test_transformer_heads_in_one_call(tmp_path) -> None:
+    # per-head restrictions of the built-in transformer: rows per head, finite; a head that
+    # does not exist is a one-line error naming it
+    from grokbasin.train.runner import train
+
+    over = {"task.p": 7, "task.frac": 0.6, "model.name": "transformer", "model.embed_dim": 8,
+            "model.layers": 1, "model.heads": 2, "model.ff": 8, "train.epochs": 10,
+            "train.checkpoint_every": 10, "train.batch_size": 8, "train.seeds": [0]}  # fmt: skip
+    run = train(build_config({}, over), tmp_path, progress=False).run
+    cfg = _llc(batch_size=8, checkpoints="last",
+               restrict={"h0": ["L0.*#head=0"], "h1": ["L0.*#head=1"]})  # fmt: skip
+    out = estimate_runs([run.path], cfg, progress=False)[0]
+    assert out.restricted == {"h0": [10], "h1": [10]}
+    s = {
+        r.get("restriction"): r for r in llc_results.llc_summary(read_parquet(run.llc).to_pylist())
+    }
+    assert set(s) == {None, "h0", "h1"} and all(math.isfinite(r["llc_mean"]) for r in s.values())
+    with pytest.raises(ConfigError, match="head 2 does not exist"):
+        estimate_runs([run.path], _llc(restrict={"h": ["L0.Wo#head=2"]}), progress=False)
 
 
 def test_cli_external_restrict(external_inputs, run_cli, refused, tmp_path) -> None:
