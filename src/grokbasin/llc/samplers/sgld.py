@@ -78,8 +78,9 @@ class _Fused:
     grad_rows: tuple | None = None  # numpy rows of the state's gradient buffers
     stream: rng.NormalStream | None = None  # built on the first torch-path step
     stream_args: tuple = ()
-    # restricted LLC: per masked tensor, the flat positions where m = 0 and w* there
-    frozen: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    # restricted LLC, per masked tensor: replicas frozen whole (rows, their w*) and the flat
+    # positions of partly frozen replicas where m = 0 (positions, w* there)
+    frozen: dict[str, tuple[torch.Tensor, ...]] | None = None
 
 
 def _fused_init(params: Params, setup: Setup, compiled: bool) -> State:
@@ -111,17 +112,24 @@ def _fused_init(params: Params, setup: Setup, compiled: bool) -> State:
         for n in names:
             m = mask_of(setup, n, params[n])
             if m is not None:
-                at = (m.reshape(-1) == 0).nonzero().flatten()
-                k.frozen[n] = (at, center[n].reshape(-1)[at].clone())
+                off = (m == 0).reshape(m.shape[0], -1)
+                whole = off.all(1)
+                rows = whole.nonzero().flatten()
+                at = (off & ~whole[:, None]).reshape(-1).nonzero().flatten()
+                c = center[n]
+                k.frozen[n] = (rows, c[rows].clone(), at, c.reshape(-1)[at].clone())
     return State(params, setup, grads=grads, consts=k)
 
 
 def _restore(state: State, k: _Fused) -> None:
     """Masked-out weights (m = 0) back to w*, exactly, in place: a restricted LLC keeps the fused
-    update plus one scatter over its frozen entries only (none for all-ones masks)."""
-    for n, (at, w0) in (k.frozen or {}).items():
+    update plus one copy of its frozen entries only (whole replicas' rows at once; nothing for
+    all-ones masks)."""
+    for n, (rows, w_rows, at, w_at) in (k.frozen or {}).items():
+        if rows.numel():
+            state.params[n].index_copy_(0, rows, w_rows)
         if at.numel():
-            state.params[n].view(-1).index_copy_(0, at, w0)
+            state.params[n].view(-1).index_copy_(0, at, w_at)
 
 
 def _fused_cpu_step(state: State, grads: Params, t: int, loss=None) -> tuple[State, Info]:
