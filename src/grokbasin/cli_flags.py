@@ -54,6 +54,10 @@ LLC_FLAGS: dict[str, tuple[str, Any]] = {
     "llc_batch_size": ("llc.batch_size", opt(int, "SGLD minibatch size")),
     "llc_seed": ("llc.seed", opt(int, "sampler seed")),
     "checkpoints": ("llc.checkpoints", opt(str, "checkpoints to estimate: all, last or E1,E2")),
+    "llc_data": (
+        "llc.data",
+        opt(str, "data-refined LLC: the posterior's loss on train | val | all | class=K"),
+    ),
     "sampler": ("llc.method", opt(str, " | ".join(METHODS))),
     "sampler_option": (
         "llc.options",

@@ -27,6 +27,7 @@ from grokbasin.config import build_config
 from grokbasin.device import resolve
 from grokbasin.errors import ConfigError
 from grokbasin.progress import console
+from grokbasin.sampler_registry import METHODS
 
 
 class _LLCGroup(TyperGroup):
@@ -43,6 +44,7 @@ llc_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="LLC estimates: `llc estimate RUN_DIR` (or just `llc RUN_DIR`), `llc calibrate RUN_DIR`, "
+    "`llc influence RUN_DIR` (susceptibilities, Bayesian influence), "
     "`llc external` for your own model and checkpoints.",
 )
 RUN_DIR_ARG = Annotated[Path, typer.Argument(help="run directory (built-in or external)")]
@@ -95,6 +97,53 @@ def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> No
     print(run.path)
 
 
+@llc_app.command("influence")
+@with_flags(LLC_FLAGS, DEVICE_FLAG)
+def llc_influence(
+    run_dir: RUN_DIR_ARG,
+    probe: Annotated[
+        str, Opt(help="subset whose samples are probed: val | all | class=K | train")
+    ] = "val",
+    trace_budget_mb: Annotated[
+        float, Opt(help="refuse per-sample loss traces larger than this (MiB)")
+    ] = 1024.0,
+    quiet: QUIET = False,
+    **flags: Any,
+) -> None:
+    """Per-sample loss traces, susceptibilities and Bayesian influence functions at a built-in
+    run's checkpoints (writes RUN_DIR/llc_influence/KEY.safetensors and KEY.png; resumable).
+
+    Sampler settings not given as flags are those of the run's newest estimate (else defaults).
+    """
+    from grokbasin.store.rundir import RunDir
+
+    given, device = overrides(flags, LLC_FLAGS), resolve(flags["device"] or "cpu")
+    if is_external(run_dir):
+        raise ConfigError(
+            "llc influence: built-in runs only; for your own model use grokbasin.llc.bif and "
+            "grokbasin.llc.susceptibilities on per-sample traces (from_module(observables=...))"
+        )
+    run = RunDir(run_dir)
+    if not run.config.exists():
+        raise ConfigError(f"RUN_DIR: {run_dir} is not a run directory (no config.yaml)")
+    from grokbasin.llc.influence_run import estimate_influence
+    from grokbasin.pipeline import stored_config
+    from grokbasin.subset_names import check_subset
+
+    cfg = build_config(stored_config(run).model_dump(mode="json"), given)
+    check_subset(probe, cfg.task.p)
+    if trace_budget_mb <= 0:
+        raise ConfigError(f"--trace-budget-mb: must be > 0, got {trace_budget_mb:g}")
+    res = estimate_influence(
+        run.path, cfg.llc, probe, device, progress=not quiet, trace_budget_mb=trace_budget_mb
+    )
+    console.print(
+        f"influence: {len(res.computed)} checkpoints sampled, {len(res.cached)} already done"
+    )
+    print(res.path)
+    print(res.figure)
+
+
 @llc_app.command("calibrate")
 @with_flags(LLC_FLAGS, DEVICE_FLAG)
 def llc_calibrate(
@@ -107,17 +156,48 @@ def llc_calibrate(
     nbetas: Annotated[str | None, Opt(help="n*beta values (default: --nbeta)")] = None,
     replica: Annotated[int, Opt(help="training replica")] = 0,
     laplace: Annotated[str, Opt(help="auto | exact | slq | off")] = "auto",
+    samplers: Annotated[
+        str | None,
+        Opt(
+            help=f"samplers as a grid axis, comma-separated ({', '.join(METHODS)}); "
+            "one batched call per sampler (default: --sampler)"
+        ),
+    ] = None,
+    epochs: Annotated[
+        str | None,
+        Opt(
+            help="several checkpoints (comma-separated), instead of --epoch: cells must keep "
+            "their lambda-hat order to be recommended"
+        ),
+    ] = None,
+    mala_target: Annotated[
+        float | None,
+        Opt(
+            help="record MALA acceptance (SGLD) and recommend only cells reaching this value in "
+            "[0, 1], e.g. 0.9; 0 records without excluding"
+        ),
+    ] = None,
+    as_json: JSON = False,
     quiet: QUIET = False,
     **flags: Any,
 ) -> None:
-    """An epsilon x gamma (x n*beta) grid of SGLD settings at one checkpoint, one batched call."""
+    """An epsilon x gamma (x n*beta) grid of SGLD settings at one checkpoint, one batched call.
+
+    Optional axes: --samplers, --epochs (ordering check), --mala-target; the advice says why the
+    recommended cell won.
+    """
     from grokbasin.store.rundir import RunDir
 
     if run_dir is None:
         raise ConfigError("llc calibrate: give the run directory: grokbasin llc calibrate RUN_DIR")
     given, device = overrides(flags, LLC_FLAGS), resolve(flags["device"] or "cpu")
+    new = {"--samplers": samplers, "--epochs": epochs, "--mala-target": mala_target}
     if is_external(run_dir):
         from grokbasin.llc.external import calibrate_run
+
+        used = [k for k, v in new.items() if v is not None]
+        if used:
+            raise ConfigError(f"{used[0]}: built-in runs only (not yet for external runs)")
 
         cal = calibrate_run(
             run_dir,
@@ -129,7 +209,7 @@ def llc_calibrate(
             device,
             progress=not quiet,
         )
-        _print_calibration(cal)
+        _print_calibration(cal, as_json)
         return
     grid = {
         "epoch": epoch,
@@ -138,13 +218,19 @@ def llc_calibrate(
         "nbetas": nbetas,
         "replica": replica,
         "laplace": laplace,
-        "quiet": quiet,
+        "quiet": quiet or as_json,
         "device": device,
+        "samplers": _names("samplers", samplers),
+        "epochs": _ints("epochs", epochs),
+        "mala_target": mala_target,
+        "as_json": as_json,
     }
     _calibrate(RunDir(run_dir), given, grid)
 
 
-EXTERNAL_LLC_FLAGS = {k: v for k, v in LLC_FLAGS.items() if k != "checkpoints"} | RESTRICT_FLAG
+EXTERNAL_LLC_FLAGS = {
+    k: v for k, v in LLC_FLAGS.items() if k not in ("checkpoints", "llc_data")
+} | RESTRICT_FLAG
 
 
 @llc_app.command("external")
@@ -225,6 +311,23 @@ def _floats(name: str, text: str | None) -> list[float] | None:
     return vals
 
 
+def _names(name: str, text: str | None) -> list[str] | None:
+    """A comma-separated list of names (checked by the callee against its registry)."""
+    if text is None:
+        return None
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _ints(name: str, text: str | None) -> list[int] | None:
+    """A comma-separated list of integers, or a one-line ConfigError naming the flag."""
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise ConfigError(f"--{name}: got {text!r}; give comma-separated integers") from None
+
+
 def _calibrate(run, given: dict[str, Any], flags: dict[str, Any]) -> None:
     from grokbasin.llc.calibrate import calibrate
     from grokbasin.pipeline import stored_config
@@ -245,13 +348,19 @@ def _calibrate(run, given: dict[str, Any], flags: dict[str, Any]) -> None:
         replica=flags["replica"],
         laplace=flags["laplace"],
         progress=not flags["quiet"],
+        samplers=flags["samplers"],
+        epochs=flags["epochs"],
+        mala_target=flags["mala_target"],
     )
-    _print_calibration(cal)
+    _print_calibration(cal, flags["as_json"])
 
 
-def _print_calibration(cal: Any) -> None:
-    from grokbasin.llc.calibrate import format_recommendation
+def _print_calibration(cal: Any, as_json: bool = False) -> None:
+    from grokbasin.llc.calibrate import format_recommendation, to_json
 
+    if as_json:
+        print(json.dumps(to_json(cal), default=str))
+        return
     for line in format_recommendation(cal):
         console.print(line)
     for path in (cal.table, cal.figure):

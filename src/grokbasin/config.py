@@ -257,6 +257,19 @@ class LLCConfig(_Strict):
             data.pop("restrict", None)
         return data
 
+    data: str = Field(
+        "train",
+        description="data-refined LLC: the subset whose loss the posterior uses "
+        "(train | val | all | class=K); 'train' is the plain LLC",
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: str) -> str:
+        from grokbasin.subset_names import check_subset
+
+        return check_subset(v)
+
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
@@ -353,10 +366,12 @@ class LLCConfig(_Strict):
         The noise-stream tag keeps estimates drawn with an older random stream from mixing with
         new ones under the same settings.
         """
-        data = self.model_dump(exclude={"checkpoints", "options", "restrict"})
+        data = self.model_dump(exclude={"checkpoints", "options", "data", "restrict"})
         options = sampler_registry.non_default(self.method, self.options)
         if options:  # absent when every option is at its default: older hashes stay valid
             data["options"] = options
+        if self.data != "train":  # the data-refined LLC; the plain LLC keeps its older hashes
+            data["data"] = self.data
         return short_hash({**data, "noise": NOISE_STREAM})
 
     def restriction_hash(self, name: str) -> str:

@@ -47,3 +47,25 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "centred_mse": centred_mse,
     "cross_entropy": cross_entropy,
 }
+
+
+def centred_mse_per_sample(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[R, n] terms ½‖r_i − r̄‖² whose mean over the n samples is :func:`centred_mse` (the
+    centring runs over the whole set given, as in the loss), for per-sample loss traces."""
+    resid = F.one_hot(labels, pred.shape[-1]).to(pred.dtype) - pred
+    resid = resid - resid.mean(dim=1, keepdim=True)
+    return resid.square().sum(dim=2) / 2
+
+
+def cross_entropy_per_sample(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[R, n] cross-entropy of each sample; its mean over samples is :func:`cross_entropy`."""
+    R, n, c = pred.shape
+    return F.cross_entropy(pred.reshape(R * n, c), labels.reshape(R * n), reduction="none").view(
+        R, n
+    )
+
+
+PER_SAMPLE_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "centred_mse": centred_mse_per_sample,
+    "cross_entropy": cross_entropy_per_sample,
+}

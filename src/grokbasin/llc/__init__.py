@@ -6,12 +6,14 @@ is still imported by name: ``from grokbasin.llc.trajectory import estimate_runs`
 """
 
 from grokbasin.llc.estimate import estimate_llc, sample
+from grokbasin.llc.influence import bif, susceptibilities
 from grokbasin.llc.targets import from_functional, from_module, from_potential
 from grokbasin.llc.trajectory import estimate_run, estimate_runs
 
 from grokbasin.llc.external import trajectory  # isort: skip  (after the submodule: see above)
 
 __all__ = [
+    "bif",
     "estimate_llc",
     "estimate_run",
     "estimate_runs",
@@ -19,5 +21,6 @@ __all__ = [
     "from_module",
     "from_potential",
     "sample",
+    "susceptibilities",
     "trajectory",
 ]

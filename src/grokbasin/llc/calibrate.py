@@ -7,9 +7,32 @@ keys (common random numbers: equal noise and minibatches), so differences betwee
 from the settings, not from luck. Per cell: λ̂ mean/std across chains, the diagnostics flags
 (``grokbasin.llc.diagnostics``) and the localised Laplace prediction λ_Lap (``llc.laplace``).
 
-Recommendation, per nβ: among *healthy* cells — none of :data:`DISQUALIFYING` flags; ``low_ess``
-is reported but only warns — take for each γ the largest healthy ε; of those, pick the cell whose
-λ̂ is closest to λ_Lap (relative gap) when λ_Lap is known, else the largest ε (ties: smaller γ).
+Optional axes and criteria (off by default; then rows, choice and file names are as before):
+
+- ``samplers``: the sampler is a grid axis. Kernels differ between samplers, so each sampler's
+  sub-grid is ONE batched call (a loop over at most len(METHODS) samplers, none over cells).
+  Rows gain a ``sampler`` column; sampler-specific options of ``llc.options`` go to their sampler.
+- ``epochs``: several checkpoints; every cell × checkpoint is one group of the same call (common
+  random numbers per checkpoint). Ordering check: the *consensus order* of the checkpoints is the
+  Borda order (mean rank of each checkpoint's λ̂) over cells healthy at every checkpoint; a cell
+  keeps the order when Kendall's τ_b of its per-checkpoint λ̂ with the consensus is ≥ ``order_min``
+  (default 0.5: at most a quarter of the checkpoint pairs swapped). Two checkpoints whose λ̂
+  differ by less than ``TIE_Z`` = 2 combined standard errors (over chains) count as tied, so a
+  swap within noise is no flip. Rank-based, so it does not care that λ̂'s scale moves by orders
+  of magnitude across the grid. Column ``order_tau``.
+- ``mala_target``: MALA acceptance (SGLD's discretisation error, devinterp 2.0's diagnostic) is
+  recorded per cell (column ``mala_accept``, mean over chains and steps; the least over the
+  cell's checkpoints is used) and a cell below the target is not recommended. Hitchcock &
+  Hoogland (2025) / devinterp suggest ε whose acceptance is around 0.9–0.95. Acceptance is
+  defined for plain SGLD only: other samplers' cells show NaN and are not judged on it.
+
+Recommendation, per nβ: a cell *passes* when it is healthy at every checkpoint — none of
+:data:`DISQUALIFYING` flags; ``low_ess`` is reported but only warns — reaches the MALA target
+(when set) and keeps the checkpoint order (when there are several checkpoints). For each
+(sampler, γ) take the largest passing ε; of those, pick the cell whose λ̂ is closest to λ_Lap
+(mean relative gap over checkpoints) when λ_Lap is known, else per sampler the largest ε (ties:
+smaller γ) and, across samplers, the smallest relative spread of λ̂ across chains (stability).
+:func:`explain` says in one line which criteria the winner passed and what the others failed.
 Outputs: RUN_DIR/calibration/calibration_e<epoch>_r<replica>_<hash>.parquet and .png.
 """
 
@@ -24,11 +47,14 @@ from typing import Any
 
 import numpy as np
 
+from grokbasin import sampler_registry
 from grokbasin.config import LLCConfig, short_hash
 from grokbasin.errors import ConfigError, GrokbasinError
 from grokbasin.store.rundir import RunDir, holds_run_locks, write_parquet
 
 DISQUALIFYING = ("nonfinite", "explosion", "negative", "rhat", "nonstationary")
+ORDER_MIN = 0.5  # Kendall τ_b ≥ 0.5 ⟺ at most a quarter of the (untied) checkpoint pairs swapped
+TIE_Z = 2.0  # checkpoints whose λ̂ differ by less than 2 combined standard errors count as tied
 
 
 @dataclass
@@ -41,6 +67,9 @@ class Calibration:
     figure: Path | None = None
     laplace_method: str | None = None
     notes: list[str] = field(default_factory=list)
+    reasons: dict[float, str] = field(default_factory=dict)  # why each nβ's cell won (explain)
+    mala_target: float | None = None
+    order_min: float = ORDER_MIN
 
 
 def grid_layout(step_sizes: Sequence[float], gammas: Sequence[float]) -> list[tuple[float, float]]:
@@ -56,25 +85,261 @@ def per_replica(cells: list[tuple[float, float]], nbetas: int, chains: int) -> t
     return eps, gam
 
 
-def recommend(rows: list[dict[str, Any]]) -> dict[float, dict[str, Any] | None]:
-    """The recommended cell per nβ (see the module docstring), None where no cell is healthy."""
-    out: dict[float, dict[str, Any] | None] = {}
-    for nb in dict.fromkeys(r["nbeta"] for r in rows):
-        ok = [r for r in rows if r["nbeta"] == nb and r["healthy"]]
-        best_per_gamma = {}
-        for r in ok:
-            cur = best_per_gamma.get(r["gamma"])
-            if cur is None or r["step_size"] > cur["step_size"]:
-                best_per_gamma[r["gamma"]] = r
-        cands = list(best_per_gamma.values())
-        if not cands:
-            out[nb] = None
-            continue
-        with_lap = [r for r in cands if np.isfinite(r["laplace_gap"])]
-        if with_lap:
-            out[nb] = min(with_lap, key=lambda r: (abs(r["laplace_gap"]), -r["step_size"]))
+def check_samplers(names: Sequence[str]) -> list[str]:
+    """The sampler axis, de-duplicated; ConfigError in one line naming the registry's choices."""
+    out = list(dict.fromkeys(str(n).strip() for n in names))
+    bad = [n for n in out if n not in sampler_registry.SAMPLERS]
+    choices = ", ".join(sampler_registry.METHODS)
+    if not out:
+        raise ConfigError(f"samplers: give at least one of {choices}")
+    if bad:
+        raise ConfigError(f"samplers: unknown sampler {bad[0]!r}; choose from {choices}")
+    return out
+
+
+def check_fraction(name: str, value: float | None) -> float | None:
+    """``value`` as a float in [0, 1] (None passes); ConfigError in one line otherwise."""
+    if value is None:
+        return None
+    v = float(value)
+    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def kendall_tau(x: np.ndarray, ref: np.ndarray, se: np.ndarray | None = None) -> np.ndarray:
+    """Kendall's τ_b of each row of ``x`` [N, K] with ``ref`` [K], all pairs at once; NaN for a
+    row with a non-finite value or without an untied pair. With ``se`` [N, K] (standard errors),
+    a pair closer than ``TIE_Z``·√(se_i² + se_j²) is a tie: a swap within noise is no flip."""
+    x = np.atleast_2d(np.asarray(x, dtype=float))
+    ref = np.asarray(ref, dtype=float)
+    i, j = np.triu_indices(ref.size, 1)
+    dx = x[:, j] - x[:, i]
+    sx, sr = np.sign(dx), np.sign(ref[j] - ref[i])
+    if se is not None:
+        se = np.nan_to_num(np.atleast_2d(np.asarray(se, dtype=float)))
+        sx = np.where(np.abs(dx) <= TIE_Z * np.hypot(se[:, i], se[:, j]), 0.0, sx)
+    den = np.sqrt((sx != 0).sum(-1) * float((sr != 0).sum()))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = (sx * sr).sum(-1) / den
+    tau[~np.isfinite(x).all(-1) | (den == 0)] = np.nan
+    return tau
+
+
+def _se(r: dict[str, Any]) -> float:
+    """Standard error of a row's λ̂ over its finite chains (0 with fewer than two)."""
+    v = np.asarray(r.get("llc_chains", []), dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
+
+
+def consensus_order(llc: np.ndarray) -> np.ndarray:
+    """Borda consensus of cells' per-checkpoint λ̂ [N, K]: each checkpoint's mean rank [K]."""
+    ranks = np.argsort(np.argsort(np.asarray(llc, dtype=float), axis=-1), axis=-1)
+    return ranks.mean(0)
+
+
+CellKey = tuple[str, float, float, float]  # (sampler, ε, γ, nβ)
+
+
+def cell_key(r: dict[str, Any]) -> CellKey:
+    """A row's cell: sampler ('' when the axis is off), ε, γ, nβ."""
+    return (r.get("sampler", ""), r["step_size"], r["gamma"], r["nbeta"])
+
+
+def group_cells(rows: list[dict[str, Any]]) -> dict[CellKey, list[dict[str, Any]]]:
+    """Rows grouped by cell, cells in table order, each cell's rows by checkpoint (epoch)."""
+    out: dict[CellKey, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(cell_key(r), []).append(r)
+    return {k: sorted(v, key=lambda r: r.get("epoch", 0)) for k, v in out.items()}
+
+
+def order_check(rows: list[dict[str, Any]]) -> None:
+    """Set ``order_tau`` on every row: τ_b of its cell's per-checkpoint λ̂ with the consensus
+    order of the cells (same nβ) healthy at every checkpoint, swaps within the cell's noise as
+    ties; NaN when no cell is healthy or all the cell's checkpoints are within noise."""
+    cells = group_cells(rows)
+    for nb in dict.fromkeys(k[3] for k in cells):
+        mine = [c for k, c in cells.items() if k[3] == nb]
+        llc = np.array([[r["llc_mean"] for r in c] for c in mine])
+        ok = np.array([all(r["healthy"] for r in c) for c in mine]) & np.isfinite(llc).all(-1)
+        if ok.any():
+            se = np.array([[_se(r) for r in c] for c in mine])
+            tau = kendall_tau(llc, consensus_order(llc[ok]), se)
         else:
-            out[nb] = max(cands, key=lambda r: (r["step_size"], -r["gamma"]))
+            tau = np.full(len(mine), np.nan)
+        for c, t in zip(mine, tau, strict=True):
+            for r in c:
+                r["order_tau"] = float(t)
+
+
+def _accept(cell: list[dict[str, Any]]) -> float:
+    """The cell's least MALA acceptance over its checkpoints (NaN when not recorded)."""
+    acc = [r.get("mala_accept", math.nan) for r in cell]
+    return float(min(acc)) if all(np.isfinite(acc)) else math.nan
+
+
+def failures(
+    cell: list[dict[str, Any]], mala_target: float | None = None, order_min: float = ORDER_MIN
+) -> list[tuple[str, str]]:
+    """The criteria a cell (its rows over checkpoints) fails, as (criterion, detail); [] = it
+    passes. Criteria: 'unhealthy', 'below the MALA target', 'flipped the checkpoint order'."""
+    out = []
+    if not all(r["healthy"] for r in cell):
+        bad = sorted({f for r in cell for f in r["flags"] if f in DISQUALIFYING})
+        out.append(("unhealthy", ",".join(bad) or "no finite chain"))
+    acc = _accept(cell)
+    if mala_target is not None and np.isfinite(acc) and acc < mala_target:
+        out.append(("below the MALA target", f"acceptance {acc:.2f} < {mala_target:g}"))
+    tau = cell[0].get("order_tau", math.nan)
+    if np.isfinite(tau) and tau < order_min:
+        out.append(("flipped the checkpoint order", f"τ {tau:.2f} < {order_min:g}"))
+    return out
+
+
+def _gap(cell: list[dict[str, Any]]) -> float:
+    """Mean |relative gap| of λ̂ to λ_Lap over the cell's checkpoints (NaN without λ_Lap)."""
+    gaps = [abs(r["laplace_gap"]) for r in cell if np.isfinite(r["laplace_gap"])]
+    return float(np.mean(gaps)) if gaps else math.nan
+
+
+def _spread(cell: list[dict[str, Any]]) -> float:
+    """Mean relative spread std/|mean| of λ̂ across chains over the cell's checkpoints."""
+    v = [r["llc_std"] / abs(r["llc_mean"]) for r in cell if r["llc_mean"]]
+    v = [x for x in v if np.isfinite(x)]
+    return float(np.mean(v)) if v else math.inf
+
+
+def _candidates(
+    cells: dict[CellKey, list[dict[str, Any]]], mala_target: float | None, order_min: float
+) -> list[CellKey]:
+    """For each (sampler, γ) the passing cell with the largest ε."""
+    best: dict[tuple[str, float], CellKey] = {}
+    for k, c in cells.items():
+        if failures(c, mala_target, order_min):
+            continue
+        cur = best.get((k[0], k[2]))
+        if cur is None or k[1] > cur[1]:
+            best[(k[0], k[2])] = k
+    return list(best.values())
+
+
+def _winner(cells: dict[CellKey, list[dict[str, Any]]], cands: list[CellKey]) -> CellKey:
+    """The recommended candidate: closest to λ_Lap, else largest ε per sampler then stability."""
+    with_lap = [k for k in cands if np.isfinite(_gap(cells[k]))]
+    if with_lap:
+        return min(with_lap, key=lambda k: (_gap(cells[k]), -k[1]))
+    per_sampler: dict[str, CellKey] = {}
+    for k in cands:
+        cur = per_sampler.get(k[0])
+        if cur is None or (k[1], -k[2]) > (cur[1], -cur[2]):
+            per_sampler[k[0]] = k
+    return min(per_sampler.values(), key=lambda k: (_spread(cells[k]), -k[1]))
+
+
+def recommend(
+    rows: list[dict[str, Any]], mala_target: float | None = None, order_min: float = ORDER_MIN
+) -> dict[float, dict[str, Any] | None]:
+    """The recommended cell per nβ (its row at the last checkpoint; see the module docstring),
+    None where no cell passes."""
+    out: dict[float, dict[str, Any] | None] = {}
+    cells = group_cells(rows)
+    for nb in dict.fromkeys(r["nbeta"] for r in rows):
+        mine = {k: c for k, c in cells.items() if k[3] == nb}
+        cands = _candidates(mine, mala_target, order_min)
+        out[nb] = mine[_winner(mine, cands)][-1] if cands else None
+    return out
+
+
+def _name(k: CellKey) -> str:
+    """A cell's short name: ``[sampler ]ε=…, γ=…``."""
+    return f"{k[0] + ' ' if k[0] else ''}ε={k[1]:g}, γ={k[2]:g}"
+
+
+def _passed(cell: list[dict[str, Any]], mala_target: float | None, order_min: float) -> str:
+    """The criteria a passing cell met, with its numbers."""
+    from grokbasin.llc.diagnostics import Thresholds
+
+    th = Thresholds()
+    rhat = max((r["rhat"] for r in cell), default=math.nan)
+    ess = min((r["ess"] for r in cell), default=math.nan)
+    parts = [f"healthy chains at {len(cell)}/{len(cell)} checkpoint(s)"]
+    if np.isfinite(rhat):
+        parts.append(f"R-hat {rhat:.3f} ≤ {th.rhat:g}")
+    if np.isfinite(ess):
+        parts.append(
+            f"ESS {ess:.0f} ≥ {th.min_ess:g}"
+            if ess >= th.min_ess
+            else f"ESS {ess:.0f} < {th.min_ess:g} (warning only: lengthen chains)"
+        )
+    if mala_target is not None:
+        acc = _accept(cell)
+        parts.append(
+            f"MALA acceptance {acc:.2f} ≥ target {mala_target:g}"
+            if np.isfinite(acc)
+            else "MALA acceptance n/a for this sampler"
+        )
+    tau = cell[0].get("order_tau", math.nan)
+    if np.isfinite(tau):
+        parts.append(f"checkpoint order kept (τ {tau:.2f} ≥ {order_min:g})")
+    spread = _spread(cell)
+    if np.isfinite(spread):
+        parts.append(f"chain spread {100 * spread:.0f}%")
+    return ", ".join(parts)
+
+
+def explain(
+    rows: list[dict[str, Any]], mala_target: float | None = None, order_min: float = ORDER_MIN
+) -> dict[float, str]:
+    """Per nβ, one line: the criteria the recommended cell passed, why it beat the other passing
+    cells, and what the failing cells failed (counts per criterion, larger ε at its γ named)."""
+    out = {}
+    cells = group_cells(rows)
+    for nb in dict.fromkeys(r["nbeta"] for r in rows):
+        mine = {k: c for k, c in cells.items() if k[3] == nb}
+        failed = {k: f for k, c in mine.items() if (f := failures(c, mala_target, order_min))}
+        counts: dict[str, int] = {}
+        for f in failed.values():
+            for crit, _ in f:
+                counts[crit] = counts.get(crit, 0) + 1
+        excluded = "; ".join(f"{n} cell(s) {c}" for c, n in counts.items())
+        cands = _candidates(mine, mala_target, order_min)
+        if not cands:
+            out[nb] = f"no cell passed: {excluded or 'no cells'}"
+            continue
+        win = _winner(mine, cands)
+        gap = _gap(mine[win])
+        if np.isfinite(gap):
+            rule = f"closest to λ_Lap (|gap| {100 * gap:.0f}%)"
+        elif len({k[0] for k in cands}) > 1:
+            rule = "the largest passing ε of the most stable sampler"
+        else:
+            rule = "the largest passing ε"
+        lost = []
+        for k in cands:
+            if k == win:
+                continue
+            if np.isfinite(gap) and np.isfinite(_gap(mine[k])):
+                why = f"|gap| {100 * _gap(mine[k]):.0f}%"
+            elif k[0] != win[0]:
+                why = f"chain spread {100 * _spread(mine[k]):.0f}%"
+            else:
+                why = "smaller ε" if k[1] < win[1] else "larger γ"
+            lost.append(f"{_name(k)} ({why})")
+        bigger = [
+            f"{_name(k)}: " + "; ".join(f"{c} ({d})" for c, d in failed[k])
+            for k in failed
+            if k[0] == win[0] and k[2] == win[2] and k[1] > win[1]
+        ]
+        text = f"{_name(win)} won: passed {_passed(mine[win], mala_target, order_min)}; {rule}."
+        if bigger:
+            text += f" Larger ε at this γ failed: {' | '.join(bigger[:2])}."
+        if lost:
+            text += f" Passing runners-up: {', '.join(lost[:3])}."
+        if excluded:
+            text += f" Failed: {excluded}."
+        out[nb] = text
     return out
 
 
@@ -120,13 +385,21 @@ def calibrate(
     laplace: str = "auto",
     write: bool = True,
     progress: bool = False,
+    *,
+    samplers: Sequence[str] | None = None,
+    epochs: Sequence[int] | None = None,
+    mala_target: float | None = None,
+    order_min: float = ORDER_MIN,
 ) -> Calibration:
     """Sample the ε × γ × nβ grid at one checkpoint in one batched call; table, figure, advice.
 
     ``epoch`` None means the last checkpoint; ``nbetas`` None means the config's nβ plus its sweep
     values; ``laplace`` is 'auto' | 'exact' | 'slq' | 'off'. Chains, burn-in, draws, thin, batch,
-    weight decay, noise level, seed and baseline come from ``llc_cfg``.
+    weight decay, noise level, seed and baseline come from ``llc_cfg``. ``samplers`` (a grid
+    axis: one batched call per sampler), ``epochs`` (several checkpoints instead of ``epoch``:
+    the ordering check) and ``mala_target`` (in [0, 1]) are described in the module docstring.
     """
+    from grokbasin.llc.samplers import MALA_METHODS
     from grokbasin.llc.targets import from_modular, modular_train_rows
     from grokbasin.llc.trajectory import (
         check_sampler_fits,
@@ -145,14 +418,30 @@ def calibrate(
         raise ConfigError(
             f"calibration gammas must be a non-empty list of values >= 0, got {gam_list}"
         )
+    sampler_axis = check_samplers(samplers) if samplers is not None else None
+    mala_target = check_fraction("mala_target (--mala-target)", mala_target)
+    order_min = float(order_min)
+    if not -1.0 <= order_min <= 1.0:
+        raise ConfigError(f"order_min (a Kendall τ) must be in [-1, 1], got {order_min!r}")
     run = RunDir(run_dir)
     cfg = run_config(run)
     have = run.checkpoint_epochs()
     if not have:
         raise GrokbasinError(f"{run.path}: no checkpoints found")
-    epoch = have[-1] if epoch is None else int(epoch)
+    if epochs is not None and epoch is not None:
+        raise ConfigError("epochs: give one checkpoint (--epoch) or several (--epochs), not both")
+    ep_list = sorted({int(e) for e in epochs}) if epochs is not None else None
+    if ep_list is not None and len(ep_list) < 2:
+        raise ConfigError(f"epochs: the ordering check needs >= 2 checkpoints, got {ep_list}")
+    missing = [e for e in ep_list or [] if e not in have]
+    if missing:
+        raise ConfigError(f"epochs: no checkpoint for {missing[0]}; have {have}")
+    if ep_list is None:
+        ep_list = [have[-1] if epoch is None else int(epoch)]
+    epoch = ep_list[-1]
     nb_want = len(nbetas) if nbetas else len(nbeta_values(llc_cfg, cfg.task.n_train))
-    replicas = len(eps_list) * len(gam_list) * nb_want * llc_cfg.chains
+    K = len(ep_list)
+    replicas = len(eps_list) * len(gam_list) * K * nb_want * llc_cfg.chains
     check_sampler_fits(
         replicas,
         params_per_replica(cfg),
@@ -160,7 +449,7 @@ def calibrate(
         device,
         "calibration",
     )
-    ck = run.load_checkpoint(epoch, device)
+    cks = [run.load_checkpoint(e, device) for e in ep_list]  # file reads, not sampling
     rows_all = modular_train_rows(cfg)
     if not 0 <= replica < rows_all.shape[0]:
         raise ConfigError(
@@ -170,30 +459,115 @@ def calibrate(
     nb_list = [float(v) for v in nbetas] if nbetas else nbeta_values(llc_cfg, n)
     cells = grid_layout(eps_list, gam_list)
     G, B, C = len(cells), len(nb_list), llc_cfg.chains
-    copies = G * B * C
-    params = {k: v[replica : replica + 1].repeat_interleave(copies, 0) for k, v in ck.items()}
+    copies = G * K * B * C
+    # replica r = ((cell·K + checkpoint)·B + b)·C + c: checkpoints inside cells
+    per_ck = {k: torch_cat([ck[k][replica : replica + 1] for ck in cks]) for k in cks[0]}
+    params = {
+        k: v.repeat_interleave(B * C, 0).repeat(G, *[1] * (v.dim() - 1)) for k, v in per_ck.items()
+    }
     rows = rows_all[replica : replica + 1].repeat_interleave(copies, 0)
     target = from_modular(cfg, params, rows, min(llc_cfg.batch_size, n))
-    eps_r, gam_r = per_replica(cells, B, C)
-    label = f"calibration: {G} cells × {B} nβ × {C} chains"
-    est = sample_with_progress(
-        target, llc_cfg, G, nb_list, [[epoch, replica]] * G, label, progress, eps_r, gam_r
+    eps_r, gam_r = per_replica(cells, K * B, C)
+    ids = [[e, replica] for _ in cells for e in ep_list]
+    lap, lap_method, why = _laplace_epochs(
+        run.path, ep_list, replica, nb_list, gam_list, device, laplace
     )
-    lap, lap_method, why = _laplace_grid(
-        run.path, epoch, replica, nb_list, gam_list, device, laplace
-    )
-    table = cell_rows(est, cells, nb_list, lap, gam_list, epoch, replica)
+    table = []
+    for method in sampler_axis or [llc_cfg.method]:  # kernels differ: one batched call each
+        s_cfg = llc_cfg if sampler_axis is None else _for_sampler(llc_cfg, method)
+        mala = mala_target is not None and method in MALA_METHODS
+        label = f"calibration: {G} cells × {B} nβ × {C} chains"
+        label = label.replace(" cells ×", f" cells × {K} checkpoints ×") if K > 1 else label
+        est = sample_with_progress(
+            target,
+            s_cfg,
+            G * K,
+            nb_list,
+            ids,
+            f"{label} ({method})" if sampler_axis else label,
+            progress,
+            eps_r,
+            gam_r,
+            mala=mala,
+        )
+        table += cell_rows(
+            est,
+            cells,
+            nb_list,
+            lap,
+            gam_list,
+            epoch,
+            replica,
+            sampler=method if sampler_axis else None,
+            epochs=ep_list if K > 1 else None,
+            mala=mala_target is not None,
+        )
+    if K > 1:
+        order_check(table)
+    notes = [why] if why else []
+    no_mala = [m for m in sampler_axis or [llc_cfg.method] if m not in MALA_METHODS]
+    if mala_target is not None and no_mala:
+        notes.append(
+            f"MALA acceptance is defined for plain SGLD only: {', '.join(no_mala)} cells are "
+            "not judged on the MALA target"
+        )
     cal = Calibration(
-        table, recommend(table), laplace_method=lap_method, notes=[why] if why else []
+        table,
+        recommend(table, mala_target, order_min),
+        laplace_method=lap_method,
+        notes=notes,
+        reasons=explain(table, mala_target, order_min),
+        mala_target=mala_target,
+        order_min=order_min,
     )
     if write:
-        tag = short_hash([llc_cfg.sampler_hash(), eps_list, gam_list, nb_list], 8)
-        base = run.path / "calibration" / f"calibration_e{epoch}_r{replica}_{tag}"
+        key: list[Any] = [llc_cfg.sampler_hash(), eps_list, gam_list, nb_list]
+        extra = {"samplers": sampler_axis, "mala_target": mala_target}
+        if K > 1:
+            extra |= {"epochs": ep_list, "order_min": order_min}
+        if any(v is not None for v in extra.values()):
+            key.append(extra)  # absent for a plain grid: its file names are unchanged
+        tag = short_hash(key, 8)
+        first = f"{ep_list[0]}-" if K > 1 else ""
+        base = run.path / "calibration" / f"calibration_e{first}{epoch}_r{replica}_{tag}"
         cal.table = base.with_suffix(".parquet")
         write_parquet(cal.table, [_parquet_row(r) for r in table])
         cal.figure = base.with_suffix(".png")
         heatmap(cal, cal.figure)
     return cal
+
+
+def torch_cat(parts: list[Any]) -> Any:
+    """``torch.cat`` along the replica axis (torch imported only when sampling)."""
+    import torch
+
+    return torch.cat(parts)
+
+
+def _for_sampler(llc_cfg: LLCConfig, method: str) -> LLCConfig:
+    """``llc_cfg`` with ``method`` as its sampler, keeping only the options that are its own."""
+    own = sampler_registry.spec(method).options
+    opts = {k: v for k, v in llc_cfg.options.items() if k in own}
+    return llc_cfg.model_copy(update={"method": method, "options": opts})
+
+
+def _laplace_epochs(
+    run_dir: Path,
+    epochs: list[int],
+    replica: int,
+    nbetas: list[float],
+    gammas: list[float],
+    device: str,
+    mode: str,
+) -> tuple[np.ndarray | None, str | None, str | None]:
+    """λ_Lap [B, Γ] at one checkpoint, [K, B, Γ] at several (one exact/SLQ solve per checkpoint,
+    outside the sampler), or (None, None, why)."""
+    if len(epochs) == 1:
+        return _laplace_grid(run_dir, epochs[0], replica, nbetas, gammas, device, mode)
+    got = [_laplace_grid(run_dir, e, replica, nbetas, gammas, device, mode) for e in epochs]
+    if any(v is None for v, _, _ in got):
+        return None, None, next((w for _, _, w in got if w), None)
+    return np.stack([v for v, _, _ in got]), got[-1][1], None
 
 
 def cell_rows(
@@ -204,23 +578,39 @@ def cell_rows(
     gam_list: list[float],
     epoch: int,
     replica: int,
+    *,
+    sampler: str | None = None,
+    epochs: list[int] | None = None,
+    mala: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per (ε, γ, nβ) cell from an Estimate laid out as cells × nβ × chains."""
-    llc = est.llc  # [G, B, C]
+    """One row per (ε, γ, nβ) cell from an Estimate laid out as cells × nβ × chains.
+
+    With ``epochs`` the layout is cells × checkpoints × nβ × chains, one row per cell and
+    checkpoint, and ``lap`` is [K, B, Γ]. ``sampler`` adds a ``sampler`` column, ``mala`` a
+    ``mala_accept`` column (mean over chains; NaN where the run did not record it).
+    """
+    K = len(epochs) if epochs else 1
+    B = len(nb_list)
+    llc = est.llc  # [G·K, B, C]
+    acc = est.result.mala_accept
+    acc = acc.reshape(len(cells) * K, B, -1).mean(-1) if acc is not None else None
     out = []
     for g, (eps, gam) in enumerate(cells):
-        for b, nb in enumerate(nb_list):
-            d = est.diagnostics[g * len(nb_list) + b] if est.diagnostics else {}
-            chains = llc[g, b]
-            finite = chains[np.isfinite(chains)]
-            mean = float(finite.mean()) if finite.size else math.nan
-            std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
-            flags = list(d.get("flags", []))
-            lap_v = float(lap[b, gam_list.index(gam)]) if lap is not None else math.nan
-            gap = mean / lap_v - 1.0 if np.isfinite(lap_v) and lap_v > 0 else math.nan
-            out.append(
-                {
-                    "epoch": epoch,
+        for k in range(K):
+            grp = g * K + k
+            lap_k = lap if lap is None or epochs is None else lap[k]
+            for b, nb in enumerate(nb_list):
+                d = est.diagnostics[grp * B + b] if est.diagnostics else {}
+                chains = llc[grp, b]
+                finite = chains[np.isfinite(chains)]
+                mean = float(finite.mean()) if finite.size else math.nan
+                std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+                flags = list(d.get("flags", []))
+                lap_v = float(lap_k[b, gam_list.index(gam)]) if lap_k is not None else math.nan
+                gap = mean / lap_v - 1.0 if np.isfinite(lap_v) and lap_v > 0 else math.nan
+                row = {"sampler": sampler} if sampler is not None else {}
+                row |= {
+                    "epoch": epochs[k] if epochs else epoch,
                     "replica": replica,
                     "step_size": eps,
                     "gamma": gam,
@@ -236,7 +626,9 @@ def cell_rows(
                     "laplace": lap_v,
                     "laplace_gap": gap,
                 }
-            )
+                if mala:
+                    row["mala_accept"] = float(acc[grp, b]) if acc is not None else math.nan
+                out.append(row)
     return out
 
 
@@ -246,22 +638,28 @@ def _parquet_row(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def heatmap(cal: Calibration, path: Path) -> None:
-    """One panel per nβ: ε (rows) × γ (columns), colour log10 λ̂, text λ̂ / λ_Lap and flags."""
+    """One panel per (sampler,) nβ: ε (rows) × γ (columns), colour log10 λ̂ (at the last
+    checkpoint), text λ̂ / λ_Lap, MALA acceptance, order τ and what failed at any checkpoint
+    (disqualifying flags, 'target' for MALA, 'order')."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = cal.rows
-    nbs = list(dict.fromkeys(r["nbeta"] for r in rows))
-    eps = sorted({r["step_size"] for r in rows})
-    gams = sorted({r["gamma"] for r in rows})
+    groups = group_cells(cal.rows)
+    cells = {k: c[-1] for k, c in groups.items()}  # each cell at its last epoch
+    panels = list(dict.fromkeys((k[0], k[3]) for k in cells))
+    eps = sorted({k[1] for k in cells})
+    gams = sorted({k[2] for k in cells})
     fig, axes = plt.subplots(
-        1, len(nbs), figsize=(1.6 + 1.5 * len(gams) * len(nbs), 1.2 + 0.7 * len(eps)), squeeze=False
+        1,
+        len(panels),
+        figsize=(1.6 + 1.5 * len(gams) * len(panels), 1.2 + 0.7 * len(eps)),
+        squeeze=False,
     )
-    for ax, nb in zip(axes[0], nbs, strict=True):
+    for ax, (sampler, nb) in zip(axes[0], panels, strict=True):
         grid = np.full((len(eps), len(gams)), np.nan)
-        cell = {(r["step_size"], r["gamma"]): r for r in rows if r["nbeta"] == nb}
+        cell = {(k[1], k[2]): r for k, r in cells.items() if (k[0], k[3]) == (sampler, nb)}
         for (e, g), r in cell.items():
             v = r["llc_mean"]
             grid[eps.index(e), gams.index(g)] = math.log10(v) if v > 0 else np.nan
@@ -272,19 +670,25 @@ def heatmap(cal: Calibration, path: Path) -> None:
             text = f"{r['llc_mean']:.3g}"
             if np.isfinite(r["laplace"]):
                 text += f"\nLap {r['laplace']:.3g}"
-            bad = [f for f in r["flags"] if f in DISQUALIFYING]
+            if np.isfinite(r.get("mala_accept", math.nan)):
+                text += f"\nacc {r['mala_accept']:.2f}"
+            if np.isfinite(r.get("order_tau", math.nan)):
+                text += f"\nτ {r['order_tau']:.2f}"
+            fails = failures(groups[(sampler, e, g, nb)], cal.mala_target, cal.order_min)
+            bad = [d if c == "unhealthy" else c.split()[-1] for c, d in fails]
             if bad:
                 text += "\n" + ",".join(bad)
             ax.text(
                 j, i, text, ha="center", va="center", fontsize=7, color="white" if bad else "black"
             )
-            if best is not None and best["step_size"] == e and best["gamma"] == g:
+            if best is not None and cell_key(best) == (sampler, e, g, nb):
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="red"))
         ax.set_xticks(range(len(gams)), [f"{g:g}" for g in gams])
         ax.set_yticks(range(len(eps)), [f"{e:g}" for e in eps])
         ax.set_xlabel("γ (localisation)")
         ax.set_ylabel("ε (step size)")
-        ax.set_title(f"λ̂ mean, nβ = {nb:.4g} (red: recommended)", fontsize=9)
+        who = f"{sampler}, " if sampler else ""
+        ax.set_title(f"λ̂ mean, {who}nβ = {nb:.4g} (red: recommended)", fontsize=9)
         fig.colorbar(im, ax=ax, label="log10 λ̂")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,11 +699,13 @@ def heatmap(cal: Calibration, path: Path) -> None:
 
 
 def format_recommendation(cal: Calibration) -> list[str]:
-    """Human-readable lines for the CLI: the advice per nβ and any notes."""
+    """Human-readable lines for the CLI: the advice per nβ, why it won, and any notes."""
     lines = []
     for nb, r in cal.recommended.items():
+        why = [f"  why: {cal.reasons[nb]}"] if nb in cal.reasons else []
         if r is None:
             lines.append(f"nβ={nb:.4g}: no healthy cell; try smaller step sizes or longer burn-in")
+            lines += why
             continue
         lap = (
             f", λ_Lap {r['laplace']:.4g} (gap {100 * r['laplace_gap']:+.0f}%)"
@@ -307,21 +713,59 @@ def format_recommendation(cal: Calibration) -> list[str]:
             else ""
         )
         warn = " [low ESS: lengthen chains]" if "low_ess" in r["flags"] else ""
+        who = f"{r['sampler']} " if r.get("sampler") else ""
         lines.append(
-            f"nβ={nb:.4g}: recommend ε={r['step_size']:g}, γ={r['gamma']:g} "
+            f"nβ={nb:.4g}: recommend {who}ε={r['step_size']:g}, γ={r['gamma']:g} "
             f"(λ̂ {r['llc_mean']:.4g} ± {r['llc_std']:.2g}{lap}){warn}"
         )
+        lines += why
     return lines + cal.notes
+
+
+def to_json(cal: Calibration) -> dict[str, Any]:
+    """The calibration as plain JSON data: rows, the recommended cell and its reason per nβ."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    return {
+        "rows": [{k: clean(v) for k, v in r.items()} for r in cal.rows],
+        "recommended": [
+            {
+                "nbeta": nb,
+                "cell": None if r is None else {k: clean(v) for k, v in r.items()},
+                "reason": cal.reasons.get(nb, ""),
+            }
+            for nb, r in cal.recommended.items()
+        ],
+        "laplace_method": cal.laplace_method,
+        "notes": cal.notes,
+        "table": str(cal.table) if cal.table else None,
+        "figure": str(cal.figure) if cal.figure else None,
+    }
 
 
 __all__ = [
     "DISQUALIFYING",
+    "ORDER_MIN",
     "Calibration",
     "calibrate",
     "cell_rows",
+    "check_fraction",
+    "check_samplers",
+    "consensus_order",
+    "explain",
+    "failures",
     "format_recommendation",
     "grid_layout",
     "heatmap",
+    "kendall_tau",
+    "order_check",
     "per_replica",
     "recommend",
+    "to_json",
 ]

@@ -24,6 +24,7 @@ import torch
 
 from grokbasin import interrupt, rng, sampler_registry
 from grokbasin.llc import chain, samplers, shards
+from grokbasin.llc.observables import TRACE_BUDGET_MB, check_trace_budget
 from grokbasin.llc.samplers import SamplerHyper
 from grokbasin.llc.targets import Target
 
@@ -56,6 +57,9 @@ class SampleResult:
     diverged: np.ndarray  # [R] bool: a non-finite loss was met (chain frozen at w* afterwards)
     norms: dict[str, np.ndarray] | None = None  # name -> [R, steps]
     mala_accept: np.ndarray | None = None  # [R] mean MALA acceptance probability over all steps
+    observables: dict[str, np.ndarray] | None = None  # name -> [R, D] mean loss per draw
+    observables_init: dict[str, np.ndarray] | None = None  # name -> [R] at w*
+    sample_losses: dict[str, np.ndarray] | None = None  # name -> [R, D, m] float32 per sample
 
     @classmethod
     def concat(cls, parts: list[SampleResult]) -> SampleResult:
@@ -108,6 +112,7 @@ def sample(
     on_step: Callable[[float], None] | None = None,
     fused: bool = True,
     cpu_workers: int | None = None,
+    trace_budget_mb: float = TRACE_BUDGET_MB,
 ) -> SampleResult:
     """Run burn-in + draws·thin sampler steps for all R replicas together; record draw losses.
 
@@ -120,7 +125,11 @@ def sample(
     thread count; ``llc.shards``). Results do not depend on the sharding: each replica has its
     own streams. ``on_step`` receives the fraction of all replica-steps done since its last call.
     Ctrl-C stops every shard within one step (``grokbasin.interrupt``).
+
+    A target with observables (``llc.observables``) also records their losses at every draw;
+    per-sample traces larger than ``trace_budget_mb`` are refused before any step.
     """
+    check_trace_budget(target.replicas, draws, target.observed, target.per_sample, trace_budget_mb)
     if baseline not in ("full", "devinterp"):
         raise ValueError(f"baseline must be 'full' or 'devinterp', got {baseline!r}")
     samplers.check(method, mala)
@@ -181,6 +190,10 @@ def _sample(
     state = kernel.init(params, setup)
     rec = chain.run(target, kernel, state, keys, run.burnin, run.draws, run.thin, on_step)
     init = full0 if run.baseline == "full" else rec.first
+    obs0 = None
+    if target.observed:
+        with torch.no_grad():
+            obs0 = {k: v.double().cpu().numpy() for k, v in target.observe(center)[0].items()}
     return SampleResult(
         n=target.n,
         nbeta=hyper.nbeta.double().cpu().numpy(),
@@ -193,6 +206,9 @@ def _sample(
         if run.record_norms
         else None,
         mala_accept=(rec.accept / max(rec.steps - 1, 1)).cpu().numpy() if run.mala else None,
+        observables={k: v.double().cpu().numpy() for k, v in rec.obs.items()} if obs0 else None,
+        observables_init=obs0,
+        sample_losses={k: v.cpu().numpy() for k, v in rec.samples.items()} if obs0 else None,
     )
 
 
@@ -296,6 +312,7 @@ def estimate_llc(
     on_step: Callable[[int], None] | None = None,
     fused: bool = True,
     cpu_workers: int | None = None,
+    trace_budget_mb: float = TRACE_BUDGET_MB,
 ) -> Estimate:
     """λ̂ for a target laid out as groups × temperatures × chains, in one batched sampler run.
 
@@ -344,6 +361,7 @@ def estimate_llc(
         on_step=on_step,
         fused=fused,
         cpu_workers=cpu_workers,
+        trace_budget_mb=trace_budget_mb,
     )
     est = Estimate(res, groups, nb, chains)
     if diagnose:

@@ -34,6 +34,8 @@ from grokbasin.llc import shards
 from grokbasin.types import Params
 
 LossFn = Callable[[Params, torch.Tensor], torch.Tensor]
+# params -> (mean loss [R] per observable, per-sample losses [R, m] for the per-sample ones)
+ObserveFn = Callable[[Params], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
 # (params, idx, out grads or None) -> (loss [R], grads): grads in ``out`` where supported
 GradFn = Callable[..., tuple[torch.Tensor, Params]]
 _BATCH_TAG = 0xBA7C
@@ -70,6 +72,7 @@ class Fns(NamedTuple):
     loss: LossFn
     loss_and_grad: GradFn
     full_loss: Callable[[Params], torch.Tensor]
+    observe: ObserveFn | None = None  # the observables (``llc.observables``), if any
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +87,8 @@ class Target:
     names: list[str] = field(default_factory=list)  # sampled parameters
     masks: dict[str, torch.Tensor] | None = None  # name -> 0/1 [R, ...] (broadcast ones expanded)
     label: str = "target"  # names the constructor and the user's function in messages
+    observed: dict[str, int] = field(default_factory=dict)  # observable name -> samples m
+    per_sample: tuple[str, ...] = ()  # observables whose per-sample losses are recorded
 
     def __post_init__(self) -> None:
         R = self.replicas
@@ -95,6 +100,12 @@ class Target:
                 )
         if self.masks is not None:
             object.__setattr__(self, "masks", _expand_masks(self.masks, self.params0, self.label))
+        unknown = sorted(set(self.per_sample) - set(self.observed))
+        if unknown:
+            raise ValueError(
+                f"{self.label}: per_sample names {unknown} that are not observables; "
+                f"have {sorted(self.observed)}"
+            )
         object.__setattr__(self, "_fns", self.bind(self.data))
 
     @property
@@ -112,6 +123,10 @@ class Target:
     @property
     def full_loss(self) -> Callable[[Params], torch.Tensor]:
         return self._fns.full_loss
+
+    @property
+    def observe(self) -> ObserveFn | None:
+        return self._fns.observe
 
     def shard(self, lo: int, hi: int) -> Target:
         """The same target for replicas lo..hi-1, with its own functions and buffers."""
@@ -194,6 +209,8 @@ def from_functional(
     masks: dict[str, torch.Tensor] | None = None,
     per_replica: bool = False,
     aux: dict[str, torch.Tensor] | None = None,
+    observables: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    per_sample: Sequence[str] = (),
 ) -> Target:
     """Target for forward(params, x [R, B, ...], **aux) -> pred [R, ...] and
     loss_fn(pred, y [R, B, ...]) -> [R].
@@ -201,13 +218,24 @@ def from_functional(
     X [n, ...], Y [n, ...] are shared by all replicas, or [R, n, ...] with ``per_replica``.
     ``aux``: per-replica tensors [R, ...] (masks, sizes, ...) passed to forward by keyword and
     sliced with the replicas, so a forward must not capture per-replica tensors itself.
+    ``observables``: name -> (X, Y) datasets (shaped like X, Y) whose loss is recorded at every
+    draw, per sample for the names in ``per_sample`` (each sample scored alone by loss_fn).
     """
+    from grokbasin.llc.observables import check_datasets, per_sample_by_reshape
+
     n = X.shape[1] if per_replica else X.shape[0]
     label = f"from_functional(forward={_name(forward)})"
     sel = _select(params0, names)
     data: dict[str, Any] = {"X": X, "Y": Y} if per_replica else {}
     if aux:
         data["aux"] = dict(aux)
+    obs_sets = {k: tuple(v) for k, v in (observables or {}).items()}
+    if per_replica and obs_sets:
+        data["obs"] = {k: {"X": v[0], "Y": v[1]} for k, v in obs_sets.items()}
+    sizes = {k: int(v[0].shape[1] if per_replica else v[0].shape[0]) for k, v in obs_sets.items()}
+    if not per_replica:
+        check_datasets(obs_sets, label)
+    keep, sample_loss = set(per_sample), per_sample_by_reshape(loss_fn)
 
     def bind(d: dict[str, Any]) -> Fns:
         X_, Y_ = (d["X"], d["Y"]) if per_replica else (X, Y)
@@ -233,9 +261,27 @@ def from_functional(
             R = next(iter(params.values())).shape[0]
             return loss(params, torch.arange(n, device=X.device).expand(R, -1))
 
-        return Fns(loss, autograd_loss_and_grad(loss, sel), full)
+        obs = {k: (v["X"], v["Y"]) for k, v in d["obs"].items()} if "obs" in d else obs_sets
 
-    return Target(params0, n, batch_size or n, bind, data, sel, masks, label)
+        def observe(params: Params) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+            R = next(iter(params.values())).shape[0]
+            means, samples = {}, {}
+            for name, (Xo, Yo) in obs.items():  # one batched call per observable
+                idx = torch.arange(sizes[name], device=Xo.device).expand(R, -1)
+                pred, y = forward(params, take(Xo, idx), **kw), take(Yo, idx)
+                if name in keep:
+                    samples[name] = sample_loss(pred, y).float()
+                    means[name] = samples[name].mean(1)
+                else:
+                    means[name] = loss_fn(pred, y).float()
+            return means, samples
+
+        fns = Fns(loss, autograd_loss_and_grad(loss, sel), full)
+        return fns._replace(observe=observe) if obs else fns
+
+    return Target(
+        params0, n, batch_size or n, bind, data, sel, masks, label, sizes, tuple(per_sample)
+    )
 
 
 def from_potential(
@@ -275,14 +321,24 @@ def from_module(
     params0: Params | None = None,
     names: Sequence[str] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
+    observables: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    per_sample: Sequence[str] = (),
 ) -> Target:
     """Target for a user's nn.Module and loss_fn(pred, y) -> scalar mean loss, via torch.func.
 
     The module's parameters (or ``params0``, each [R, *shape]) are stacked along a replica axis;
     ``vmap`` over that axis gives each replica its own loss and ``grad`` its own gradient. Buffers
     are shared and fixed. Every replica samples from the same data (X [n, ...], Y [n, ...]).
+    ``observables``: name -> (X, Y) datasets whose loss is recorded at every draw, per sample
+    (loss_fn on one sample) for the names in ``per_sample``.
     """
     from torch.func import functional_call, grad_and_value, vmap
+
+    from grokbasin.llc.observables import check_datasets
+
+    label = f"from_module({type(module).__name__})"
+    obs_sets = {k: tuple(v) for k, v in (observables or {}).items()}
+    sizes, keep = check_datasets(obs_sets, label), set(per_sample)
 
     base = {k: v.detach() for k, v in module.named_parameters()}
     buffers = {k: v.detach() for k, v in module.named_buffers()}
@@ -318,10 +374,29 @@ def from_module(
             ps, pf = split(params)
             return full_loss(ps, pf, X, Y)
 
-        return Fns(loss, loss_and_grad, full)
+        def one(ps: Params, pf: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return single(ps, pf, x[None], y[None])
 
-    n, label = X.shape[0], f"from_module({type(module).__name__})"
-    return Target(params0, n, batch_size or n, bind, {}, sel, masks, label)
+        # [R, m]: every replica (outer vmap) scores every sample alone (inner vmap)
+        per_sample_loss = vmap(vmap(one, in_dims=(None, None, 0, 0)), in_dims=(0, 0, None, None))
+
+        def observe(params: Params) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+            ps, pf = split(params)
+            means, samples = {}, {}
+            for name, (Xo, Yo) in obs_sets.items():  # one batched call per observable
+                if name in keep:
+                    samples[name] = per_sample_loss(ps, pf, Xo, Yo).float()
+                    means[name] = samples[name].mean(1)
+                else:
+                    means[name] = full_loss(ps, pf, Xo, Yo).float()
+            return means, samples
+
+        return Fns(loss, loss_and_grad, full, observe if obs_sets else None)
+
+    n = X.shape[0]
+    return Target(
+        params0, n, batch_size or n, bind, {}, sel, masks, label, sizes, tuple(per_sample)
+    )
 
 
 def modular_train_rows(cfg) -> torch.Tensor:
@@ -340,6 +415,8 @@ def from_modular(
     masks: dict[str, torch.Tensor] | None = None,
     max_elems: int = 1 << 26,
     fast: bool = True,
+    observables: dict[str, torch.Tensor] | None = None,
+    per_sample: Sequence[str] = (),
 ) -> Target:
     """Target for built-in modular-arithmetic checkpoints of RunConfig ``cfg``.
 
@@ -348,20 +425,23 @@ def from_modular(
     task and model shapes but differ in seeds or splits batch together. For the quadratic net
     with centred MSE or cross-entropy, gradients are hand-written (``fast_quadratic``;
     ``fast=False`` keeps the reference path); otherwise autograd of the summed built-in loss.
+    ``observables``: name -> rows [R, m] of other data (``llc.subsets``) whose loss is recorded
+    at every draw, per sample for the names in ``per_sample`` (``llc.observables``).
     """
     from grokbasin.llc.fast_quadratic import LOSSES as FAST_LOSSES
-    from grokbasin.llc.fast_quadratic import QuadraticGrad
-    from grokbasin.losses import LOSSES
+    from grokbasin.llc.fast_quadratic import QuadraticGrad, forward_rows
+    from grokbasin.losses import LOSSES, PER_SAMPLE_LOSSES
     from grokbasin.models import build_model
     from grokbasin.tasks.modular import all_pairs
 
     dev = next(iter(params0.values())).device
     x, y = (t.to(dev) for t in all_pairs(cfg.task.p, cfg.task.op))
     model = build_model(cfg.model, cfg.task.p, cfg.task.p)
-    loss_fn = LOSSES[cfg.train.loss]
+    loss_fn, sample_fn = LOSSES[cfg.train.loss], PER_SAMPLE_LOSSES[cfg.train.loss]
     n = rows.shape[1]
     sel = _select(params0, names)
     hand = fast and cfg.model.name == "quadratic" and cfg.train.loss in FAST_LOSSES
+    fast_obs = fast and cfg.model.name == "quadratic"
 
     def bind(d: dict[str, Any]) -> Fns:
         rows_ = d["rows"]
@@ -370,21 +450,45 @@ def from_modular(
             r = rows_.gather(1, idx)
             return loss_fn(model.forward(params, x[r]), y[r])
 
-        def full(params: Params) -> torch.Tensor:
-            R = rows_.shape[0]
-            chunk = max(1, max_elems // (n * max(cfg.model.width, cfg.task.p)))
+        obs_ws: dict = {}  # this binding's (shard's) observable workspace
+
+        def on_rows(
+            params: Params, rows_all: torch.Tensor, fn: Callable, fast_fwd: bool = False
+        ) -> torch.Tensor:
+            R, m = rows_all.shape
+            chunk = max(1, max_elems // (m * max(cfg.model.width, cfg.task.p)))
             out = []
             for lo in range(0, R, chunk):  # bounded memory; one chunk in the usual case
                 p = {k: v[lo : lo + chunk] for k, v in params.items()}
-                r = rows_[lo : lo + chunk]
-                out.append(loss_fn(model.forward(p, x[r]), y[r]))
+                r = rows_all[lo : lo + chunk]
+                if fast_fwd:  # observables of the quadratic net: the gradient's layout
+                    pred = forward_rows(p, x, r, cfg.task.p, CPU_BLOCK, obs_ws)
+                else:
+                    pred = model.forward(p, x[r])
+                out.append(fn(pred, y[r]))
             return torch.cat(out)
+
+        def full(params: Params) -> torch.Tensor:
+            return on_rows(params, rows_, loss_fn)
+
+        observe = None
+        if observables:
+            from grokbasin.llc.observables import observe_rows
+
+            def obs_rows(params: Params, rows_all: torch.Tensor, fn: Callable) -> torch.Tensor:
+                return on_rows(params, rows_all, fn, fast_fwd=fast_obs)
+
+            observe = observe_rows(obs_rows, d["obs"], loss_fn, sample_fn, per_sample)
 
         if hand:
             chunk = CPU_BLOCK if dev.type == "cpu" else rows_.shape[0]  # cache blocking: CPUs
             qg = QuadraticGrad(x, y, rows_, cfg.task.p, cfg.train.loss, sel, chunk)
-            return Fns(loss, qg, full)
-        return Fns(loss, autograd_loss_and_grad(loss, sel), full)
+            return Fns(loss, qg, full, observe)
+        return Fns(loss, autograd_loss_and_grad(loss, sel), full, observe)
 
     label = f"from_modular({cfg.model.name}, p={cfg.task.p})"
-    return Target(params0, n, batch_size, bind, {"rows": rows.to(dev)}, sel, masks, label)
+    data: dict[str, Any] = {"rows": rows.to(dev)}
+    if observables:
+        data["obs"] = {k: v.to(dev) for k, v in observables.items()}
+    sizes = {k: int(v.shape[1]) for k, v in (observables or {}).items()}
+    return Target(params0, n, batch_size, bind, data, sel, masks, label, sizes, tuple(per_sample))

@@ -227,7 +227,9 @@ def _sample_batch(
     """Every (run, epoch, variant, training replica) group of compatible runs, in chunks of
     checkpoints (a variant: the unrestricted estimate or one restriction)."""
     items = [(res, cfg, e, v) for res, cfg, work in batch for e, v in work]
-    copies = len(nbeta_values(llc_cfg, batch[0][1].task.n_train)) * llc_cfg.chains
+    cfg0 = batch[0][1]
+    n = cfg0.task.n_train if llc_cfg.data == "train" else sampling_rows(cfg0, llc_cfg).shape[1]
+    copies = len(nbeta_values(llc_cfg, n)) * llc_cfg.chains
     sizes = [len(cfg.train.replicas()) * copies for _, cfg, _, _ in items]
     for part in check_chunks_fit(sizes, batch[0][1], llc_cfg, device):
         _sample_checkpoints([items[i] for i in part], llc_cfg, device, progress)
@@ -245,7 +247,7 @@ def _sample_checkpoints(
     shapes = model_shapes(items[0][1])
     loaded: dict[tuple[Path, int], dict[str, torch.Tensor]] = {}
     for res, cfg, e, v in items:
-        train_rows = modular_train_rows(cfg)  # [R_train, n]
+        train_rows = sampling_rows(cfg, llc_cfg)  # [R_train, n]
         run_id = run_identity(cfg.run_hash())
         if (res.run.path, e) not in loaded:
             loaded[res.run.path, e] = res.run.load_checkpoint(e, device)
@@ -283,6 +285,16 @@ def _sample_checkpoints(
     _write(est, where, llc_cfg)
 
 
+def sampling_rows(cfg: RunConfig, llc_cfg: LLCConfig) -> torch.Tensor:
+    """Rows [R_train, n] the posterior's loss is on: the training split, or for the data-refined
+    LLC (``llc.data``, Wang et al. 2024) the named subset, whose size is then the n of nβ."""
+    if llc_cfg.data == "train":
+        return modular_train_rows(cfg)
+    from grokbasin.llc.subsets import subset_rows
+
+    return subset_rows(cfg, llc_cfg.data)
+
+
 def model_shapes(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
     """Parameter name -> per-replica shape of the config's model (one replica initialised)."""
     from grokbasin import rng
@@ -316,10 +328,14 @@ def sample_with_progress(
     progress: bool,
     step_size: Any = None,
     gamma: Any = None,
+    mala: bool = False,
+    trace_budget_mb: float | None = None,
 ) -> Estimate:
     """``estimate_llc`` with every setting from ``llc_cfg`` and a progress bar over the steps.
 
-    ``step_size``/``gamma`` override the config with per-replica sequences (calibration grids).
+    ``step_size``/``gamma`` override the config with per-replica sequences (calibration grids);
+    ``mala`` records MALA acceptance (calibration's acceptance target); ``trace_budget_mb``
+    bounds per-sample observable traces (``llc.observables``).
     """
     total = llc_cfg.burnin + llc_cfg.draws * llc_cfg.thin
     with make_progress(progress) as bar:
@@ -342,6 +358,8 @@ def sample_with_progress(
             baseline=llc_cfg.baseline,
             group_ids=group_ids,
             on_step=lambda k: bar.update(task, advance=k),
+            mala=mala,
+            **({} if trace_budget_mb is None else {"trace_budget_mb": trace_budget_mb}),
         )
 
 
@@ -353,10 +371,12 @@ def run_identity(content_hash: str) -> int:
 
 
 def sampler_json(llc_cfg: LLCConfig, restriction: str | None = None) -> str:
-    """The sampler settings as stored with every LLC row (all but ``checkpoints`` and
-    ``restrict``); a restricted row adds its own restriction under ``"restriction"`` (not a
-    config field, so readers of the newest settings never make a restriction sticky)."""
-    data = llc_cfg.model_dump(mode="json", exclude={"checkpoints", "restrict"})
+    """The sampler settings as stored with every LLC row (all but ``checkpoints``,
+    ``restrict`` and a plain LLC's ``data``); a restricted row adds its own restriction under
+    ``"restriction"`` (not a config field, so readers of the newest settings never make a
+    restriction sticky)."""
+    skip = {"checkpoints", "restrict"} | ({"data"} if llc_cfg.data == "train" else set())
+    data = llc_cfg.model_dump(mode="json", exclude=skip)
     if restriction is not None:
         data["restriction"] = {"name": restriction, "patterns": llc_cfg.restrict[restriction]}
     return json.dumps(data, sort_keys=True)

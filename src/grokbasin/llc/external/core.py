@@ -91,9 +91,15 @@ def sampler_config(llc: LLCConfig | dict | None, batch_hint: int | None, **kw: A
     from grokbasin.config import format_validation_error
 
     try:
-        return LLCConfig.model_validate({**base, **kw})
+        cfg = LLCConfig.model_validate({**base, **kw})
     except ValidationError as e:
         raise ConfigError("llc." + format_validation_error(e)) from None
+    if cfg.data != "train":
+        raise ConfigError(
+            f"llc.data = {cfg.data!r}: the data-refined LLC by subset name is for built-in runs; "
+            "for your own model give the subset as the data (X, Y) to sample on"
+        )
+    return cfg
 
 
 def prepare(

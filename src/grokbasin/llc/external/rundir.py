@@ -22,6 +22,7 @@ from grokbasin.errors import ConfigError, CorruptFileError
 from grokbasin.llc.calibrate import (
     Calibration,
     cell_rows,
+    explain,
     grid_layout,
     heatmap,
     per_replica,
@@ -139,7 +140,7 @@ def calibrate_inputs(
     ids = [[_group_id(x.key or "0" * 7), step]] * G
     est = sample_with_progress(target, llc_cfg, G, nb_list, ids, label, progress, eps_r, gam_r)
     rows = cell_rows(est, cells, nb_list, None, gam_list, step, 0)
-    return Calibration(rows, recommend(rows), notes=[NO_LAPLACE])
+    return Calibration(rows, recommend(rows), notes=[NO_LAPLACE], reasons=explain(rows))
 
 
 def calibrate_run(
