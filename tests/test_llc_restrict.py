@@ -356,3 +356,9 @@ def test_cli_external_restrict(external_inputs, run_cli, refused, tmp_path) -> N
     got = json.loads(out.strip().splitlines()[0])
     kinds = {(r.get("restriction"), r["step"]) for r in got["llc"]}
     assert kinds == {(k, s) for k in (None, "first", "last") for s in (10, 20, 30, 40)}
+    # `llc estimate` on the external run directory: same flag, same cache
+    again = ["llc", "estimate", got["run_dir"], "--draws", "40", "--chains", "2", "--burnin",
+             "10", "--restrict", "first=0.*", "--quiet"]  # fmt: skip
+    rc, out, err = run_cli(again, tmp_path)
+    assert rc == 0, err
+    assert "0 checkpoints sampled, 4 already estimated" in out + err
