@@ -22,6 +22,7 @@ from grokbasin.cli_flags import (
     LLC_FLAGS,
     QUIET,
     RECORD_FLAGS,
+    RESTRICT_FLAG,
     TRAIN_FLAGS,
     Opt,
     OutOpt,
@@ -119,7 +120,7 @@ def train(
 
 
 @app.command()
-@with_flags(TRAIN_FLAGS, LLC_FLAGS, RECORD_FLAGS, DEVICE_FLAG)
+@with_flags(TRAIN_FLAGS, LLC_FLAGS, RECORD_FLAGS, RESTRICT_FLAG, DEVICE_FLAG)
 def run(
     preset_name: Annotated[
         str | None, Opt("--preset", help="named preset (grokbasin presets)")
@@ -134,7 +135,7 @@ def run(
     from grokbasin.pipeline import print_summary
     from grokbasin.pipeline import run as run_pipeline
 
-    given = overrides(flags, TRAIN_FLAGS, LLC_FLAGS, RECORD_FLAGS, DEVICE_FLAG)
+    given = overrides(flags, TRAIN_FLAGS, LLC_FLAGS, RECORD_FLAGS, RESTRICT_FLAG, DEVICE_FLAG)
     cfg = _resolve_config(config, preset_name or "default", given)
     summary = run_pipeline(cfg, out, progress=not quiet)
     if as_json:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from grokbasin.errors import ConfigError
+from grokbasin.restrictions import parse_flags
 from grokbasin.sampler_registry import METHODS, options_help
 
 Opt = typer.Option
@@ -76,6 +77,16 @@ RECORD_FLAGS: dict[str, tuple[str, Any]] = {
 }
 """What an estimate records for the report's sampler dashboard (estimate, run, external)."""
 DEVICE_FLAG = {"device": ("device", opt(str, "cpu | cuda | cuda:N | mps | auto"))}
+RESTRICT_FLAG = {
+    "restrict": (
+        "llc.restrict",
+        opt(
+            list[str],
+            "weight-restricted LLC NAME=PATTERN[,PATTERN] (parameter-name globs; PATTERN#head=H "
+            "for one attention head), repeatable: all run in one call with the unrestricted λ̂",
+        ),
+    )
+}
 
 
 def with_flags(*groups: dict[str, tuple[str, Any]]):
@@ -99,6 +110,8 @@ def overrides(flags: dict[str, Any], *groups: dict[str, tuple[str, Any]]) -> dic
     """Given flags -> dotted config keys (None means 'not given'); n*beta words or numbers."""
     out = {key: flags[name] for g in groups for name, (key, _) in g.items()}
     out = {k: v for k, v in out.items() if v is not None}
+    if "llc.restrict" in out:
+        out["llc.restrict"] = parse_flags(out["llc.restrict"])
     if "llc.options" in out:
         out["llc.options"] = _options(out["llc.options"])
     elif "llc.method" in out:  # another sampler: the stored run's options are not its options

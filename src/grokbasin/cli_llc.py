@@ -19,6 +19,7 @@ from grokbasin.cli_flags import (
     LLC_FLAGS,
     QUIET,
     RECORD_FLAGS,
+    RESTRICT_FLAG,
     Opt,
     OutOpt,
     overrides,
@@ -59,15 +60,17 @@ def is_external(path: Path) -> bool:
 
 
 @llc_app.command("estimate")
-@with_flags(LLC_FLAGS, RECORD_FLAGS, DEVICE_FLAG)
+@with_flags(LLC_FLAGS, RECORD_FLAGS, RESTRICT_FLAG, DEVICE_FLAG)
 def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> None:
     """LLC at a run's checkpoints (writes RUN_DIR/llc.parquet and the report).
 
     Sampler settings not given as flags are those of the run's newest estimate (else defaults).
+    --restrict applies to this call only: each restriction gets its own rows next to the
+    unrestricted estimate's.
     """
     from grokbasin.store.rundir import RunDir
 
-    given = overrides(flags, LLC_FLAGS, RECORD_FLAGS)
+    given = overrides(flags, LLC_FLAGS, RECORD_FLAGS, RESTRICT_FLAG)
     device = resolve(flags["device"] or "cpu")
     if is_external(run_dir):
         from grokbasin.llc.external import estimate_run as estimate_external
@@ -90,6 +93,8 @@ def llc_estimate(run_dir: RUN_DIR_ARG, quiet: QUIET = False, **flags: Any) -> No
     console.print(
         f"LLC: {len(result.computed)} checkpoints sampled, {len(result.cached)} already estimated"
     )
+    for name, done in result.restricted.items():
+        console.print(f"LLC restricted to {name}: {len(done)} checkpoints sampled")
     print_summary(report_run(run, cfg))
     print(run.path)
 
@@ -228,6 +233,7 @@ def llc_calibrate(
 EXTERNAL_LLC_FLAGS = {
     **{k: v for k, v in LLC_FLAGS.items() if k not in ("checkpoints", "llc_data")},
     **RECORD_FLAGS,
+    **RESTRICT_FLAG,
 }
 
 
@@ -282,9 +288,10 @@ def _print_external(res: Any, as_json: bool) -> None:
     for col in ("step", "checkpoint", "LLC (mean ± std over chains)", "flags"):
         t.add_column(col)
     for r in summary:
+        where = f" [{r['restriction']}]" if r.get("restriction") else ""
         t.add_row(
             str(r["step"]),
-            str(r["checkpoint"]),
+            str(r["checkpoint"]) + where,
             f"{r['llc_mean']:.4g} ± {r['llc_std']:.2g}",
             r["flags"],
         )

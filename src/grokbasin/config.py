@@ -22,13 +22,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
-from grokbasin import sampler_registry
+from grokbasin import restrictions, sampler_registry
 from grokbasin.errors import ConfigError
 
 
@@ -252,6 +254,26 @@ class LLCConfig(_Strict):
             raise ValueError(f"mala: MALA acceptance needs method sgld, not {self.method!r}")
         return self
 
+    restrict: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="weight-restricted LLCs, NAME -> parameter-name globs (PATTERN#head=H: one "
+        "attention head); each has its own rows, sampled in one call with the unrestricted λ̂",
+    )
+
+    @field_validator("restrict", mode="before")
+    @classmethod
+    def _restrict(cls, v: Any) -> Any:
+        return restrictions.check(v if v is not None else {})
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dumps without ``restrict`` when it is empty: config files and stored sampler settings
+        of unrestricted estimates stay as they were before the field existed."""
+        data = handler(self)
+        if not self.restrict:
+            data.pop("restrict", None)
+        return data
+
     data: str = Field(
         "train",
         description="data-refined LLC: the subset whose loss the posterior uses "
@@ -361,7 +383,9 @@ class LLCConfig(_Strict):
         The noise-stream tag keeps estimates drawn with an older random stream from mixing with
         new ones under the same settings.
         """
-        data = self.model_dump(exclude={"checkpoints", "options", "data", *RECORD_FIELDS})
+        data = self.model_dump(
+            exclude={"checkpoints", "options", "data", "restrict", *RECORD_FIELDS}
+        )
         for k in RECORD_FIELDS:  # absent when off: hashes made before they existed stay valid
             if getattr(self, k):
                 data[k] = True
@@ -371,6 +395,20 @@ class LLCConfig(_Strict):
         if self.data != "train":  # the data-refined LLC; the plain LLC keeps its older hashes
             data["data"] = self.data
         return short_hash({**data, "noise": NOISE_STREAM})
+
+    def restriction_hash(self, name: str) -> str:
+        """The rows' identity of restriction ``name``: the sampler hash with the restriction's
+        name and patterns, so each restriction caches and resumes on its own."""
+        return short_hash(
+            {"sampler": self.sampler_hash(), "restriction": name, "patterns": self.restrict[name]}
+        )
+
+    def variants(self) -> list[tuple[str | None, str]]:
+        """(restriction name, row hash) of every estimate this config makes: the unrestricted
+        one (name None, :meth:`sampler_hash`) first, then each restriction in order."""
+        return [(None, self.sampler_hash())] + [
+            (k, self.restriction_hash(k)) for k in self.restrict
+        ]
 
 
 class RunConfig(_Strict):

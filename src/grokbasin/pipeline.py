@@ -92,7 +92,7 @@ def record_sampler(run_dir: RunDir, llc: LLCConfig) -> None:
     with run_dir.lock():  # a writer of run files like any other (waits; refuses read-only dirs)
         binding.stored_config(run_dir)  # never rewrite an edited config as if it were ours
         data = load_yaml(run_dir.config)
-        new = llc.model_dump(mode="json")
+        new = llc.model_dump(mode="json", exclude={"restrict"})  # restrictions: per call
         if data.get("llc") != new:
             data["llc"] = new
             atomic_write(run_dir.config, yaml.safe_dump(data, sort_keys=False).encode())
@@ -278,8 +278,11 @@ def render_figures(
     replicas = sorted(marks_all)[:4]
     sampler = figs.sampler_settings(cfg.llc, cfg.task.n_train)
     wants = [query.Want(run_dir.path, shash, sampler["nbeta"], replica=r) for r in replicas]
+    restricted = restricted_arrays(run_dir, cfg.llc, sampler["nbeta"], replicas)
     for rep, rows in zip(replicas, query.llc_rows(wants), strict=True):
         m_in, l_in = query.metrics_arrays(metrics_rows, rep), query.llc_arrays(rows)
+        if l_in is not None and restricted.get(rep):
+            l_in["restricted"] = restricted[rep]
         marks = {"t_mem": marks_all[rep].get("t_mem"), "t_gen": marks_all[rep].get("t_gen")}
         title = _title(cfg, marks_all[rep])
         fig = figs.trajectory_figure(
@@ -295,6 +298,25 @@ def render_figures(
         path = (run_dir.figures / name).resolve()
         figs.save_png(fig, path)
         out[f"Training and LLC trajectory (replica {rep})"] = path
+    return out
+
+
+def restricted_arrays(
+    run_dir: RunDir, llc: LLCConfig, nbeta: float, replicas: list[int]
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """Replica -> restriction name -> its λ̂ arrays (``query.llc_arrays``) and patterns, for
+    the weight restrictions stored under these sampler settings (none: {})."""
+    found = query.restriction_hashes(run_dir.path, llc)
+    wants = [
+        query.Want(run_dir.path, h, nbeta, replica=r) for r in replicas for h, _ in found.values()
+    ]
+    got = iter(query.llc_rows(wants)) if wants else iter([])
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in replicas:
+        for name, (_, pats) in found.items():
+            arrays = query.llc_arrays(next(got))
+            if arrays is not None:
+                out.setdefault(r, {})[name] = {**arrays, "patterns": pats}
     return out
 
 

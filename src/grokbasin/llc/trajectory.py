@@ -47,6 +47,7 @@ class RunLLC:
     run: RunDir
     computed: list[int] = field(default_factory=list)  # epochs sampled now
     cached: list[int] = field(default_factory=list)  # epochs that already had rows
+    restricted: dict[str, list[int]] = field(default_factory=dict)  # restriction -> sampled now
 
 
 def select_epochs(run: RunDir, spec: str) -> list[int]:
@@ -104,21 +105,46 @@ def estimate_runs(
 
     Writes/updates each RUN_DIR/llc.parquet (one row per checkpoint × training replica × chain ×
     nβ) and the traces file; checkpoints that already have rows for this sampler hash are skipped.
+    With ``llc_cfg.restrict`` every restriction (and the unrestricted estimate) is one more
+    factor of the same calls, each with its own row hash (``LLCConfig.variants``) and cache.
     """
-    shash = llc_cfg.sampler_hash()
+    variants = llc_cfg.variants()
     results, todo = [], {}
     for rd in run_dirs:
         run = RunDir(rd)
         cfg = run_config(run)
+        if llc_cfg.restrict:
+            run_masks(cfg, llc_cfg)  # a bad pattern stops here, before anything is sampled
         epochs = select_epochs(run, llc_cfg.checkpoints)
-        done = llc_results.done_epochs(run, shash)
-        res = RunLLC(run, [e for e in epochs if e not in done], [e for e in epochs if e in done])
+        done = [llc_results.done_epochs(run, h) for _, h in variants]
+        res = RunLLC(
+            run, [e for e in epochs if e not in done[0]], [e for e in epochs if e in done[0]]
+        )
+        res.restricted = {
+            name: [e for e in epochs if e not in d]
+            for (name, _), d in zip(variants[1:], done[1:], strict=True)
+        }
+        work = [(e, v) for v in range(len(variants)) for e in epochs if e not in done[v]]
         results.append(res)
-        if res.computed:
-            todo.setdefault(_compat_key(cfg), []).append((res, cfg))
+        if work:
+            todo.setdefault(_compat_key(cfg), []).append((res, cfg, work))
     for batch in todo.values():
-        _sample_batch(batch, llc_cfg, shash, device, progress)
+        _sample_batch(batch, llc_cfg, device, progress)
     return results
+
+
+def run_masks(cfg: RunConfig, llc_cfg: LLCConfig) -> dict[str, dict[str, torch.Tensor]]:
+    """The restrictions' parameter masks for a built-in run's model (ConfigError if a pattern
+    names nothing)."""
+    from grokbasin.llc.restrict import restriction_masks, transformer_heads
+
+    shapes = model_shapes(cfg)
+    heads = (
+        transformer_heads(list(shapes), cfg.model.heads)
+        if cfg.model.name == "transformer"
+        else None
+    )
+    return restriction_masks(shapes, llc_cfg.restrict, heads)
 
 
 CHUNK_ENV = "GROKBASIN_LLC_CHUNK"
@@ -183,46 +209,51 @@ def check_llc_fits(cfg: RunConfig, device: str, runs: int = 1) -> None:
     """Refuse, before training or sampling, an LLC trajectory of ``runs`` runs like ``cfg`` at
     its selected checkpoints (all of them, at most) that the device cannot hold."""
     t, llc = cfg.train, cfg.llc
+    if llc.restrict:
+        run_masks(cfg, llc)  # a pattern that names nothing: refused before any work
     wanted = llc.epochs_wanted()
     n_ck = (
         1 if llc.checkpoints == "last" else len(wanted or []) or 2 + t.epochs // t.checkpoint_every
     )
     per = len(t.replicas()) * llc.chains * len(nbeta_values(llc, cfg.task.n_train))
+    per *= len(llc.variants())  # restrictions are more replicas of the same calls
     check_chunks_fit([per] * (n_ck * runs), cfg, llc, device)
 
 
 def _sample_batch(
-    batch: list[tuple[RunLLC, RunConfig]],
+    batch: list[tuple[RunLLC, RunConfig, list[tuple[int, int]]]],
     llc_cfg: LLCConfig,
-    shash: str,
     device: str,
     progress: bool,
 ) -> None:
-    """Every (run, epoch, training replica) group of compatible runs, in chunks of checkpoints."""
-    items = [(res, cfg, e) for res, cfg in batch for e in res.computed]
+    """Every (run, epoch, variant, training replica) group of compatible runs, in chunks of
+    checkpoints (a variant: the unrestricted estimate or one restriction)."""
+    items = [(res, cfg, e, v) for res, cfg, work in batch for e, v in work]
     cfg0 = batch[0][1]
     n = cfg0.task.n_train if llc_cfg.data == "train" else sampling_rows(cfg0, llc_cfg).shape[1]
     copies = len(nbeta_values(llc_cfg, n)) * llc_cfg.chains
-    sizes = [len(cfg.train.replicas()) * copies for _, cfg, _ in items]
+    sizes = [len(cfg.train.replicas()) * copies for _, cfg, _, _ in items]
     for part in check_chunks_fit(sizes, batch[0][1], llc_cfg, device):
-        _sample_checkpoints([items[i] for i in part], llc_cfg, shash, device, progress)
+        _sample_checkpoints([items[i] for i in part], llc_cfg, device, progress)
 
 
 def _sample_checkpoints(
-    items: list[tuple[RunLLC, RunConfig, int]],
+    items: list[tuple[RunLLC, RunConfig, int, int]],
     llc_cfg: LLCConfig,
-    shash: str,
     device: str,
     progress: bool,
 ) -> None:
-    """One sampler call over the (run, epoch) checkpoints ``items`` × training replicas; written
-    when it finishes."""
-    params, rows, ids, where = [], [], [], []
+    """One sampler call over the (run, epoch, variant) items × training replicas; written when
+    it finishes. Variants of one checkpoint share its chain streams (common random numbers)."""
+    params, rows, ids, where, which = [], [], [], [], []
     shapes = model_shapes(items[0][1])
-    for res, cfg, e in items:
+    loaded: dict[tuple[Path, int], dict[str, torch.Tensor]] = {}
+    for res, cfg, e, v in items:
         train_rows = sampling_rows(cfg, llc_cfg)  # [R_train, n]
         run_id = run_identity(cfg.run_hash())
-        ck = res.run.load_checkpoint(e, device)
+        if (res.run.path, e) not in loaded:
+            loaded[res.run.path, e] = res.run.load_checkpoint(e, device)
+        ck = loaded[res.run.path, e]
         r_train = next(iter(ck.values())).shape[0]
         if r_train != train_rows.shape[0]:
             raise CorruptFileError(
@@ -232,7 +263,8 @@ def _sample_checkpoints(
         params.append(ck)
         rows.append(train_rows)
         ids += [[run_id, e, r] for r in range(r_train)]
-        where += [(res, e, r) for r in range(r_train)]
+        where += [(res, e, r, v) for r in range(r_train)]
+        which += [v] * r_train
     cfg0 = items[0][1]
     p0 = {k: torch.cat([p[k] for p in params]).to(device) for k in params[0]}
     G, n = len(ids), rows[0].shape[1]
@@ -241,10 +273,18 @@ def _sample_checkpoints(
     copies = B * C
     p_rep = {k: v.repeat_interleave(copies, 0) for k, v in p0.items()}
     row_rep = torch.cat(rows).repeat_interleave(copies, 0)
-    target = from_modular(cfg0, p_rep, row_rep, min(llc_cfg.batch_size, n))
+    masks = None
+    if any(which):  # only restricted work carries masks: unrestricted calls are as before
+        from grokbasin.llc.restrict import replica_masks
+
+        per = run_masks(cfg0, llc_cfg)
+        variants = [None] + [per[name] for name, _ in llc_cfg.variants()[1:]]
+        which_rep = torch.tensor(which).repeat_interleave(copies)
+        masks = replica_masks(shapes, variants, which_rep, device)
+    target = from_modular(cfg0, p_rep, row_rep, min(llc_cfg.batch_size, n), masks=masks)
     label = f"{G} checkpoints×replicas × {C} chains × {B} nβ"
     est = sample_with_progress(target, llc_cfg, G, nbetas, ids, label, progress)
-    _write(est, where, llc_cfg, shash)
+    _write(est, where, llc_cfg)
 
 
 def sampling_rows(cfg: RunConfig, llc_cfg: LLCConfig) -> torch.Tensor:
@@ -336,12 +376,29 @@ def run_identity(content_hash: str) -> int:
     return int(content_hash[:7], 16)
 
 
-def sampler_json(llc_cfg: LLCConfig) -> str:
-    """The sampler settings as stored with every LLC row (all but ``checkpoints``; settings
-    added later only where they are not at their default, so stored rows keep their text)."""
-    skip = {"checkpoints"} | ({"data"} if llc_cfg.data == "train" else set())
-    skip |= {k for k in RECORD_FIELDS if not getattr(llc_cfg, k)}
-    return json.dumps(llc_cfg.model_dump(mode="json", exclude=skip), sort_keys=True)
+def sampler_json(llc_cfg: LLCConfig, restriction: str | None = None) -> str:
+    """The sampler settings as stored with every LLC row (all but ``checkpoints``,
+    ``restrict`` and a plain LLC's ``data``); a restricted row adds its own restriction under
+    ``"restriction"`` (not a config field, so readers of the newest settings never make a
+    restriction sticky)."""
+    skip = {"checkpoints", "restrict"} | ({"data"} if llc_cfg.data == "train" else set())
+    skip |= {k for k in RECORD_FIELDS if not getattr(llc_cfg, k)}  # stored only when on
+    data = llc_cfg.model_dump(mode="json", exclude=skip)
+    if restriction is not None:
+        data["restriction"] = {"name": restriction, "patterns": llc_cfg.restrict[restriction]}
+    return json.dumps(data, sort_keys=True)
+
+
+def restrict_row(row: dict[str, Any], llc_cfg: LLCConfig, restriction: str | None) -> dict:
+    """A row of the unrestricted estimate relabelled as one of ``restriction`` (None: as is)."""
+    if restriction is None:
+        return row
+    return {
+        **row,
+        "restriction": restriction,
+        "sampler_hash": llc_cfg.restriction_hash(restriction),
+        "sampler_config": sampler_json(llc_cfg, restriction),
+    }
 
 
 def group_rows(
@@ -378,20 +435,22 @@ def group_rows(
                 )
 
 
-def _rows_for(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str) -> dict:
-    """llc.parquet rows per run, from the grouped estimate."""
+def _rows_for(est: Estimate, where: list, llc_cfg: LLCConfig) -> dict:
+    """llc.parquet rows per run, from the grouped estimate (each group's variant's identity)."""
+    names = [name for name, _ in llc_cfg.variants()]
     out: dict[Path, list[dict]] = {}
-    for g, row in group_rows(est, llc_cfg, shash):
-        run_res, epoch, rep = where[g]
+    for g, row in group_rows(est, llc_cfg, llc_cfg.sampler_hash()):
+        run_res, epoch, rep, v = where[g]
         out.setdefault(run_res.run.path, []).append(
-            {"epoch": int(epoch), "replica": int(rep), **row}
+            {"epoch": int(epoch), "replica": int(rep), **restrict_row(row, llc_cfg, names[v])}
         )
     return out
 
 
-def _write(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str) -> None:
-    """Merge new rows into each run's llc.parquet and traces file, atomically."""
-    new = _rows_for(est, where, llc_cfg, shash)
+def _write(est: Estimate, where: list, llc_cfg: LLCConfig) -> None:
+    """Merge new rows into each run's llc.parquet and traces files (one per row hash)."""
+    new = _rows_for(est, where, llc_cfg)
+    hashes = [h for _, h in llc_cfg.variants()]
     traces = est._gbc(est.result.traces)  # [G, B, C, D]
     health, steps = health_traces.per_group(
         est.result.norms, est.result.mala_accept, traces.shape[:3]
@@ -399,17 +458,20 @@ def _write(est: Estimate, where: list, llc_cfg: LLCConfig, shash: str) -> None:
     for path, rows in new.items():
         run = RunDir(path)
         llc_results.merge_write(run, rows)
-        tpath = run.path / "llc_traces" / f"{shash}.safetensors"
-        tensors = run.load_tensors(tpath)[0] if tpath.exists() else {}
-        by_epoch = {
-            e: [g for g, (rr, ee, _) in enumerate(where) if rr.run.path == path and ee == e]
-            for e in sorted({r["epoch"] for r in rows})
-        }
-        for e, gs in by_epoch.items():
-            tensors[f"epoch_{e}"] = torch.from_numpy(np.ascontiguousarray(traces[gs])).float()
-        health_traces.write_health(run, shash, health, steps, llc_cfg.burnin, by_epoch)
-        run.save_tensors(
-            tpath,
-            tensors,
-            {"nbetas": [float(v) for v in est.nbetas], "layout": "replica,nbeta,chain,draw"},
-        )
+        for v in sorted({vv for rr, _, _, vv in where if rr.run.path == path}):
+            tpath = run.path / "llc_traces" / f"{hashes[v]}.safetensors"
+            tensors = run.load_tensors(tpath)[0] if tpath.exists() else {}
+            mine = [
+                (g, ee)
+                for g, (rr, ee, _, vv) in enumerate(where)
+                if rr.run.path == path and vv == v
+            ]
+            by_epoch = {e: [g for g, ee in mine if ee == e] for e in sorted({ee for _, ee in mine})}
+            for e, gs in by_epoch.items():
+                tensors[f"epoch_{e}"] = torch.from_numpy(np.ascontiguousarray(traces[gs])).float()
+            health_traces.write_health(run, hashes[v], health, steps, llc_cfg.burnin, by_epoch)
+            run.save_tensors(
+                tpath,
+                tensors,
+                {"nbetas": [float(v) for v in est.nbetas], "layout": "replica,nbeta,chain,draw"},
+            )

@@ -62,6 +62,9 @@ THEORY_STYLES: tuple[Any, ...] = ("--", "-.", ":", (0, (5, 2, 1, 2)))
 THEORY_COLORS: tuple[str, ...] = ("#000000", "#56B4E9", "#8C564B", "#7F7F7F")
 """Colours for successive theory reference lines (distinct from the data and t_mem/t_gen)."""
 
+RESTRICT_COLORS: tuple[str, ...] = ("#0072B2", "#D55E00", "#CC79A7", "#E69F00", "#56B4E9")
+"""Colours for weight-restricted λ̂ series (the unrestricted one keeps COLORS['llc'])."""
+
 RC: dict[str, Any] = {
     "font.size": 9,
     "axes.titlesize": 10,
@@ -439,6 +442,7 @@ def _plot_llc_panel(
         label=f"SGLD $\\hat\\lambda$, mean of {n_chains} chain{'s' * (n_chains > 1)}",
     )
     shown = [vals[np.isfinite(vals)]]
+    shown += plot_restricted(ax, llc.get("restricted"), band)
     lap = llc.get("llc_laplace")
     if lap is not None and np.isfinite(np.asarray(lap, dtype=float)).any():
         lap = np.asarray(lap, dtype=float)
@@ -498,6 +502,8 @@ def _plot_llc_panel(
         f"{describe_sampler(sampler)}."
     ]
     extra = []
+    if llc.get("restricted"):
+        extra.append(restricted_caption(llc["restricted"]))
     if lap is not None:
         extra.append("λ_Lap = localised Laplace prediction at the same nβ and γ")
     if theory:
@@ -513,6 +519,33 @@ def _plot_llc_panel(
     if extra:
         lines.append("; ".join(extra) + ".")
     return lines
+
+
+def plot_restricted(
+    ax: Axes, restricted: Mapping[str, Mapping[str, Any]] | None, band: BandKind = "minmax"
+) -> list[np.ndarray]:
+    """One λ̂ series per weight restriction (name -> {epoch, llc [E, C], patterns}); returns
+    the finite values drawn, for the axis range."""
+    shown = []
+    for i, (name, r) in enumerate((restricted or {}).items()):
+        vals = np.asarray(r["llc"], dtype=float)
+        mean, lo, hi = band_stats(vals if vals.ndim == 2 else vals[:, None], band)
+        x = np.asarray(r["epoch"], dtype=float)
+        color = RESTRICT_COLORS[i % len(RESTRICT_COLORS)]
+        ax.plot(x, mean, color=color, marker="^", markersize=3, linestyle="--",
+                label=f"$\\hat\\lambda$ restricted to {name}")  # fmt: skip
+        ax.fill_between(x, lo, hi, color=color, alpha=0.12, linewidth=0)
+        shown.append(vals[np.isfinite(vals)])
+    return shown
+
+
+def restricted_caption(restricted: Mapping[str, Mapping[str, Any]]) -> str:
+    """Caption text naming each restriction's patterns."""
+    parts = [f"{k} = {', '.join(v.get('patterns', []))}" for k, v in restricted.items()]
+    return (
+        "dashed: λ̂ with only the named weights sampled (the rest held at w*), same sampler "
+        f"and chain noise ({'; '.join(parts)})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ SCHEMA = pa.schema(
         ("sampler_hash", pa.string()),
         ("sampler_config", pa.string()),
         ("checkpoint", pa.string()),  # the checkpoint file's label (external runs; else null)
+        ("restriction", pa.string()),  # weight-restriction name (null: every weight sampled)
     ]
 )
 """The columns of every llc.parquet, whatever wrote it."""
@@ -91,20 +92,25 @@ def _flags(rows: Iterable[dict[str, Any]]) -> str:
 
 def llc_summary(rows: Sequence[dict[str, Any]], nbeta: float | None = None) -> list[dict[str, Any]]:
     """Per (epoch, replica) at one nβ (default: the modal one, ``query``'s rule): λ̂ mean and
-    sample std over finite chains, chain count, R-hat, regression estimate and health flags."""
+    sample std over finite chains, chain count, R-hat, regression estimate and health flags.
+    Rows of weight restrictions are summarised per restriction (after the unrestricted ones,
+    with a ``restriction`` key that unrestricted summaries do not have)."""
     if not rows:
         return []
     if nbeta is None:
         modal = query.select_nbeta(rows, "modal")
         nbeta = None if modal == "any" else float(modal)
-    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
     for r in rows:
         if nbeta is None or query.nbeta_matches(r.get("nbeta"), nbeta):
-            groups.setdefault((int(r["epoch"]), int(r.get("replica") or 0)), []).append(r)
+            key = (r.get("restriction") or "", int(r["epoch"]), int(r.get("replica") or 0))
+            groups.setdefault(key, []).append(r)
     out = []
-    for (epoch, rep), rs in sorted(groups.items()):
+    for (restriction, epoch, rep), rs in sorted(groups.items()):
         mean, std = mean_std([r["llc"] for r in rs])
         label = {"checkpoint": rs[0]["checkpoint"]} if rs[0].get("checkpoint") else {}
+        if restriction:
+            label["restriction"] = restriction
         out.append(
             {
                 "epoch": epoch,

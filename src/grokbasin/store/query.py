@@ -4,7 +4,8 @@ Every reader of ``llc.parquet`` (run report, experiments, the sweep engine's "al
 goes through :func:`llc_rows`, so they agree on what an estimate is:
 
 - **sampler**: rows whose ``sampler_hash`` equals the wanted one (None: the run's newest hash, the
-  hash of its last row);
+  hash of its last unrestricted row, else of its last row); a weight restriction's rows have
+  their own hash (``LLCConfig.restriction_hash``), found by :func:`restriction_hashes`;
 - **temperature**: rows whose nβ matches the wanted one within relative :data:`NBETA_RTOL` (a
   temperature sweep stores extra nβ values under the same hash); ``"modal"`` picks the nβ with the
   most rows (the main estimate), ``"any"`` keeps every nβ; a row without nβ (older files) matches;
@@ -17,6 +18,7 @@ The files are read through DuckDB views (``store.db.llc_connection``), one query
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,7 +127,8 @@ def _select(rows: list[dict], w: Want, epochs: set[int] | None) -> list[dict]:
     rows = [r for r in rows if w.replica is None or r.get("replica", 0) == w.replica]
     if not rows:
         return []
-    h = w.sampler_hash if w.sampler_hash is not None else rows[-1].get("sampler_hash")
+    whole = [r for r in rows if not r.get("restriction")] or rows
+    h = w.sampler_hash if w.sampler_hash is not None else whole[-1].get("sampler_hash")
     rows = [r for r in rows if r.get("sampler_hash") == h]
     nb = select_nbeta(rows, w.nbeta)
     if nb != "any":
@@ -133,6 +136,40 @@ def _select(rows: list[dict], w: Want, epochs: set[int] | None) -> list[dict]:
     if epochs is not None:
         rows = [r for r in rows if int(r["epoch"]) in epochs]
     return rows
+
+
+def restriction_hashes(run: Path, sampler: Any) -> dict[str, tuple[str, list[str]]]:
+    """Restriction name -> (row hash, patterns) of the restricted estimates stored in ``run``
+    for the sampler settings ``sampler`` (an LLCConfig): each restricted row records its
+    patterns, so the hash they would have under these settings tells current rows from stale
+    ones."""
+    from grokbasin.store.db import llc_connection
+    from grokbasin.store.rundir import RunDir
+
+    f = RunDir(run).llc
+    if not f.exists():
+        return {}
+    con = llc_connection([f])
+    try:
+        cols = {d[0] for d in con.execute("SELECT * FROM llc LIMIT 0").description or []}
+        if "restriction" not in cols:
+            return {}
+        found = con.execute(
+            "SELECT DISTINCT restriction, sampler_hash, sampler_config FROM llc "
+            "WHERE restriction IS NOT NULL"
+        ).fetchall()
+    finally:
+        con.close()
+    base, out = sampler.sampler_hash(), {}
+    for name, h, scfg in found:
+        try:
+            pats = json.loads(scfg)["restriction"]["patterns"]
+        except (TypeError, KeyError, ValueError):
+            continue
+        probe = sampler.model_copy(update={"restrict": {name: pats}})
+        if probe.restriction_hash(name) == h and probe.sampler_hash() == base:
+            out[name] = (h, list(pats))
+    return dict(sorted(out.items()))
 
 
 def select_nbeta(rows: Sequence[dict], nbeta: NBeta) -> float | Literal["any"]:

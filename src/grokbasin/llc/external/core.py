@@ -42,6 +42,7 @@ from grokbasin.llc.trajectory import (
     chunks,
     group_rows,
     nbeta_values,
+    restrict_row,
     run_identity,
     sample_with_progress,
 )
@@ -69,6 +70,7 @@ class TrajectoryResult:
     computed: list[int] = field(default_factory=list)  # steps sampled now
     cached: list[int] = field(default_factory=list)  # steps that already had rows
     nbeta: float | None = None  # the main nβ (the others are temperature-sweep extras)
+    restricted: dict[str, list[int]] = field(default_factory=dict)  # restriction -> sampled now
 
     def to_pylist(self) -> list[dict[str, Any]]:
         return self.table.to_pylist()
@@ -197,10 +199,22 @@ def module_target(
     Y: torch.Tensor,
     batch_size: int | None,
     params0: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor] | None = None,
 ) -> Target:
     """``from_module`` over replicas ``params0`` [R, ...] (positional, as this package calls it)."""
     R = next(iter(params0.values())).shape[0]
-    return from_module(model, loss_fn, X, Y, replicas=R, batch_size=batch_size, params0=params0)
+    return from_module(
+        model, loss_fn, X, Y, replicas=R, batch_size=batch_size, params0=params0, masks=masks
+    )
+
+
+def input_masks(x: inp.Inputs, llc_cfg: LLCConfig) -> dict[str, dict[str, torch.Tensor]]:
+    """The restrictions' masks over the user's parameters (heads of nn.MultiheadAttention);
+    a pattern that names nothing is a ConfigError before anything is sampled or written."""
+    from grokbasin.llc.restrict import module_heads, restriction_masks
+
+    shapes = {k: tuple(v.shape) for k, v in x.params[0].items()}
+    return restriction_masks(shapes, llc_cfg.restrict, module_heads(x.model))
 
 
 def _group_id(key: str) -> int:
@@ -209,26 +223,55 @@ def _group_id(key: str) -> int:
 
 
 def sample_steps(
-    x: inp.Inputs, llc_cfg: LLCConfig, idx: list[int], progress: bool
+    x: inp.Inputs,
+    llc_cfg: LLCConfig,
+    idx: list[int],
+    progress: bool,
+    which: list[int] | None = None,
 ) -> tuple[Estimate, list[float]]:
-    """One sampler call over checkpoints ``idx`` × nβ × chains; the estimate and its nβ list."""
+    """One sampler call over checkpoints ``idx`` × nβ × chains; the estimate and its nβ list.
+
+    ``which[g]``: the variant of group g (index into ``llc_cfg.variants()``; default all 0,
+    unrestricted). Variants of one checkpoint share its chain streams.
+    """
     nbetas = nbeta_values(llc_cfg, x.n)
     G, B, C = len(idx), len(nbetas), llc_cfg.chains
     dev = x.X.device
     p0 = {k: torch.stack([x.params[i][k] for i in idx]).to(dev) for k in x.params[0]}
     p_rep = {k: v.repeat_interleave(B * C, 0).contiguous() for k, v in p0.items()}
-    target = module_target(x.model, x.loss_fn, x.X, x.Y, min(llc_cfg.batch_size, x.n), p_rep)
+    masks = None
+    if which is not None and any(which):  # only restricted work carries masks
+        from grokbasin.llc.restrict import replica_masks
+
+        per = input_masks(x, llc_cfg)
+        variants = [None] + [per[name] for name, _ in llc_cfg.variants()[1:]]
+        shapes = {k: tuple(v.shape) for k, v in x.params[0].items()}
+        which_rep = torch.tensor(which).repeat_interleave(B * C)
+        masks = replica_masks(shapes, variants, which_rep, dev)
+    target = module_target(x.model, x.loss_fn, x.X, x.Y, min(llc_cfg.batch_size, x.n), p_rep, masks)
     ids = [[_group_id(x.key), x.steps[i]] for i in idx]
     label = f"{G} checkpoints × {C} chains × {B} nβ"
     return sample_with_progress(target, llc_cfg, G, nbetas, ids, label, progress), nbetas
 
 
 def estimate_rows(
-    est: Estimate, x: inp.Inputs, idx: list[int], llc_cfg: LLCConfig
+    est: Estimate,
+    x: inp.Inputs,
+    idx: list[int],
+    llc_cfg: LLCConfig,
+    which: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """llc.parquet rows (built-in columns plus ``checkpoint``) from a grouped estimate."""
+    """llc.parquet rows (built-in columns plus ``checkpoint``) from a grouped estimate; group g
+    is variant ``which[g]`` of ``llc_cfg.variants()`` (default: unrestricted)."""
+    names = [name for name, _ in llc_cfg.variants()]
+    which = which or [0] * len(idx)
     return [
-        {"epoch": int(x.steps[idx[g]]), "replica": 0, **row, "checkpoint": x.labels[idx[g]]}
+        {
+            "epoch": int(x.steps[idx[g]]),
+            "replica": 0,
+            **restrict_row(row, llc_cfg, names[which[g]]),
+            "checkpoint": x.labels[idx[g]],
+        }
         for g, row in group_rows(est, llc_cfg, llc_cfg.sampler_hash())
     ]
 
@@ -255,6 +298,7 @@ def checkpoint_losses(x: inp.Inputs, idx: list[int], est: Estimate) -> list[dict
             "val_acc": nan,
         }
         for g, i in enumerate(idx)
+        if i not in idx[:g]  # a checkpoint sampled under several restrictions: one row
     ]
 
 
@@ -308,12 +352,18 @@ def trajectory(
         max_bytes=max_bytes,
     )  # fmt: skip
     llc_cfg = sampler_config(llc, x.batch_hint, **sampler)
+    if llc_cfg.restrict:
+        input_masks(x, llc_cfg)  # a bad pattern stops here, before any sampling
     if out is None:
-        idx = select_steps(x.steps, llc_cfg.checkpoints)
-        est, _ = sample_steps(x, llc_cfg, idx, progress)
-        table = llc_results.to_table(estimate_rows(est, x, idx, llc_cfg))
+        sel = select_steps(x.steps, llc_cfg.checkpoints)
+        V = len(llc_cfg.variants())
+        idx, which = [i for _ in range(V) for i in sel], [v for v in range(V) for _ in sel]
+        est, _ = sample_steps(x, llc_cfg, idx, progress, which)
+        table = llc_results.to_table(estimate_rows(est, x, idx, llc_cfg, which))
         nb = llc_cfg.resolve_nbeta(x.n)
-        return TrajectoryResult(table, None, [x.steps[i] for i in idx], [], nb)
+        done = [x.steps[i] for i in sel]
+        restricted = {name: done for name in llc_cfg.restrict}
+        return TrajectoryResult(table, None, done, [], nb, restricted)
     return estimate_into(RunDir(Path(out) / x.key), x, llc_cfg, device, progress)
 
 
@@ -348,33 +398,42 @@ def _estimate_locked(
     run: RunDir, x: inp.Inputs, llc_cfg: LLCConfig, device: str, progress: bool
 ) -> TrajectoryResult:
     """:func:`estimate_into` with the run's lock held: finished chunks are written at once."""
-    shash = llc_cfg.sampler_hash()
+    if llc_cfg.restrict:
+        input_masks(x, llc_cfg)  # a pattern that names nothing: refused before any work
+    variants = llc_cfg.variants()
     idx = select_steps(x.steps, llc_cfg.checkpoints)
-    done = llc_results.done_epochs(run, shash) if run.path.exists() else set()
-    todo = [i for i in idx if x.steps[i] not in done]
+    have = run.path.exists()
+    done = [llc_results.done_epochs(run, h) if have else set() for _, h in variants]
+    work = [(i, v) for v in range(len(variants)) for i in idx if x.steps[i] not in done[v]]
     result = TrajectoryResult(
         pa.table({}),
         run.path,
-        [x.steps[i] for i in todo],
-        [x.steps[i] for i in idx if i not in todo],
+        [x.steps[i] for i in idx if x.steps[i] not in done[0]],
+        [x.steps[i] for i in idx if x.steps[i] in done[0]],
     )
+    result.restricted = {
+        name: [x.steps[i] for i in idx if x.steps[i] not in d]
+        for (name, _), d in zip(variants[1:], done[1:], strict=True)
+    }
     wanted = {x.steps[i] for i in idx}
     copies = len(nbeta_values(llc_cfg, x.n)) * llc_cfg.chains
-    parts = chunks([copies] * len(todo), chunk_replicas(device))
-    if todo:
+    parts = chunks([copies] * len(work), chunk_replicas(device))
+    if work:
         check_fits_external(x, llc_cfg, max(len(p) for p in parts) * copies, device)
     for k, part in enumerate(parts):
-        est, nbetas = sample_steps(x, llc_cfg, [todo[i] for i in part], progress)
+        ids, which = [work[i][0] for i in part], [work[i][1] for i in part]
+        est, nbetas = sample_steps(x, llc_cfg, ids, progress, which)
         if k == 0:  # only now: a failed first call leaves no half-made run folder
             _write_inputs(run, x, llc_cfg, device)
-        _write_chunk(run, x, llc_cfg, [todo[i] for i in part], est, nbetas)
-    if todo:
+        _write_chunk(run, x, llc_cfg, ids, est, nbetas, which)
+    if work:
         write_report(run, llc_cfg, x.n)
         _finish(run, x, device)
     elif not run.report.exists():
         write_report(run, llc_cfg, x.n)
-    mine = [r for r in llc_rows([Want(run.path, shash, "any")])[0] if int(r["epoch"]) in wanted]
-    mine.sort(key=lambda r: (r["epoch"], r["nbeta"], r["chain"]))
+    wants = [Want(run.path, h, "any") for _, h in variants]
+    mine = [r for rs in llc_rows(wants) for r in rs if int(r["epoch"]) in wanted]
+    mine.sort(key=lambda r: (r.get("restriction") or "", r["epoch"], r["nbeta"], r["chain"]))
     result.table = llc_results.to_table(mine)
     return result
 
@@ -392,12 +451,17 @@ def _write_chunk(
     idx: list[int],
     est: Estimate,
     nbetas: list[float],
+    which: list[int] | None = None,
 ) -> None:
     """Merge the rows (through the one writer, ``llc_results.merge_write``), traces and losses
-    of checkpoints ``idx`` into the run's files."""
-    llc_results.merge_write(run, estimate_rows(est, x, idx, llc_cfg))
-    steps = [x.steps[i] for i in idx]
-    _write_traces(run, est, steps, nbetas, llc_cfg.sampler_hash(), llc_cfg.burnin)
+    of checkpoints ``idx`` (group g of variant ``which[g]``) into the run's files."""
+    which = which or [0] * len(idx)
+    llc_results.merge_write(run, estimate_rows(est, x, idx, llc_cfg, which))
+    for v, (_, h) in enumerate(llc_cfg.variants()):
+        gs = [g for g, w in enumerate(which) if w == v]
+        if gs:
+            steps = [x.steps[idx[g]] for g in gs]
+            _write_traces(run, est, gs, steps, nbetas, h, llc_cfg.burnin)
     _merge_metrics(run, checkpoint_losses(x, idx, est))
 
 
@@ -444,19 +508,25 @@ def _finish(run: RunDir, x: inp.Inputs, device: str) -> None:
 
 
 def _write_traces(
-    run: RunDir, est: Estimate, steps: list[int], nbetas: list[float], shash: str, burnin: int
+    run: RunDir,
+    est: Estimate,
+    groups: list[int],
+    steps: list[int],
+    nbetas: list[float],
+    shash: str,
+    burnin: int,
 ) -> None:
     traces = est._gbc(est.result.traces)  # [G, B, C, D]
     tpath = run.path / "llc_traces" / f"{shash}.safetensors"
     tensors = run.load_tensors(tpath)[0] if tpath.exists() else {}
-    for g, s in enumerate(steps):
+    for g, s in zip(groups, steps, strict=True):
         tensors[f"epoch_{s}"] = torch.from_numpy(np.ascontiguousarray(traces[g : g + 1])).float()
     meta = {"nbetas": [float(v) for v in nbetas], "layout": "replica,nbeta,chain,draw"}
     run.save_tensors(tpath, tensors, meta)
     health, kept = health_traces.per_group(
         est.result.norms, est.result.mala_accept, traces.shape[:3]
     )
-    by_step = {s: [g] for g, s in enumerate(steps)}
+    by_step = {s: [g] for g, s in zip(groups, steps, strict=True)}
     health_traces.write_health(run, shash, health, kept, burnin, by_step)
 
 

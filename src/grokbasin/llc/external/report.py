@@ -27,8 +27,10 @@ def trajectory_figure(
     rows: list[dict[str, Any]],
     sampler: dict[str, Any],
     title: str,
+    restricted: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
-    """Two panels against step: loss at each checkpoint, and λ̂ (mean, min–max over chains)."""
+    """Two panels against step: loss at each checkpoint, and λ̂ (mean, min–max over chains),
+    plus one dashed series per weight restriction (name -> ``query.llc_arrays`` + patterns)."""
     with figs.style():
         fig, axes = figs.new_figure(2, 1, width=9.0, row_height=2.5, sharex=True)
         ax_loss, ax_llc = axes[0, 0], axes[1, 0]
@@ -62,15 +64,18 @@ def trajectory_figure(
                 markeredgecolor=figs.COLORS["flag"], markersize=7,
                 label=f"health flag ({int(flagged.sum())} of {len(steps)} checkpoints)",
             )  # fmt: skip
+        figs.plot_restricted(ax_llc, restricted)
         ax_llc.set_ylabel("LLC")
         ax_llc.set_xlabel("step (number in the checkpoint file name)")
         figs.legend_outside(ax_llc)
         fig.suptitle(title, fontsize=11)
-        figs.add_caption(
-            fig,
+        caption = (
             "LLC panel: SGLD estimate λ̂ = nβ·(E[L_B(w)] − L_n(w*)) on the given data; line = "
-            f"mean over chains, band = min–max; {figs.describe_sampler(sampler)}.",
+            f"mean over chains, band = min–max; {figs.describe_sampler(sampler)}."
         )
+        if restricted:
+            caption += "\n" + figs.restricted_caption(restricted) + "."
+        figs.add_caption(fig, caption)
     return fig
 
 
@@ -85,7 +90,16 @@ def write_report(run: RunDir, llc_cfg: LLCConfig, n: int) -> Path:
     sampler = figs.sampler_settings(llc_cfg, n)
     model = config.get("model", {})
     title = f"{model.get('name')} ({model.get('parameters'):,} parameters), n = {n}"
-    fig = trajectory_figure(metrics, main, sampler, title)
+    found = query.restriction_hashes(run.path, llc_cfg)
+    restricted = {}
+    for (name, (_, pats)), rs in zip(
+        found.items(), query.llc_rows([Want(run.path, h, nbeta) for h, _ in found.values()]),
+        strict=True,
+    ):  # fmt: skip
+        arrays = query.llc_arrays(rs)
+        if arrays is not None:
+            restricted[name] = {**arrays, "patterns": pats}
+    fig = trajectory_figure(metrics, main, sampler, title, restricted)
     png = figs.save_png(fig, run.figures / "trajectory.png")
     summary = llc_summary(rows, nbeta)
     health = advice_lines(rows, shlex.quote(str(run.path)))

@@ -8,6 +8,8 @@ a = 1 − ε(γ+ω)/2, b = εγ/2, c = −εnβ/2, s = √ε·σ (b·w* precompu
 parameters in place with no per-step tensors: on a CPU one compiled loop per replica draws ξ and
 applies the update (``cpu_kernels.sgld_update``); elsewhere a preallocated ``rng.NormalStream``
 and three in-place passes per tensor. ξ is the same stream (:func:`base.noise`) in all three.
+With 0/1 masks (restricted LLC) the fused kernels then copy w* back into the masked-out entries
+(one scatter over those entries only), so they stay exactly at w* as in the reference.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class _Fused:
     grad_rows: tuple | None = None  # numpy rows of the state's gradient buffers
     stream: rng.NormalStream | None = None  # built on the first torch-path step
     stream_args: tuple = ()
+    # restricted LLC, per masked tensor: replicas frozen whole (rows, their w*) and the flat
+    # positions of partly frozen replicas where m = 0 (positions, w* there)
+    frozen: dict[str, tuple[torch.Tensor, ...]] | None = None
 
 
 def _fused_init(params: Params, setup: Setup, compiled: bool) -> State:
@@ -102,7 +107,29 @@ def _fused_init(params: Params, setup: Setup, compiled: bool) -> State:
         k.row = torch.empty(2 * ((n + 1) // 2), dtype=first.dtype).numpy()
         k.drift0, k.param_rows, k.grad_rows = (_rows(x, names) for x in (bc, params, grads))
     k.stream_args = (R, n, dev, first.dtype)
+    if setup.masks is not None:
+        k.frozen = {}
+        for n in names:
+            m = mask_of(setup, n, params[n])
+            if m is not None:
+                off = (m == 0).reshape(m.shape[0], -1)
+                whole = off.all(1)
+                rows = whole.nonzero().flatten()
+                at = (off & ~whole[:, None]).reshape(-1).nonzero().flatten()
+                c = center[n]
+                k.frozen[n] = (rows, c[rows].clone(), at, c.reshape(-1)[at].clone())
     return State(params, setup, grads=grads, consts=k)
+
+
+def _restore(state: State, k: _Fused) -> None:
+    """Masked-out weights (m = 0) back to w*, exactly, in place: a restricted LLC keeps the fused
+    update plus one copy of its frozen entries only (whole replicas' rows at once; nothing for
+    all-ones masks)."""
+    for n, (rows, w_rows, at, w_at) in (k.frozen or {}).items():
+        if rows.numel():
+            state.params[n].index_copy_(0, rows, w_rows)
+        if at.numel():
+            state.params[n].view(-1).index_copy_(0, at, w_at)
 
 
 def _fused_cpu_step(state: State, grads: Params, t: int, loss=None) -> tuple[State, Info]:
@@ -114,6 +141,7 @@ def _fused_cpu_step(state: State, grads: Params, t: int, loss=None) -> tuple[Sta
     g_rows = k.grad_rows if own else _rows(grads, k.names)
     starts = k.starts(t).contiguous().numpy().view(np.uint64)
     cpu_kernels.sgld_update(k.param_rows, g_rows, k.drift0, *k.acs, starts, k.row)
+    _restore(state, k)
     return state, {}
 
 
@@ -126,6 +154,7 @@ def _fused_torch_step(state: State, grads: Params, t: int, loss=None) -> tuple[S
     for n in k.names:
         w = torch.addcmul(k.bc[n], state.params[n], k.a[n], out=state.params[n])
         w.addcmul_(grads[n], k.c[n]).addcmul_(xi[n], k.s[n])
+    _restore(state, k)
     return state, {}
 
 
@@ -137,8 +166,10 @@ def _rows(tensors: Params, names: list[str]) -> tuple[np.ndarray, ...]:
 
 
 def _plain(params: Params, setup: Setup) -> bool:
-    """The fused update has no masks and reports no norms."""
-    return setup.masks is None and not setup.norms
+    """The fused update reports no norms; masked tensors must be contiguous (:func:`_restore`
+    writes through a flat view)."""
+    masked = setup.masks or {}
+    return not setup.norms and all(params[k].is_contiguous() for k in masked if k in params)
 
 
 def _compiles(params: Params, setup: Setup) -> bool:
