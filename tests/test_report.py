@@ -337,3 +337,15 @@ def test_merge_equal_theory_values():
         ]
     )
     assert out == [{"name": "a, c", "value": 8704.0}, {"name": "b", "value": 2415.0}]
+
+
+def test_sampler_line_names_a_data_refined_llc():
+    """A data-refined estimate is labelled wherever the sampler settings are described; the
+    plain LLC's line is as before."""
+    from grokbasin.config import LLCConfig
+    from grokbasin.report.figures import describe_sampler, sampler_settings
+
+    plain = describe_sampler(sampler_settings(LLCConfig(), 100))
+    refined = describe_sampler(sampler_settings(LLCConfig(data="val"), 100))
+    assert "data-refined" not in plain
+    assert refined == plain + ", data-refined: posterior loss on val pairs"

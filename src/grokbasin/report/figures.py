@@ -313,6 +313,7 @@ def sampler_settings(llc: LLCConfig, n_train: int) -> dict[str, Any]:
         "draws": llc.draws,
         "burnin": llc.burnin,
         "baseline": llc.baseline,
+        **({"data": llc.data} if llc.data != "train" else {}),  # a data-refined LLC says so
     }
 
 
@@ -330,6 +331,8 @@ def describe_sampler(settings: Mapping[str, Any] | None) -> str:
         parts.append(f"{s['chains']} chains × {s['draws']} draws{burn}")
     if s.get("baseline") is not None:
         parts.append(f"baseline {s['baseline']}")
+    if s.get("data") is not None:
+        parts.append(f"data-refined: posterior loss on {s['data']} pairs")
     return ", ".join(parts)
 
 
