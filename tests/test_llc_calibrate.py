@@ -268,3 +268,32 @@ def test_sampler_axis_checkpoints_and_mala_end_to_end(tiny_run: Path, run_cli) -
     data = json.loads(out.strip().splitlines()[-1])
     assert {r["sampler"] for r in data["rows"]} == {"sgld", "rmsprop_sgld"}
     assert data["recommended"][0]["reason"]
+
+
+def test_restricted_calibration(tiny_run: Path, run_cli) -> None:
+    """`--restrict` calibrates a restriction's own chains: a restriction to every weight gives
+    the plain grid's λ̂ (same streams), one to V alone (W held at w*) gives other numbers; the
+    Laplace prediction (the whole model's) is left out and the file is the restriction's own."""
+    llc = LLCConfig(chains=2, burnin=20, draws=40, batch_size=8, seed=3)
+    grid = ([1e-3, 1e-2], [10.0])
+    full = calibrate(tiny_run, None, llc, *grid, nbetas=[50.0], laplace="off", write=False)
+    chains = np.array([r["llc_chains"] for r in full.rows])
+    every = llc.model_copy(update={"restrict": {"every": ["*"]}})
+    same = calibrate(tiny_run, None, every, *grid, nbetas=[50.0], write=False)
+    np.testing.assert_allclose([r["llc_chains"] for r in same.rows], chains, rtol=1e-4)
+    only_v = llc.model_copy(update={"restrict": {"V": ["V"]}})
+    part = calibrate(tiny_run, None, only_v, *grid, nbetas=[50.0])
+    lam_v = np.array([r["llc_chains"] for r in part.rows])
+    assert np.all(np.isfinite(lam_v)) and np.all(np.abs(lam_v - chains) > 0.01 * np.abs(chains))
+    assert part.laplace_method is None and any("restricted to V" in n for n in part.notes)
+    plain_tag = short_hash([llc.sampler_hash(), *grid, [50.0]], 8)
+    assert part.table.name != f"calibration_e20_r0_{plain_tag}.parquet"
+
+    two = llc.model_copy(update={"restrict": {"V": ["V"], "W": ["W"]}})
+    with pytest.raises(ConfigError, match="one restriction at a time"):
+        calibrate(tiny_run, None, two, *grid, nbetas=[50.0], write=False)
+    rc, out, err = run_cli(
+        ["llc", "calibrate", str(tiny_run), "--restrict", "V=nothing*", "--laplace", "off"],
+        tiny_run,
+    )
+    assert rc == 2 and "nothing*" in err and len(err.strip().splitlines()) == 1

@@ -22,6 +22,7 @@ from grokbasin.cli_flags import (
     RESTRICT_FLAG,
     Opt,
     OutOpt,
+    opt,
     overrides,
     with_flags,
 )
@@ -146,8 +147,20 @@ def llc_influence(
     print(res.figure)
 
 
+CALIBRATE_RESTRICT = {
+    "restrict": (
+        "llc.restrict",
+        opt(
+            list[str],
+            "calibrate the chains of one weight restriction NAME=PATTERN[,PATTERN] (as in "
+            "llc estimate --restrict)",
+        ),
+    )
+}
+
+
 @llc_app.command("calibrate")
-@with_flags(LLC_FLAGS, DEVICE_FLAG)
+@with_flags(LLC_FLAGS, CALIBRATE_RESTRICT, DEVICE_FLAG)
 def llc_calibrate(
     run_dir: Annotated[
         Path | None, typer.Argument(help="run directory (built-in or external)")
@@ -192,8 +205,10 @@ def llc_calibrate(
 
     if run_dir is None:
         raise ConfigError("llc calibrate: give the run directory: grokbasin llc calibrate RUN_DIR")
-    given, device = overrides(flags, LLC_FLAGS), resolve(flags["device"] or "cpu")
+    given = overrides(flags, LLC_FLAGS, CALIBRATE_RESTRICT)
+    device = resolve(flags["device"] or "cpu")
     new = {"--samplers": samplers, "--epochs": epochs, "--mala-target": mala_target}
+    new["--restrict"] = flags["restrict"]
     if is_external(run_dir):
         from grokbasin.llc.external import calibrate_run
 

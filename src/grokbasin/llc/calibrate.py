@@ -466,7 +466,10 @@ def calibrate(
         k: v.repeat_interleave(B * C, 0).repeat(G, *[1] * (v.dim() - 1)) for k, v in per_ck.items()
     }
     rows = rows_all[replica : replica + 1].repeat_interleave(copies, 0)
-    target = from_modular(cfg, params, rows, min(llc_cfg.batch_size, n))
+    masks = restriction_masks(cfg, llc_cfg)
+    if masks is not None:  # λ_Lap is the whole model's: no prediction for a restriction
+        laplace = "off"
+    target = from_modular(cfg, params, rows, min(llc_cfg.batch_size, n), masks=masks)
     eps_r, gam_r = per_replica(cells, K * B, C)
     ids = [[e, replica] for _ in cells for e in ep_list]
     lap, lap_method, why = _laplace_epochs(
@@ -505,6 +508,12 @@ def calibrate(
     if K > 1:
         order_check(table)
     notes = [why] if why else []
+    if masks is not None:
+        name, pats = next(iter(llc_cfg.restrict.items()))
+        notes.append(
+            f"chains restricted to {name} ({', '.join(pats)}); no Laplace prediction for a "
+            "restriction"
+        )
     no_mala = [m for m in sampler_axis or [llc_cfg.method] if m not in MALA_METHODS]
     if mala_target is not None and no_mala:
         notes.append(
@@ -523,6 +532,7 @@ def calibrate(
     if write:
         key: list[Any] = [llc_cfg.sampler_hash(), eps_list, gam_list, nb_list]
         extra = {"samplers": sampler_axis, "mala_target": mala_target}
+        extra |= {"restrict": dict(llc_cfg.restrict)} if llc_cfg.restrict else {}
         if K > 1:
             extra |= {"epochs": ep_list, "order_min": order_min}
         if any(v is not None for v in extra.values()):
@@ -535,6 +545,21 @@ def calibrate(
         cal.figure = base.with_suffix(".png")
         heatmap(cal, cal.figure)
     return cal
+
+
+def restriction_masks(cfg: Any, llc_cfg: LLCConfig) -> dict[str, Any] | None:
+    """The parameter masks of the one restriction being calibrated (``llc.restrict``; None when
+    unrestricted): a restricted chain's step size is calibrated with its own restriction."""
+    if not llc_cfg.restrict:
+        return None
+    if len(llc_cfg.restrict) > 1:
+        raise ConfigError(
+            f"restrict: calibrate one restriction at a time, got {len(llc_cfg.restrict)} "
+            f"({', '.join(llc_cfg.restrict)})"
+        )
+    from grokbasin.llc.trajectory import run_masks
+
+    return next(iter(run_masks(cfg, llc_cfg).values()))
 
 
 def torch_cat(parts: list[Any]) -> Any:
