@@ -248,17 +248,23 @@ class LLCConfig(_Strict):
     )
     mala: bool = Field(False, description="record MALA acceptance (plain sgld only)")
 
-    @model_validator(mode="after")
-    def _mala_needs_sgld(self) -> LLCConfig:
-        if self.mala and self.method != "sgld":  # MALA scores SGLD's own move
-            raise ValueError(f"mala: MALA acceptance needs method sgld, not {self.method!r}")
-        return self
-
     restrict: dict[str, list[str]] = Field(
         default_factory=dict,
         description="weight-restricted LLCs, NAME -> parameter-name globs (PATTERN#head=H: one "
         "attention head); each has its own rows, sampled in one call with the unrestricted λ̂",
     )
+
+    data: str = Field(
+        "train",
+        description="data-refined LLC: the subset whose loss the posterior uses "
+        "(train | val | all | class=K); 'train' is the plain LLC",
+    )
+
+    @model_validator(mode="after")
+    def _mala_needs_sgld(self) -> LLCConfig:
+        if self.mala and self.method != "sgld":  # MALA scores SGLD's own move
+            raise ValueError(f"mala: MALA acceptance needs method sgld, not {self.method!r}")
+        return self
 
     @field_validator("restrict", mode="before")
     @classmethod
@@ -273,12 +279,6 @@ class LLCConfig(_Strict):
         if not self.restrict:
             data.pop("restrict", None)
         return data
-
-    data: str = Field(
-        "train",
-        description="data-refined LLC: the subset whose loss the posterior uses "
-        "(train | val | all | class=K); 'train' is the plain LLC",
-    )
 
     @field_validator("data")
     @classmethod
