@@ -248,8 +248,11 @@ def _sample_checkpoints(
     params, rows, ids, where, which = [], [], [], [], []
     shapes = model_shapes(items[0][1])
     loaded: dict[tuple[Path, int], dict[str, torch.Tensor]] = {}
+    run_rows: dict[Path, torch.Tensor] = {}  # each run's split, built once per call
     for res, cfg, e, v in items:
-        train_rows = sampling_rows(cfg, llc_cfg)  # [R_train, n]
+        if res.run.path not in run_rows:
+            run_rows[res.run.path] = sampling_rows(cfg, llc_cfg)  # [R_train, n]
+        train_rows = run_rows[res.run.path]
         run_id = run_identity(cfg.run_hash())
         if (res.run.path, e) not in loaded:
             loaded[res.run.path, e] = res.run.load_checkpoint(e, device)
@@ -389,16 +392,17 @@ def sampler_json(llc_cfg: LLCConfig, restriction: str | None = None) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def restrict_row(row: dict[str, Any], llc_cfg: LLCConfig, restriction: str | None) -> dict:
-    """A row of the unrestricted estimate relabelled as one of ``restriction`` (None: as is)."""
-    if restriction is None:
-        return row
-    return {
-        **row,
-        "restriction": restriction,
-        "sampler_hash": llc_cfg.restriction_hash(restriction),
-        "sampler_config": sampler_json(llc_cfg, restriction),
-    }
+def variant_labels(llc_cfg: LLCConfig) -> list[dict[str, Any]]:
+    """Per variant of ``llc_cfg.variants()``, the fields that relabel an unrestricted row as
+    that variant's ({} for the unrestricted estimate itself); computed once per write."""
+    return [{}] + [
+        {
+            "restriction": name,
+            "sampler_hash": llc_cfg.restriction_hash(name),
+            "sampler_config": sampler_json(llc_cfg, name),
+        }
+        for name in llc_cfg.restrict
+    ]
 
 
 def group_rows(
@@ -437,12 +441,12 @@ def group_rows(
 
 def _rows_for(est: Estimate, where: list, llc_cfg: LLCConfig) -> dict:
     """llc.parquet rows per run, from the grouped estimate (each group's variant's identity)."""
-    names = [name for name, _ in llc_cfg.variants()]
+    labels = variant_labels(llc_cfg)
     out: dict[Path, list[dict]] = {}
     for g, row in group_rows(est, llc_cfg, llc_cfg.sampler_hash()):
         run_res, epoch, rep, v = where[g]
         out.setdefault(run_res.run.path, []).append(
-            {"epoch": int(epoch), "replica": int(rep), **restrict_row(row, llc_cfg, names[v])}
+            {"epoch": int(epoch), "replica": int(rep), **row, **labels[v]}
         )
     return out
 
@@ -473,5 +477,5 @@ def _write(est: Estimate, where: list, llc_cfg: LLCConfig) -> None:
             run.save_tensors(
                 tpath,
                 tensors,
-                {"nbetas": [float(v) for v in est.nbetas], "layout": "replica,nbeta,chain,draw"},
+                {"nbetas": [float(b) for b in est.nbetas], "layout": "replica,nbeta,chain,draw"},
             )

@@ -42,9 +42,9 @@ from grokbasin.llc.trajectory import (
     chunks,
     group_rows,
     nbeta_values,
-    restrict_row,
     run_identity,
     sample_with_progress,
+    variant_labels,
 )
 from grokbasin.store import llc_results
 from grokbasin.store.llc_results import llc_summary
@@ -263,13 +263,14 @@ def estimate_rows(
 ) -> list[dict[str, Any]]:
     """llc.parquet rows (built-in columns plus ``checkpoint``) from a grouped estimate; group g
     is variant ``which[g]`` of ``llc_cfg.variants()`` (default: unrestricted)."""
-    names = [name for name, _ in llc_cfg.variants()]
+    labels = variant_labels(llc_cfg)
     which = which or [0] * len(idx)
     return [
         {
             "epoch": int(x.steps[idx[g]]),
             "replica": 0,
-            **restrict_row(row, llc_cfg, names[which[g]]),
+            **row,
+            **labels[which[g]],
             "checkpoint": x.labels[idx[g]],
         }
         for g, row in group_rows(est, llc_cfg, llc_cfg.sampler_hash())
