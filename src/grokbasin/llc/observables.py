@@ -26,25 +26,24 @@ class TraceBudgetError(ConfigError, ValueError):
     ValueError for Python callers, like the sampler's other input checks."""
 
 
-def observe_rows(
-    on_rows: Callable[[Params, torch.Tensor, Callable], torch.Tensor],
-    obs: Mapping[str, torch.Tensor],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    sample_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+def observe_by(
+    names: Sequence[str],
     per_sample: Sequence[str],
+    score: Callable[[Params, str, bool], torch.Tensor],
 ):
-    """ObserveFn of a built-in target: ``on_rows(params, rows [R, m], fn)`` applies a loss to
-    the model's output on each replica's rows; ``obs`` name -> rows (this shard's)."""
+    """The ObserveFn of every target: ``score(params, name, each)`` is observable ``name``'s
+    mean loss [R] (``each`` False) or its per-sample losses [R, m] (``each`` True); the names
+    in ``per_sample`` keep their per-sample losses, and their mean is taken from them."""
     keep = set(per_sample)
 
     def observe(params: Params) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         means, samples = {}, {}
-        for name, rows in obs.items():  # one batched call per observable (a few names)
+        for name in names:  # one batched call per observable (a few names)
             if name in keep:
-                samples[name] = on_rows(params, rows, sample_fn).float()
+                samples[name] = score(params, name, True).float()
                 means[name] = samples[name].mean(1)
             else:
-                means[name] = on_rows(params, rows, loss_fn).float()
+                means[name] = score(params, name, False).float()
         return means, samples
 
     return observe

@@ -31,6 +31,7 @@ import torch
 
 from grokbasin import rng
 from grokbasin.llc import shards
+from grokbasin.llc.observables import check_datasets, observe_by, per_sample_by_reshape
 from grokbasin.types import Params
 
 LossFn = Callable[[Params, torch.Tensor], torch.Tensor]
@@ -221,8 +222,6 @@ def from_functional(
     ``observables``: name -> (X, Y) datasets (shaped like X, Y) whose loss is recorded at every
     draw, per sample for the names in ``per_sample`` (each sample scored alone by loss_fn).
     """
-    from grokbasin.llc.observables import check_datasets, per_sample_by_reshape
-
     n = X.shape[1] if per_replica else X.shape[0]
     label = f"from_functional(forward={_name(forward)})"
     sel = _select(params0, names)
@@ -235,7 +234,7 @@ def from_functional(
     sizes = {k: int(v[0].shape[1] if per_replica else v[0].shape[0]) for k, v in obs_sets.items()}
     if not per_replica:
         check_datasets(obs_sets, label)
-    keep, sample_loss = set(per_sample), per_sample_by_reshape(loss_fn)
+    sample_loss = per_sample_by_reshape(loss_fn)
 
     def bind(d: dict[str, Any]) -> Fns:
         X_, Y_ = (d["X"], d["Y"]) if per_replica else (X, Y)
@@ -263,21 +262,15 @@ def from_functional(
 
         obs = {k: (v["X"], v["Y"]) for k, v in d["obs"].items()} if "obs" in d else obs_sets
 
-        def observe(params: Params) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        def score(params: Params, name: str, each: bool) -> torch.Tensor:
+            Xo, Yo = obs[name]
             R = next(iter(params.values())).shape[0]
-            means, samples = {}, {}
-            for name, (Xo, Yo) in obs.items():  # one batched call per observable
-                idx = torch.arange(sizes[name], device=Xo.device).expand(R, -1)
-                pred, y = forward(params, take(Xo, idx), **kw), take(Yo, idx)
-                if name in keep:
-                    samples[name] = sample_loss(pred, y).float()
-                    means[name] = samples[name].mean(1)
-                else:
-                    means[name] = loss_fn(pred, y).float()
-            return means, samples
+            idx = torch.arange(sizes[name], device=Xo.device).expand(R, -1)
+            pred = forward(params, take(Xo, idx), **kw)
+            return (sample_loss if each else loss_fn)(pred, take(Yo, idx))
 
-        fns = Fns(loss, autograd_loss_and_grad(loss, sel), full)
-        return fns._replace(observe=observe) if obs else fns
+        observe = observe_by(list(obs), per_sample, score) if obs else None
+        return Fns(loss, autograd_loss_and_grad(loss, sel), full, observe)
 
     return Target(
         params0, n, batch_size or n, bind, data, sel, masks, label, sizes, tuple(per_sample)
@@ -334,11 +327,9 @@ def from_module(
     """
     from torch.func import functional_call, grad_and_value, vmap
 
-    from grokbasin.llc.observables import check_datasets
-
     label = f"from_module({type(module).__name__})"
     obs_sets = {k: tuple(v) for k, v in (observables or {}).items()}
-    sizes, keep = check_datasets(obs_sets, label), set(per_sample)
+    sizes = check_datasets(obs_sets, label)
 
     base = {k: v.detach() for k, v in module.named_parameters()}
     buffers = {k: v.detach() for k, v in module.named_buffers()}
@@ -380,18 +371,12 @@ def from_module(
         # [R, m]: every replica (outer vmap) scores every sample alone (inner vmap)
         per_sample_loss = vmap(vmap(one, in_dims=(None, None, 0, 0)), in_dims=(0, 0, None, None))
 
-        def observe(params: Params) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        def score(params: Params, name: str, each: bool) -> torch.Tensor:
             ps, pf = split(params)
-            means, samples = {}, {}
-            for name, (Xo, Yo) in obs_sets.items():  # one batched call per observable
-                if name in keep:
-                    samples[name] = per_sample_loss(ps, pf, Xo, Yo).float()
-                    means[name] = samples[name].mean(1)
-                else:
-                    means[name] = full_loss(ps, pf, Xo, Yo).float()
-            return means, samples
+            return (per_sample_loss if each else full_loss)(ps, pf, *obs_sets[name])
 
-        return Fns(loss, loss_and_grad, full, observe if obs_sets else None)
+        observe = observe_by(list(obs_sets), per_sample, score) if obs_sets else None
+        return Fns(loss, loss_and_grad, full, observe)
 
     n = X.shape[0]
     return Target(
@@ -473,12 +458,13 @@ def from_modular(
 
         observe = None
         if observables:
-            from grokbasin.llc.observables import observe_rows
+            obs = d["obs"]  # this shard's rows of each observable
 
-            def obs_rows(params: Params, rows_all: torch.Tensor, fn: Callable) -> torch.Tensor:
-                return on_rows(params, rows_all, fn, fast_fwd=fast_obs)
+            def score(params: Params, name: str, each: bool) -> torch.Tensor:
+                fn = sample_fn if each else loss_fn
+                return on_rows(params, obs[name], fn, fast_fwd=fast_obs)
 
-            observe = observe_rows(obs_rows, d["obs"], loss_fn, sample_fn, per_sample)
+            observe = observe_by(list(obs), per_sample, score)
 
         if hand:
             chunk = CPU_BLOCK if dev.type == "cpu" else rows_.shape[0]  # cache blocking: CPUs
