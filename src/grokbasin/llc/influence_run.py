@@ -80,6 +80,7 @@ def estimate_influence(
     cfg = run_config(run)
     epochs = select_epochs(run, llc_cfg.checkpoints)
     rows = {"train": subset_rows(cfg, "train"), "probe": subset_rows(cfg, probe)}
+    sample_rows = sampling_rows(cfg, llc_cfg)  # the posterior's data (llc.data)
     out_dir = run.path / "llc_influence"
     path = out_dir / f"{influence_key(llc_cfg, probe)}.safetensors"
     have, old = run.load_tensors(path) if path.exists() else ({}, {})
@@ -99,7 +100,9 @@ def estimate_influence(
     for part in check_chunks_fit([per] * len(todo), cfg, llc_cfg, device):
         chunk = [todo[i] for i in part]
         t0 = time.perf_counter()
-        have.update(_sample(run, cfg, llc_cfg, chunk, rows, device, progress, trace_budget_mb))
+        have.update(
+            _sample(run, cfg, llc_cfg, chunk, sample_rows, rows, device, progress, trace_budget_mb)
+        )
         wall += time.perf_counter() - t0
         meta = {"probe": probe, "sampler_hash": llc_cfg.sampler_hash(), "layout": LAYOUT}
         run.save_tensors(path, have, {**meta, "wall_s": wall})  # after every chunk: resumable
@@ -109,7 +112,7 @@ def estimate_influence(
         f"{llc_cfg.draws} draws per checkpoint × training replica; sampling wall time "
         f"{wall:.1f} s in all ({device})"
     )
-    write_figure(have, epochs, probe, figure, caption)
+    write_figure(have, epochs, probe, figure, caption, cfg.train.unit)
     return InfluenceRun(path, figure, size, todo, [e for e in epochs if e not in todo])
 
 
@@ -118,13 +121,13 @@ def _sample(
     cfg: RunConfig,
     llc_cfg: LLCConfig,
     epochs: Sequence[int],
+    sample_rows: torch.Tensor,
     rows: dict[str, torch.Tensor],
     device: str,
     progress: bool,
     budget: float,
 ) -> dict[str, torch.Tensor]:
     """One batched sampler call over ``epochs`` × training replicas × chains; the results."""
-    sample_rows = sampling_rows(cfg, llc_cfg)
     n = sample_rows.shape[1]
     nbeta = nbeta_values(llc_cfg, n)[:1]  # the main nβ only
     C, run_id = llc_cfg.chains, run_identity(cfg.run_hash())
@@ -165,11 +168,16 @@ def _sample(
 
 
 def write_figure(
-    have: dict[str, torch.Tensor], epochs: Sequence[int], probe: str, path: Path, caption: str
+    have: dict[str, torch.Tensor],
+    epochs: Sequence[int],
+    probe: str,
+    path: Path,
+    caption: str,
+    unit: str = "pass",
 ) -> Path:
     """Susceptibilities of the probe samples and BIFs of the training pairs against the
     checkpoint: median and 10–90% band over samples × replicas."""
-    from grokbasin.report.figures import add_caption, new_figure, save_png
+    from grokbasin.report.figures import add_caption, new_figure, save_png, unit_label
 
     fig, axes = new_figure(1, 2, width=9.0, row_height=3.0)
     for ax, key, title in (
@@ -181,7 +189,7 @@ def write_figure(
         ax.plot(epochs, q[:, 1], marker="o", markersize=3, color="C0", label="median")
         ax.fill_between(epochs, q[:, 0], q[:, 2], color="C0", alpha=0.22, lw=0, label="10–90%")
         ax.set_title(title)
-        ax.set_xlabel("checkpoint (epoch)")
+        ax.set_xlabel(f"checkpoint ({unit_label(unit)})")
         ax.legend()
     add_caption(fig, caption)
     save_png(fig, path)
