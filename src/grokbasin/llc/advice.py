@@ -15,10 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from grokbasin.config import LLCConfig
 from grokbasin.llc.diagnostics import Thresholds
 
-DEFAULTS: dict[str, Any] = {"chains": 4, "draws": 400, "burnin": 200, "step_size": 1e-4}
-"""Settings assumed when rows carry no sampler_config (LLCConfig's defaults)."""
+DEFAULTS: dict[str, Any] = {
+    k: LLCConfig.model_fields[k].default for k in ("chains", "draws", "burnin", "step_size")
+}
+"""Settings assumed when rows carry no sampler_config: LLCConfig's defaults."""
 
 ORDER = ("nonfinite", "explosion", "negative", "nonstationary", "rhat", "low_ess")
 """Most to least serious: a diverged chain makes the other statistics meaningless."""
